@@ -1,0 +1,105 @@
+"""Orbax checkpoints of a run: parameters, optimizer state, data-iterator state, model config and tokenizer.
+
+Layout: WORKDIR/checkpoints/STEP/{params, opt_state, data, meta}. `meta` (JSON) carries the model config,
+the SentencePiece model and the run config, so a checkpoint is all the sampler and evaluator need; they
+restore `params` alone, onto their own shardings.
+"""
+
+import base64
+import os
+from typing import Any
+
+import grain
+import orbax.checkpoint as ocp
+
+from lm.cli import UserError
+from lm.config import ModelConfig
+from lm.state import TrainState
+from lm.tokenizer import Tokenizer
+
+CHECKPOINTS = "checkpoints"
+
+
+def make_meta(model_config: ModelConfig, tokenizer: Tokenizer, run_config: dict[str, Any]) -> dict[str, Any]:
+    return {
+        "model": model_config.to_dict(),
+        "tokenizer": base64.b64encode(tokenizer.proto).decode("ascii"),
+        "config": run_config,
+    }
+
+
+class Checkpointer:
+    """Asynchronous saves every `every` steps, keeping the newest `keep`; exact restores."""
+
+    def __init__(self, workdir: str, every: int = 1, keep: int = 3, read_only: bool = False):
+        path = os.path.join(os.path.abspath(workdir), CHECKPOINTS)
+        options = ocp.CheckpointManagerOptions(
+            max_to_keep=keep, save_interval_steps=every, enable_async_checkpointing=True,
+            create=not read_only, read_only=read_only,
+        )
+        self.manager = ocp.CheckpointManager(path, options=options)
+
+    def latest_step(self) -> int | None:
+        return self.manager.latest_step()
+
+    def all_steps(self) -> list[int]:
+        return list(self.manager.all_steps())
+
+    def save(self, step: int, state: TrainState, data_iter: grain.DatasetIterator, meta: dict[str, Any],
+             force: bool = False) -> bool:
+        """Starts an asynchronous save at `step` if it is due (or `force`); returns whether it did."""
+        args = ocp.args.Composite(
+            params=ocp.args.StandardSave(state.params),
+            opt_state=ocp.args.StandardSave({"step": state.step, "opt_state": state.opt_state}),
+            data=grain.checkpoint.CheckpointSave(data_iter),
+            meta=ocp.args.JsonSave(meta),
+        )
+        return self.manager.save(step, args=args, force=force)
+
+    def restore(self, step: int, abstract_state: TrainState, data_iter: grain.DatasetIterator) -> TrainState:
+        """The train state saved at `step`, placed as `abstract_state`'s shardings say; `data_iter` is rewound."""
+        out = self.manager.restore(step, args=ocp.args.Composite(
+            params=ocp.args.StandardRestore(abstract_state.params),
+            opt_state=ocp.args.StandardRestore({"step": abstract_state.step, "opt_state": abstract_state.opt_state}),
+            data=grain.checkpoint.CheckpointRestore(data_iter),
+        ))
+        return TrainState(step=out.opt_state["step"], params=out.params, opt_state=out.opt_state["opt_state"])
+
+    def meta(self, step: int) -> dict[str, Any]:
+        return self.manager.restore(step, args=ocp.args.Composite(meta=ocp.args.JsonRestore())).meta
+
+    def params(self, step: int, abstract_params: Any) -> Any:
+        """Parameters alone, restored onto the shardings of `abstract_params` (ShapeDtypeStructs)."""
+        return self.manager.restore(step, args=ocp.args.Composite(params=ocp.args.StandardRestore(abstract_params))).params
+
+    def wait(self) -> None:
+        self.manager.wait_until_finished()
+
+    def close(self) -> None:
+        self.manager.close()
+
+
+def open_run(workdir: str, step: int | None = None) -> tuple[Checkpointer, int, ModelConfig, Tokenizer, dict[str, Any]]:
+    """A finished or running workdir's checkpointer, chosen step, model config, tokenizer and run config."""
+    if not os.path.isdir(os.path.join(workdir, CHECKPOINTS)):
+        raise UserError(f"{workdir} holds no checkpoints; train first with python -m lm.train --workdir {workdir}")
+    ckpt = Checkpointer(workdir, read_only=True)
+    steps = ckpt.all_steps()
+    if not steps:
+        raise UserError(f"{workdir} holds no finished checkpoint; train first with python -m lm.train")
+    step = steps[-1] if step is None else step
+    if step not in steps:
+        raise UserError(f"{workdir} has no checkpoint at step {step}; it has steps {steps}")
+    meta = ckpt.meta(step)
+    tokenizer = Tokenizer(base64.b64decode(meta["tokenizer"]))
+    return ckpt, step, ModelConfig.from_dict(meta["model"]), tokenizer, meta["config"]
+
+
+def check_compatible(saved: dict[str, Any], current: ModelConfig, workdir: str) -> None:
+    """Stops with one line when a workdir's checkpoint holds a model of another shape."""
+    if saved != current.to_dict():
+        diff = {k: (saved.get(k), v) for k, v in current.to_dict().items() if saved.get(k) != v}
+        raise UserError(
+            f"{workdir} holds a checkpoint of another model ({', '.join(f'{k}: saved {a}, config {b}' for k, (a, b) in diff.items())}); "
+            "use a new --workdir or the saved settings"
+        )

@@ -1,0 +1,64 @@
+"""Command-line plumbing shared by every `python -m lm.<tool>`: flag parsing and one-line errors."""
+
+import re
+import sys
+from typing import Callable, Sequence
+
+from absl import app, flags, logging
+
+
+class UserError(Exception):
+    """A problem the user can fix; printed as one line (what is wrong and what to do), exit status 2."""
+
+
+EXIT_USER_ERROR = 2
+
+
+def _flag_for(argv: Sequence[str], name: str) -> str:
+    """The command-line flag (without its value) that mentions `name`, or `name` itself."""
+    for arg in argv:
+        flag = arg.split("=", 1)[0]
+        if flag.lstrip("-").split(".")[-1] == name:
+            return flag
+    return name
+
+
+def _parse(argv: Sequence[str]) -> list[str]:
+    """absl flag parsing whose failures become one line instead of a traceback."""
+    try:
+        rest = flags.FLAGS(argv)
+    except AttributeError as e:  # ml_collections: an override names a key the config does not have
+        text = str(e)
+        name = re.search(r"'([^'\\]+)", text)
+        hint = re.search(r'Did you mean "([^"]+)"', text)
+        flag = _flag_for(argv, name.group(1)) if name else "?"
+        more = f" (did you mean '{hint.group(1)}'?)" if hint else ""
+        _die(f"unknown config key in {flag}{more}; see the config file for the valid keys")
+    except flags.Error as e:
+        _die(f"{e}")
+    for name in ("config",):
+        if name in flags.FLAGS and flags.FLAGS[name].present:
+            value = flags.FLAGS[name].value
+            if type(value).__name__ == "_ErrorConfig":
+                error = object.__getattribute__(value, "_error")
+                _die(f"cannot load --config={flags.FLAGS[name].config_filename}: {error}")
+    return rest
+
+
+def _die(message: str) -> None:
+    print(f"error: {message}", file=sys.stderr, flush=True)
+    sys.exit(EXIT_USER_ERROR)
+
+
+def run(main: Callable[[Sequence[str]], None]) -> None:
+    """Runs an absl `main`; a UserError anywhere in it ends the program with one line and status 2."""
+
+    def guarded(argv: Sequence[str]) -> None:
+        if not flags.FLAGS["verbosity"].present:  # orbax and TFDS log every step of every save at INFO
+            logging.set_verbosity(logging.WARNING)
+        try:
+            main(argv)
+        except UserError as e:
+            _die(str(e))
+
+    app.run(guarded, flags_parser=_parse)

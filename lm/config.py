@@ -1,0 +1,101 @@
+"""The typed, frozen ModelConfig built once from the run's ConfigDict, and validation of the run config.
+
+This is the only place where the ml_collections ConfigDict meets typed code: layers see a ModelConfig only.
+"""
+
+import dataclasses
+from typing import Any
+
+import ml_collections
+
+from lm.cli import UserError
+
+TOKENIZER_TYPES = ("char", "bpe", "unigram")
+DTYPES = ("float32", "bfloat16")
+
+
+@dataclasses.dataclass(frozen=True)
+class ModelConfig:
+    """Shape and numerics of a decoder-only Transformer (GPT-2 style)."""
+
+    vocab_size: int
+    max_len: int  # context length in tokens
+    num_layers: int
+    num_heads: int
+    embed_dim: int
+    mlp_dim: int
+    use_bias: bool = True
+    dtype: str = "float32"  # activations
+    param_dtype: str = "float32"
+
+    @property
+    def head_dim(self) -> int:
+        return self.embed_dim // self.num_heads
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> "ModelConfig":
+        return cls(**d)
+
+
+def model_config(cfg: ml_collections.ConfigDict, vocab_size: int) -> ModelConfig:
+    """The ModelConfig of a validated run config, with the vocabulary size of its tokenizer."""
+    m = cfg.model
+    return ModelConfig(
+        vocab_size=vocab_size,
+        max_len=m.max_len,
+        num_layers=m.num_layers,
+        num_heads=m.num_heads,
+        embed_dim=m.embed_dim,
+        mlp_dim=m.mlp_dim or 4 * m.embed_dim,
+        use_bias=m.use_bias,
+        dtype=m.dtype,
+        param_dtype=m.param_dtype,
+    )
+
+
+def _check(ok: bool, message: str) -> None:
+    if not ok:
+        raise UserError(message)
+
+
+def _positive(cfg: ml_collections.ConfigDict, *keys: str) -> None:
+    for key in keys:
+        value = cfg
+        for part in key.split("."):
+            value = value[part]
+        _check(value > 0, f"config.{key} must be positive, got {value!r}")
+
+
+def validate(cfg: ml_collections.ConfigDict) -> None:
+    """Rejects impossible run configs with one line naming the key and the fix."""
+    _positive(
+        cfg,
+        "model.num_layers", "model.num_heads", "model.embed_dim", "model.max_len",
+        "train.batch_size", "train.steps", "train.log_every", "train.eval_every",
+        "optim.lr", "checkpoint.every", "checkpoint.keep", "tokenizer.vocab_size",
+    )
+    m, o = cfg.model, cfg.optim
+    _check(m.mlp_dim >= 0, f"config.model.mlp_dim must be >= 0 (0 means 4 * embed_dim), got {m.mlp_dim}")
+    _check(
+        m.embed_dim % m.num_heads == 0,
+        f"config.model.embed_dim={m.embed_dim} is not divisible by config.model.num_heads={m.num_heads}",
+    )
+    for key in ("dtype", "param_dtype"):
+        _check(m[key] in DTYPES, f"config.model.{key} must be one of {DTYPES}, got {m[key]!r}")
+    _check(
+        cfg.tokenizer.type in TOKENIZER_TYPES,
+        f"config.tokenizer.type must be one of {TOKENIZER_TYPES}, got {cfg.tokenizer.type!r}",
+    )
+    _check(0 <= o.min_lr <= o.lr, f"config.optim.min_lr must be in [0, lr={o.lr}], got {o.min_lr}")
+    _check(
+        0 <= o.warmup_steps <= cfg.train.steps,
+        f"config.optim.warmup_steps must be in [0, train.steps={cfg.train.steps}], got {o.warmup_steps}",
+    )
+    _check(0 < o.b1 < 1 and 0 < o.b2 < 1, f"config.optim.b1 and b2 must be in (0, 1), got {o.b1}, {o.b2}")
+    _check(o.weight_decay >= 0, f"config.optim.weight_decay must be >= 0, got {o.weight_decay}")
+    _check(o.grad_clip >= 0, f"config.optim.grad_clip must be >= 0 (0 turns it off), got {o.grad_clip}")
+    f = cfg.data.validation_fraction
+    _check(0 < f < 1, f"config.data.validation_fraction must be in (0, 1), got {f}")

@@ -1,0 +1,85 @@
+"""`python -m lm.evaluate --workdir DIR`: loss, perplexity and bits per byte of a checkpoint on a split.
+
+Bits per byte divide the summed loss (in bits) by the UTF-8 bytes of the text the scored tokens stand for,
+so they compare across tokenizers.
+"""
+
+import json
+import math
+from typing import Any, Callable, Iterable, Sequence
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+import numpy as np
+from absl import flags
+
+from lm import cli, data, objective
+from lm import sharding as shd
+from lm import state as state_lib
+from lm.checkpoint import open_run
+from lm.model import TransformerLM
+
+EvalStep = Callable[[Any, dict[str, jax.Array]], dict[str, jax.Array]]
+
+
+def make_eval_step(model: TransformerLM, token_bytes: np.ndarray, mesh: jax.sharding.Mesh) -> EvalStep:
+    """A jitted `(params, batch) -> {'nll', 'tokens', 'bytes'}` of summed figures."""
+    token_bytes = jnp.asarray(token_bytes)
+
+    def eval_step(params: Any, batch: dict[str, jax.Array]) -> dict[str, jax.Array]:
+        nll, mask, targets = objective.token_nll(model, params, batch)
+        return {"nll": (nll * mask).sum(), "tokens": mask.sum(), "bytes": (token_bytes[targets] * mask).sum()}
+
+    params_sh = state_lib.param_shardings(model, mesh)
+    jitted = jax.jit(eval_step, in_shardings=(params_sh, shd.batch_sharding(mesh)))
+
+    def run(params: Any, batch: dict[str, jax.Array]) -> dict[str, jax.Array]:
+        with jax.set_mesh(mesh), nn.logical_axis_rules(shd.RULES):
+            return jitted(params, batch)
+
+    return run
+
+
+def evaluate(eval_step: EvalStep, params: Any, batches: Iterable[dict[str, np.ndarray]], mesh: jax.sharding.Mesh,
+             max_batches: int = 0) -> dict[str, float]:
+    """Loss, perplexity and bits per byte over `batches` (at most `max_batches` if positive)."""
+    totals = {"nll": 0.0, "tokens": 0.0, "bytes": 0.0}
+    for i, batch in enumerate(batches):
+        if max_batches and i >= max_batches:
+            break
+        out = jax.device_get(eval_step(params, shd.global_batch(batch, mesh)))
+        totals = {k: totals[k] + float(out[k]) for k in totals}
+    if not totals["tokens"]:
+        raise cli.UserError("the evaluation split holds no tokens to score; use a larger corpus")
+    loss = totals["nll"] / totals["tokens"]
+    return {
+        "loss": loss,
+        "perplexity": math.exp(loss),
+        "bits_per_byte": totals["nll"] / math.log(2) / totals["bytes"],
+        "tokens": int(totals["tokens"]),
+    }
+
+
+def main(argv: Sequence[str]) -> None:
+    del argv
+    f = flags.FLAGS
+    ckpt, step, model_config, tokenizer, run = open_run(f.workdir, f.step)
+    mesh = shd.make_mesh(run["mesh"])
+    model = TransformerLM(model_config)
+    params = ckpt.params(step, state_lib.abstract_params(model, mesh))
+    d = run["data"]
+    corpus = data.build(d["path"], d["separator"], d["validation_fraction"], d["cache_dir"])
+    batch = run["train"]["batch_size"]
+    eval_step = make_eval_step(model, tokenizer.token_bytes(len(d["separator"].encode())), mesh)
+    rows = data.eval_batches(corpus, tokenizer, model_config.max_len + 1, batch // jax.process_count(), f.split,
+                             jax.process_index(), jax.process_count())
+    result = {"step": step, "split": f.split, **evaluate(eval_step, params, rows, mesh)}
+    print(json.dumps(result))
+
+
+if __name__ == "__main__":
+    flags.DEFINE_string("workdir", None, "Run directory holding checkpoints.", required=True)
+    flags.DEFINE_integer("step", None, "Checkpoint step (default: the latest).")
+    flags.DEFINE_enum("split", "validation", data.SPLITS, "Split to evaluate.")
+    cli.run(main)

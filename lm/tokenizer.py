@@ -1,0 +1,107 @@
+"""SentencePiece tokenizers (char, BPE, unigram) trained on the training split, behind one small interface.
+
+Trained with settings that make `decode(encode(text)) == text` for any text (identity normalization, kept
+whitespace and newlines, full character coverage, byte fallback), so bits per byte are honest.
+"""
+
+import io
+import os
+from typing import Iterable, Iterator
+
+import numpy as np
+import sentencepiece as spm
+
+from lm.cli import UserError
+
+MODEL_FILE = "tokenizer.model"
+
+
+class Tokenizer:
+    """Text <-> token ids; `bos_id` starts every document, `eos_id` ends it."""
+
+    def __init__(self, proto: bytes):
+        self.proto = proto
+        self._sp = spm.SentencePieceProcessor(model_proto=proto)
+        self.bos_id = self._sp.bos_id()
+        self.eos_id = self._sp.eos_id()
+
+    @property
+    def vocab_size(self) -> int:
+        return self._sp.get_piece_size()
+
+    def encode(self, text: str) -> list[int]:
+        return self._sp.encode(text)
+
+    def decode(self, ids: Iterable[int]) -> str:
+        return self._sp.decode([int(i) for i in ids])
+
+    def token_bytes(self, eos_bytes: int) -> np.ndarray:
+        """[V] int32: UTF-8 bytes of text each id stands for (control ids 0; EOS counts as the separator)."""
+        out = np.zeros(self.vocab_size, np.int32)
+        for i in range(self.vocab_size):
+            if self._sp.is_control(i):
+                continue
+            if self._sp.is_byte(i) or self._sp.is_unknown(i):
+                out[i] = 1
+            else:
+                out[i] = len(self._sp.id_to_piece(i).replace("\u2581", " ").encode("utf-8"))
+        out[self.eos_id] = eos_bytes
+        return out
+
+    def save(self, path: str) -> None:
+        with open(path, "wb") as f:
+            f.write(self.proto)
+
+    @classmethod
+    def load(cls, path: str) -> "Tokenizer":
+        with open(path, "rb") as f:
+            proto = f.read()
+        try:
+            return cls(proto)
+        except (RuntimeError, OSError) as e:
+            raise UserError(f"tokenizer {path} does not load as a SentencePiece model ({e}); delete it to retrain") from e
+
+
+def _lines(texts: Iterable[str]) -> Iterator[str]:
+    for text in texts:
+        yield from text.split("\n")
+
+
+def train(texts: Iterable[str], model_type: str, vocab_size: int) -> Tokenizer:
+    """Trains a SentencePiece model of `model_type` ('char', 'bpe', 'unigram') on `texts`."""
+    out = io.BytesIO()
+    try:
+        spm.SentencePieceTrainer.train(
+            sentence_iterator=_lines(texts),
+            model_writer=out,
+            model_type=model_type,
+            vocab_size=vocab_size,
+            hard_vocab_limit=model_type != "char",
+            normalization_rule_name="identity",
+            remove_extra_whitespaces=False,
+            add_dummy_prefix=False,
+            split_by_whitespace=True,
+            character_coverage=1.0,
+            byte_fallback=model_type != "char",
+            user_defined_symbols=["\n"],
+            max_sentence_length=1 << 16,
+            num_threads=os.cpu_count() or 1,
+            minloglevel=2,
+        )
+    except RuntimeError as e:
+        raise UserError(f"tokenizer training failed: {str(e).strip().splitlines()[-1]}; "
+                        "adjust config.tokenizer.vocab_size") from e
+    return Tokenizer(out.getvalue())
+
+
+def load_or_train(workdir: str, model_type: str, vocab_size: int, texts: Iterable[str]) -> Tokenizer:
+    """The workdir's tokenizer if it has one (resume), else a new one trained on `texts` and saved there."""
+    path = os.path.join(workdir, MODEL_FILE)
+    if os.path.exists(path):
+        return Tokenizer.load(path)
+    tok = train(texts, model_type, vocab_size)
+    os.makedirs(workdir, exist_ok=True)
+    tmp = path + ".tmp"
+    tok.save(tmp)
+    os.replace(tmp, path)
+    return tok

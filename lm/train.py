@@ -1,0 +1,141 @@
+"""`python -m lm.train --config configs/NAME.py --workdir DIR`: train, evaluate and checkpoint; rerun to resume.
+
+The train step is a pure function `(state, batch) -> (state, metrics)`, jitted once with the state's
+shardings and donated. Metrics go to the console and to WORKDIR/metrics.jsonl.
+"""
+
+import json
+import os
+import time
+from typing import Any, Callable, Sequence
+
+import flax.linen as nn
+import jax
+import ml_collections
+import optax
+from absl import flags
+from ml_collections import config_flags
+
+from lm import checkpoint, cli, data, objective, optim, tokenizer
+from lm import config as config_lib
+from lm import sharding as shd
+from lm import state as state_lib
+from lm.evaluate import evaluate, make_eval_step
+from lm.model import TransformerLM
+
+METRICS = "metrics.jsonl"
+
+
+def make_train_step(model: TransformerLM, tx: optax.GradientTransformation, lr: optax.Schedule) -> Callable:
+    """The pure train step: one AdamW update on the mean next-token loss of a global batch."""
+
+    def train_step(state: state_lib.TrainState, batch: dict[str, jax.Array]) -> tuple[state_lib.TrainState, dict]:
+        loss, grads = jax.value_and_grad(lambda p: objective.mean_loss(model, p, batch))(state.params)
+        updates, opt_state = tx.update(grads, state.opt_state, state.params)
+        new_state = state.replace(step=state.step + 1, params=optax.apply_updates(state.params, updates),
+                                  opt_state=opt_state)
+        return new_state, {"loss": loss, "grad_norm": optax.global_norm(grads), "lr": lr(state.step)}
+
+    return train_step
+
+
+class MetricsLog:
+    """Console lines and a JSONL file (written by process 0 only); resuming drops records past the restored step."""
+
+    def __init__(self, workdir: str, resume_step: int):
+        self.active = jax.process_index() == 0
+        self.path = os.path.join(workdir, METRICS)
+        if self.active and os.path.exists(self.path):
+            with open(self.path) as f:
+                kept = [line for line in f if line.strip() and json.loads(line)["step"] <= resume_step]
+            with open(self.path, "w") as f:
+                f.writelines(kept)
+
+    def write(self, record: dict[str, Any], line: str) -> None:
+        if self.active:
+            print(line, flush=True)
+            with open(self.path, "a") as f:
+                f.write(json.dumps(record) + "\n")
+
+
+def train(cfg: ml_collections.ConfigDict, workdir: str) -> dict[str, float]:
+    """Trains (or resumes) the run of `cfg` in `workdir`; returns the final validation metrics."""
+    config_lib.validate(cfg)
+    mesh = shd.make_mesh(cfg.mesh)
+    dp, processes = shd.data_parallel_size(mesh), jax.process_count()
+    if cfg.train.batch_size % (dp * processes) and cfg.train.batch_size % dp:
+        raise cli.UserError(f"config.train.batch_size={cfg.train.batch_size} is not divisible by the data-parallel "
+                            f"size {dp} (mesh data x fsdp)")
+    d = cfg.data
+    corpus = data.build(d.path, d.separator, d.validation_fraction, d.cache_dir)
+    tok = tokenizer.load_or_train(workdir, cfg.tokenizer.type, cfg.tokenizer.vocab_size, data.texts(corpus, "train"))
+    model_config = config_lib.model_config(cfg, tok.vocab_size)
+    model = TransformerLM(model_config)
+    tx, lr = optim.optimizer(cfg.optim, cfg.train.steps)
+    row_len, local_batch = model_config.max_len + 1, cfg.train.batch_size // processes
+    train_iter = data.train_iterator(corpus, tok, row_len, local_batch, cfg.seed, jax.process_index(), processes)
+
+    ckpt = checkpoint.Checkpointer(workdir, cfg.checkpoint.every, cfg.checkpoint.keep)
+    meta = checkpoint.make_meta(model_config, tok, cfg.to_dict())
+    start = ckpt.latest_step() or 0
+    if start:
+        checkpoint.check_compatible(ckpt.meta(start)["model"], model_config, workdir)
+    state, shardings = state_lib.create(model, tx, mesh, cfg.seed)
+    if start:
+        state = ckpt.restore(start, state, train_iter)
+    num_params = sum(x.size for x in jax.tree.leaves(state.params))
+    log = MetricsLog(workdir, start)
+    if log.active:
+        print(f"model: {num_params / 1e6:.2f}M parameters, vocab {model_config.vocab_size}, context "
+              f"{model_config.max_len}; mesh {dict(mesh.shape)}; "
+              + (f"resuming at step {start}" if start else "starting at step 0"), flush=True)
+
+    step_fn = jax.jit(make_train_step(model, tx, lr), in_shardings=(shardings, shd.batch_sharding(mesh)),
+                      out_shardings=(shardings, None), donate_argnums=0)
+    eval_step = make_eval_step(model, tok.token_bytes(len(d.separator.encode())), mesh)
+
+    def run_eval(step: int) -> dict[str, float]:
+        rows = data.eval_batches(corpus, tok, row_len, local_batch, "validation", jax.process_index(), processes)
+        result = evaluate(eval_step, state.params, rows, mesh, cfg.train.eval_batches)
+        log.write({"step": step, **{f"val_{k}": v for k, v in result.items()}},
+                  f"step {step:>6} | val loss {result['loss']:.4f} | ppl {result['perplexity']:.2f} | "
+                  f"bits/byte {result['bits_per_byte']:.4f}")
+        return result
+
+    result: dict[str, float] = {}
+    tokens_per_step = cfg.train.batch_size * model_config.max_len
+    t_start = t_last = time.time()
+    last_logged = start
+    with jax.set_mesh(mesh), nn.logical_axis_rules(shd.RULES):
+        for step in range(start + 1, cfg.train.steps + 1):
+            state, metrics = step_fn(state, shd.global_batch(next(train_iter), mesh))
+            if step % cfg.train.log_every == 0 or step == cfg.train.steps:
+                m = {k: float(v) for k, v in jax.device_get(metrics).items()}
+                now = time.time()
+                tps = tokens_per_step * (step - last_logged) / (now - t_last)
+                t_last, last_logged = now, step
+                log.write({"step": step, **m, "tokens_per_sec": tps, "wall_time": now - t_start},
+                          f"step {step:>6}/{cfg.train.steps} | loss {m['loss']:.4f} | lr {m['lr']:.2e} | "
+                          f"grad norm {m['grad_norm']:.3f} | {tps:,.0f} tok/s | {now - t_start:.1f}s")
+            if step % cfg.train.eval_every == 0 or step == cfg.train.steps:
+                result = run_eval(step)
+            ckpt.save(step, state, train_iter, meta, force=step == cfg.train.steps)
+    if not result:  # resumed a finished run: report its final evaluation
+        result = run_eval(start)
+    ckpt.wait()
+    ckpt.close()
+    return result
+
+
+def main(argv: Sequence[str]) -> None:
+    del argv
+    f = flags.FLAGS
+    if f.config is None or not f.workdir:
+        raise cli.UserError("usage: python -m lm.train --config configs/NAME.py --workdir DIR")
+    train(f.config, f.workdir)
+
+
+if __name__ == "__main__":
+    config_flags.DEFINE_config_file("config", None, "Run config file, e.g. configs/shakespeare_char.py.")
+    flags.DEFINE_string("workdir", None, "Directory for the tokenizer, checkpoints and metrics.")
+    cli.run(main)

@@ -1,0 +1,27 @@
+"""Installs `lm`: JAX/Flax causal-language-model pretraining."""
+
+from setuptools import find_packages, setup
+
+setup(
+    name="lm",
+    version="0.1.0",
+    description="JAX/Flax pretraining of decoder-only Transformers, from a laptop CPU to a device mesh.",
+    packages=find_packages(include=["lm", "lm.*"]),
+    package_data={"lm": ["data/*.txt"]},
+    python_requires=">=3.10",
+    install_requires=[
+        "jax>=0.6",
+        "flax>=0.10",
+        "optax>=0.2.4",
+        "orbax-checkpoint>=0.11",
+        "tensorflow-datasets>=4.9.7",
+        "array_record>=0.7",
+        "importlib_resources>=6.0",  # tensorflow-datasets needs it when building, but does not declare it
+        "grain>=0.2.10",
+        "sentencepiece>=0.2",
+        "ml_collections>=1.0",
+        "absl-py>=2.1",
+        "numpy>=1.26",
+    ],
+    extras_require={"test": ["pytest>=8", "ruff>=0.6"]},
+)

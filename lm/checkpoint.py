@@ -33,10 +33,11 @@ class Checkpointer:
 
     def __init__(self, workdir: str, every: int = 1, keep: int = 3, read_only: bool = False):
         path = os.path.join(os.path.abspath(workdir), CHECKPOINTS)
-        options = ocp.CheckpointManagerOptions(
-            max_to_keep=keep, save_interval_steps=every, enable_async_checkpointing=True,
-            create=not read_only, read_only=read_only,
-        )
+        if read_only:
+            options = ocp.CheckpointManagerOptions(read_only=True, create=False, save_interval_steps=0, max_to_keep=None)
+        else:
+            options = ocp.CheckpointManagerOptions(max_to_keep=keep, save_interval_steps=every,
+                                                   enable_async_checkpointing=True)
         self.manager = ocp.CheckpointManager(path, options=options)
 
     def latest_step(self) -> int | None:

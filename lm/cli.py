@@ -54,8 +54,8 @@ def run(main: Callable[[Sequence[str]], None]) -> None:
     """Runs an absl `main`; a UserError anywhere in it ends the program with one line and status 2."""
 
     def guarded(argv: Sequence[str]) -> None:
-        if not flags.FLAGS["verbosity"].present:  # orbax and TFDS log every step of every save at INFO
-            logging.set_verbosity(logging.WARNING)
+        if not flags.FLAGS["verbosity"].present:  # orbax and TFDS are chatty; --verbosity=0 shows it all
+            logging.set_verbosity(logging.ERROR)
         try:
             main(argv)
         except UserError as e:

@@ -40,6 +40,25 @@ class ModelConfig:
         return cls(**d)
 
 
+def defaults() -> ml_collections.ConfigDict:
+    """Every key a run config has, with its default; config files start here and override."""
+    c = ml_collections.ConfigDict()
+    c.seed = 0
+    # path: a text file or a folder of .txt files ('' = the bundled tiny Shakespeare); documents are cut at
+    # `separator`; cache_dir holds the built TFDS datasets ('' = ~/.cache/lm/tfds).
+    c.data = dict(path="", separator="\n\n", validation_fraction=0.1, cache_dir="")
+    c.tokenizer = dict(type="char", vocab_size=256)  # type: char, bpe or unigram
+    # mlp_dim 0 means 4 * embed_dim; max_len is the context length in tokens.
+    c.model = dict(num_layers=4, num_heads=4, embed_dim=128, mlp_dim=0, max_len=64, use_bias=True,
+                   dtype="float32", param_dtype="float32")
+    # eval_batches 0 evaluates the whole validation split.
+    c.train = dict(batch_size=12, steps=2000, log_every=100, eval_every=500, eval_batches=0)
+    c.optim = dict(lr=1e-3, min_lr=1e-4, warmup_steps=100, b1=0.9, b2=0.99, weight_decay=0.1, grad_clip=1.0)
+    c.checkpoint = dict(every=250, keep=3)
+    c.mesh = dict(data=-1, fsdp=1, tensor=1)  # one size may be -1: the rest of the devices
+    return ml_collections.ConfigDict(c)
+
+
 def model_config(cfg: ml_collections.ConfigDict, vocab_size: int) -> ModelConfig:
     """The ModelConfig of a validated run config, with the vocabulary size of its tokenizer."""
     m = cfg.model

@@ -34,7 +34,7 @@ def make_train_step(model: TransformerLM, tx: optax.GradientTransformation, lr: 
         updates, opt_state = tx.update(grads, state.opt_state, state.params)
         new_state = state.replace(step=state.step + 1, params=optax.apply_updates(state.params, updates),
                                   opt_state=opt_state)
-        return new_state, {"loss": loss, "grad_norm": optax.global_norm(grads), "lr": lr(state.step)}
+        return new_state, {"loss": loss, "grad_norm": optax.tree.norm(grads), "lr": lr(state.step)}
 
     return train_step
 

@@ -1,0 +1,74 @@
+"""The model: causality, packed documents kept apart, logical names on every parameter, cached decoding."""
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from lm.config import ModelConfig
+from lm.model import TransformerLM, init_cache
+from lm.state import boxed_params
+
+CFG = ModelConfig(vocab_size=50, max_len=16, num_layers=2, num_heads=2, embed_dim=16, mlp_dim=32)
+
+
+def _setup(cfg: ModelConfig = CFG):
+    model = TransformerLM(cfg)
+    params = nn.unbox(boxed_params(model, 0))
+    return model, params
+
+
+def _logits(model, params, tokens, positions=None, segments=None):
+    tokens = jnp.asarray(tokens)[None]
+    positions = jnp.arange(tokens.shape[1])[None] if positions is None else jnp.asarray(positions)[None]
+    segments = jnp.ones_like(tokens) if segments is None else jnp.asarray(segments)[None]
+    return np.asarray(model.apply({"params": params}, tokens, positions, segments))[0]
+
+
+def test_logits_at_t_do_not_depend_on_later_tokens():
+    model, params = _setup()
+    rng = np.random.default_rng(0)
+    a = rng.integers(0, CFG.vocab_size, 16)
+    b = a.copy()
+    b[9:] = rng.integers(0, CFG.vocab_size, 7)
+    la, lb = _logits(model, params, a), _logits(model, params, b)
+    np.testing.assert_allclose(la[:9], lb[:9], atol=1e-5)
+    assert np.abs(la[9:] - lb[9:]).max() > 1e-3  # later positions do see the change
+
+
+def test_packed_documents_never_attend_to_each_other():
+    model, params = _setup()
+    rng = np.random.default_rng(1)
+    doc1, doc2 = rng.integers(0, CFG.vocab_size, 7), rng.integers(0, CFG.vocab_size, 9)
+    packed = np.concatenate([doc1, doc2])
+    positions = np.concatenate([np.arange(7), np.arange(9)])
+    segments = np.array([1] * 7 + [2] * 9)
+    lp = _logits(model, params, packed, positions, segments)
+    np.testing.assert_allclose(lp[:7], _logits(model, params, doc1), atol=1e-5)
+    np.testing.assert_allclose(lp[7:], _logits(model, params, doc2), atol=1e-5)
+    other = packed.copy()
+    other[:7] = rng.integers(0, CFG.vocab_size, 7)  # another first document changes nothing in the second
+    np.testing.assert_allclose(_logits(model, params, other, positions, segments)[7:], lp[7:], atol=1e-5)
+
+
+def test_every_parameter_has_one_logical_name_per_dimension():
+    boxed = jax.eval_shape(lambda: boxed_params(TransformerLM(CFG), 0))
+    leaves = jax.tree.leaves(boxed, is_leaf=lambda x: isinstance(x, nn.Partitioned))
+    assert leaves and all(isinstance(x, nn.Partitioned) for x in leaves)
+    for box in leaves:
+        assert len(box.names) == box.value.ndim, (box.names, box.value.shape)
+
+
+def test_cached_decoding_equals_full_forward():
+    model, params = _setup()
+    tokens = np.random.default_rng(2).integers(0, CFG.vocab_size, (2, 12))
+    full = np.asarray(model.apply({"params": params}, tokens, np.tile(np.arange(12), (2, 1)), np.ones_like(tokens)))
+    cache = init_cache(CFG, 2)
+    prefill, cache = model.apply({"params": params}, tokens[:, :5], np.tile(np.arange(5), (2, 1)),
+                                 np.ones((2, 5), np.int32), cache)
+    np.testing.assert_allclose(prefill, full[:, :5], atol=1e-5)
+    for t in range(5, 12):
+        step, cache = model.apply({"params": params}, tokens[:, t:t + 1], np.full((2, 1), t), np.ones((2, 1), np.int32),
+                                  cache)
+        np.testing.assert_allclose(step[:, 0], full[:, t], atol=1e-5)
+    assert int(cache["index"]) == 12

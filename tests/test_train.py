@@ -1,0 +1,79 @@
+"""Training: the loss falls, checkpoints round-trip, and a resumed run is the run that was not interrupted."""
+
+import json
+import os
+import shutil
+
+import jax
+import numpy as np
+
+from lm import checkpoint, data, optim, tokenizer
+from lm import config as config_lib
+from lm import sharding as shd
+from lm import state as state_lib
+from lm.model import TransformerLM
+from lm.train import METRICS, train
+
+
+def _records(workdir):
+    with open(os.path.join(workdir, METRICS)) as f:
+        return [json.loads(line) for line in f]
+
+
+def test_loss_falls_within_a_few_steps(tiny_run):
+    workdir, final = tiny_run
+    losses = [r["loss"] for r in _records(workdir) if "loss" in r]
+    assert len(losses) == 4
+    assert losses[-1] < losses[0] - 0.5, losses
+    assert final["loss"] < np.log(68) - 0.5  # well below a uniform guess over the characters
+    assert set(_records(workdir)[0]) >= {"step", "loss", "lr", "grad_norm", "tokens_per_sec", "wall_time"}
+
+
+def _restored_params(workdir, step):
+    ckpt, step, model_config, _, _ = checkpoint.open_run(workdir, step)
+    model = TransformerLM(model_config)
+    mesh = shd.make_mesh({"data": -1, "fsdp": 1, "tensor": 1})
+    return ckpt.params(step, state_lib.abstract_params(model, mesh))
+
+
+def test_resumed_run_equals_uninterrupted_run(tiny_run, tiny_config, tmp_path):
+    workdir, final = tiny_run
+    resumed = str(tmp_path / "resumed")
+    shutil.copytree(workdir, resumed)
+    shutil.rmtree(os.path.join(resumed, "checkpoints", "20"))  # as if killed after the step-10 checkpoint
+    again = train(tiny_config, resumed)
+    assert again == final
+    a, b = _restored_params(workdir, 20), _restored_params(resumed, 20)
+    for x, y in zip(jax.tree.leaves(a), jax.tree.leaves(b)):
+        np.testing.assert_array_equal(np.asarray(x), np.asarray(y))
+    losses = lambda w: [(r["step"], r["loss"]) for r in _records(w) if "loss" in r]  # noqa: E731
+    assert losses(resumed) == losses(workdir)
+
+
+def test_checkpoint_round_trip_restores_the_saved_state(tiny_config, tmp_path, cache_dir):
+    cfg = tiny_config
+    corpus = data.build("", "\n\n", 0.1, cache_dir)
+    tok = tokenizer.train(data.texts(corpus, "train"), "char", 256)
+    model_config = config_lib.model_config(cfg, tok.vocab_size)
+    model = TransformerLM(model_config)
+    tx, _ = optim.optimizer(cfg.optim, 10)
+    mesh = shd.make_mesh({"data": 2, "fsdp": 2, "tensor": 2})
+    state, _ = state_lib.create(model, tx, mesh, seed=4)
+    state = state.replace(step=state.step + 7)
+    it = data.train_iterator(corpus, tok, 33, 8, seed=0)
+    next(it)
+    ckpt = checkpoint.Checkpointer(str(tmp_path), every=1, keep=2)
+    ckpt.save(7, state, it, checkpoint.make_meta(model_config, tok, cfg.to_dict()), force=True)
+    ckpt.wait()
+    want_batch = next(it)["tokens"]
+
+    template, _ = state_lib.create(model, tx, mesh, seed=5)  # other values, same shapes and shardings
+    fresh_it = data.train_iterator(corpus, tok, 33, 8, seed=0)
+    restored = ckpt.restore(7, template, fresh_it)
+    assert int(restored.step) == 7
+    for x, y in zip(jax.tree.leaves(state), jax.tree.leaves(restored)):
+        np.testing.assert_array_equal(np.asarray(x), np.asarray(y))
+        assert x.sharding == y.sharding
+    np.testing.assert_array_equal(next(fresh_it)["tokens"], want_batch)
+    _, step, saved_config, saved_tok, _ = checkpoint.open_run(str(tmp_path))
+    assert step == 7 and saved_config == model_config and saved_tok.proto == tok.proto

@@ -34,7 +34,8 @@ class Checkpointer:
     def __init__(self, workdir: str, every: int = 1, keep: int = 3, read_only: bool = False):
         path = os.path.join(os.path.abspath(workdir), CHECKPOINTS)
         if read_only:
-            options = ocp.CheckpointManagerOptions(read_only=True, create=False, save_interval_steps=0, max_to_keep=None)
+            options = ocp.CheckpointManagerOptions(read_only=True, create=False, save_interval_steps=0,
+                                                   max_to_keep=None)
         else:
             options = ocp.CheckpointManagerOptions(max_to_keep=keep, save_interval_steps=every,
                                                    enable_async_checkpointing=True)
@@ -71,7 +72,8 @@ class Checkpointer:
 
     def params(self, step: int, abstract_params: Any) -> Any:
         """Parameters alone, restored onto the shardings of `abstract_params` (ShapeDtypeStructs)."""
-        return self.manager.restore(step, args=ocp.args.Composite(params=ocp.args.StandardRestore(abstract_params))).params
+        args = ocp.args.Composite(params=ocp.args.StandardRestore(abstract_params))
+        return self.manager.restore(step, args=args).params
 
     def wait(self) -> None:
         self.manager.wait_until_finished()
@@ -99,8 +101,7 @@ def open_run(workdir: str, step: int | None = None) -> tuple[Checkpointer, int, 
 def check_compatible(saved: dict[str, Any], current: ModelConfig, workdir: str) -> None:
     """Stops with one line when a workdir's checkpoint holds a model of another shape."""
     if saved != current.to_dict():
-        diff = {k: (saved.get(k), v) for k, v in current.to_dict().items() if saved.get(k) != v}
-        raise UserError(
-            f"{workdir} holds a checkpoint of another model ({', '.join(f'{k}: saved {a}, config {b}' for k, (a, b) in diff.items())}); "
-            "use a new --workdir or the saved settings"
-        )
+        diff = ", ".join(f"{k}: saved {saved.get(k)}, config {v}" for k, v in current.to_dict().items()
+                         if saved.get(k) != v)
+        raise UserError(f"{workdir} holds a checkpoint of another model ({diff}); use a new --workdir or the saved "
+                        "settings")

@@ -2,7 +2,7 @@
 
 import re
 import sys
-from typing import Callable, Sequence
+from collections.abc import Callable, Sequence
 
 from absl import app, flags, logging
 

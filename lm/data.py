@@ -12,7 +12,8 @@ import hashlib
 import importlib.resources
 import json
 import os
-from typing import Any, Iterator
+from collections.abc import Iterator
+from typing import Any
 
 import grain
 import numpy as np

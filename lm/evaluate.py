@@ -6,7 +6,8 @@ so they compare across tokenizers.
 
 import json
 import math
-from typing import Any, Callable, Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
+from typing import Any
 
 import flax.linen as nn
 import jax

@@ -3,7 +3,7 @@
 Kernels are created in their final shape with one logical name per dimension, so every layout shards.
 """
 
-from typing import Sequence
+from collections.abc import Sequence
 
 import flax.linen as nn
 import jax

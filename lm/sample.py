@@ -7,7 +7,8 @@ longer than the context. Temperature 0 is greedy; the same seed gives the same t
 """
 
 import functools
-from typing import Any, Callable, Sequence
+from collections.abc import Callable, Sequence
+from typing import Any
 
 import jax
 import jax.numpy as jnp
@@ -38,7 +39,9 @@ def filter_logits(logits: jax.Array, temperature: jax.Array, top_k: jax.Array, t
     return jnp.where(logits >= cutoff, logits, -jnp.inf)
 
 
-def sample_token(logits: jax.Array, key: jax.Array, temperature: jax.Array, top_k: jax.Array, top_p: jax.Array) -> jax.Array:
+def sample_token(
+    logits: jax.Array, key: jax.Array, temperature: jax.Array, top_k: jax.Array, top_p: jax.Array
+) -> jax.Array:
     """One token per row of logits [B, V]: argmax if temperature is 0, else a draw from the filtered softmax."""
     drawn = jax.random.categorical(key, filter_logits(logits, temperature, top_k, top_p), axis=-1)
     return jnp.where(temperature > 0, drawn, jnp.argmax(logits, axis=-1)).astype(jnp.int32)

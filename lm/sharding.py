@@ -4,7 +4,8 @@ Parameters and activations carry logical names (below); `RULES` maps each name o
 fully-sharded- and tensor-parallel layouts are a matter of mesh sizes, not code.
 """
 
-from typing import Any, Sequence
+from collections.abc import Sequence
+from typing import Any
 
 import flax.linen as nn
 import jax
@@ -49,19 +50,18 @@ RULES: tuple[tuple[str, Any], ...] = (
 def mesh_shape(sizes: dict[str, int], num_devices: int) -> tuple[int, ...]:
     """Mesh axis sizes in MESH_AXES order; one size may be -1, meaning the rest of the devices."""
     shape = [int(sizes[a]) for a in MESH_AXES]
+    named = lambda: ", ".join(f"{a}={s}" for a, s in zip(MESH_AXES, shape, strict=True))  # noqa: E731
     free = [i for i, s in enumerate(shape) if s == -1]
     if len(free) > 1 or any(s == 0 or s < -1 for s in shape):
-        raise UserError(f"config.mesh sizes {dict(zip(MESH_AXES, shape))} must be positive, with at most one -1")
+        raise UserError(f"config.mesh sizes ({named()}) must be positive, with at most one -1")
     fixed = int(np.prod([s for s in shape if s != -1]))
     if free:
         if num_devices % fixed:
-            raise UserError(f"config.mesh {dict(zip(MESH_AXES, shape))} does not divide {num_devices} devices")
+            raise UserError(f"config.mesh ({named()}) does not divide the {num_devices} devices")
         shape[free[0]] = num_devices // fixed
     if int(np.prod(shape)) != num_devices:
-        raise UserError(
-            f"config.mesh {dict(zip(MESH_AXES, shape))} has {int(np.prod(shape))} devices but {num_devices} "
-            "are present; make the product of the sizes equal the device count (or use -1 for one axis)"
-        )
+        raise UserError(f"config.mesh ({named()}) needs {int(np.prod(shape))} devices but {num_devices} are present; "
+                        "make the product of the sizes equal the device count (or set one size to -1)")
     return tuple(shape)
 
 

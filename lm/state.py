@@ -4,6 +4,7 @@ No full host-side copy of the parameters is ever made: `jax.eval_shape` gives th
 the rules give shardings, and `jax.jit(init, out_shardings=...)` creates every array where it lives.
 """
 
+from collections.abc import Callable
 from typing import Any
 
 import flax.linen as nn
@@ -46,14 +47,24 @@ def abstract_params(model: TransformerLM, mesh: jax.sharding.Mesh) -> Any:
     )
 
 
-def create(model: TransformerLM, tx: optax.GradientTransformation, mesh: jax.sharding.Mesh, seed: int) -> tuple[TrainState, Any]:
-    """A fresh TrainState created sharded on `mesh`, and the state's shardings."""
-
+def _init_fn(model: TransformerLM, tx: optax.GradientTransformation, seed: int) -> Callable[[], TrainState]:
     def init() -> TrainState:
         params = boxed_params(model, seed)
         return TrainState(step=jnp.zeros((), jnp.int32), params=params, opt_state=tx.init(params))
 
+    return init
+
+
+def abstract(model: TransformerLM, tx: optax.GradientTransformation, mesh: jax.sharding.Mesh) -> TrainState:
+    """The train state as ShapeDtypeStructs with their shardings on `mesh` (a target to restore into)."""
     with jax.set_mesh(mesh), nn.logical_axis_rules(shd.RULES):
-        shardings = shd.logical_shardings(jax.eval_shape(init), mesh)
-        state = jax.jit(lambda: nn.unbox(init()), out_shardings=shardings)()
-    return state, shardings
+        boxed = jax.eval_shape(_init_fn(model, tx, 0))
+        shardings = shd.logical_shardings(boxed, mesh)
+    return jax.tree.map(lambda s, sh: jax.ShapeDtypeStruct(s.shape, s.dtype, sharding=sh), nn.unbox(boxed), shardings)
+
+
+def create(model: TransformerLM, tx: optax.GradientTransformation, mesh: jax.sharding.Mesh, seed: int) -> TrainState:
+    """A fresh TrainState, each array created where its sharding on `mesh` puts it."""
+    shardings = jax.tree.map(lambda s: s.sharding, abstract(model, tx, mesh))
+    with jax.set_mesh(mesh), nn.logical_axis_rules(shd.RULES):
+        return jax.jit(lambda: nn.unbox(_init_fn(model, tx, seed)()), out_shardings=shardings)()

@@ -6,7 +6,7 @@ whitespace and newlines, full character coverage, byte fallback), so bits per by
 
 import io
 import os
-from typing import Iterable, Iterator
+from collections.abc import Iterable, Iterator
 
 import numpy as np
 import sentencepiece as spm
@@ -59,7 +59,8 @@ class Tokenizer:
         try:
             return cls(proto)
         except (RuntimeError, OSError) as e:
-            raise UserError(f"tokenizer {path} does not load as a SentencePiece model ({e}); delete it to retrain") from e
+            raise UserError(f"tokenizer {path} does not load as a SentencePiece model ({e}); delete it to retrain"
+                            ) from e
 
 
 def _lines(texts: Iterable[str]) -> Iterator[str]:

@@ -7,7 +7,8 @@ shardings and donated. Metrics go to the console and to WORKDIR/metrics.jsonl.
 import json
 import os
 import time
-from typing import Any, Callable, Sequence
+from collections.abc import Callable, Sequence
+from typing import Any
 
 import flax.linen as nn
 import jax
@@ -63,9 +64,9 @@ def train(cfg: ml_collections.ConfigDict, workdir: str) -> dict[str, float]:
     config_lib.validate(cfg)
     mesh = shd.make_mesh(cfg.mesh)
     dp, processes = shd.data_parallel_size(mesh), jax.process_count()
-    if cfg.train.batch_size % (dp * processes) and cfg.train.batch_size % dp:
+    if cfg.train.batch_size % dp or cfg.train.batch_size % processes:
         raise cli.UserError(f"config.train.batch_size={cfg.train.batch_size} is not divisible by the data-parallel "
-                            f"size {dp} (mesh data x fsdp)")
+                            f"size {dp} (mesh data x fsdp) and the process count {processes}")
     d = cfg.data
     corpus = data.build(d.path, d.separator, d.validation_fraction, d.cache_dir)
     tok = tokenizer.load_or_train(workdir, cfg.tokenizer.type, cfg.tokenizer.vocab_size, data.texts(corpus, "train"))
@@ -80,9 +81,11 @@ def train(cfg: ml_collections.ConfigDict, workdir: str) -> dict[str, float]:
     start = ckpt.latest_step() or 0
     if start:
         checkpoint.check_compatible(ckpt.meta(start)["model"], model_config, workdir)
-    state, shardings = state_lib.create(model, tx, mesh, cfg.seed)
     if start:
-        state = ckpt.restore(start, state, train_iter)
+        state = ckpt.restore(start, state_lib.abstract(model, tx, mesh), train_iter)
+    else:
+        state = state_lib.create(model, tx, mesh, cfg.seed)
+    shardings = jax.tree.map(lambda x: x.sharding, state)
     num_params = sum(x.size for x in jax.tree.leaves(state.params))
     log = MetricsLog(workdir, start)
     if log.active:

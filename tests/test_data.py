@@ -26,7 +26,7 @@ def test_batches_are_packed_rows_of_documents(corpus):
     builder, tok = corpus
     batch = next(data.train_iterator(builder, tok, 33, 4, seed=0))
     assert {k: v.shape for k, v in batch.items()} == {k: (4, 33) for k in ("tokens", "segment_ids", "positions")}
-    for tokens, segs, pos in zip(batch["tokens"], batch["segment_ids"], batch["positions"]):
+    for tokens, segs, pos in zip(batch["tokens"], batch["segment_ids"], batch["positions"], strict=True):
         assert (segs >= 1).all() and (np.diff(segs) >= 0).all()
         starts = np.flatnonzero(np.diff(segs)) + 1  # a new document starts at position 0 with BOS
         assert (pos[starts] == 0).all() and (tokens[starts] == tok.bos_id).all()

@@ -17,7 +17,8 @@ def test_round_trip(kind, vocab, tmp_path):
     ids = tok.encode(TEXT)
     assert tok.token_bytes(2)[ids].sum() == len(TEXT.encode("utf-8"))
     tok.save(str(tmp_path / "t.model"))
-    assert tokenizer.Tokenizer.load(str(tmp_path / "t.model")).encode(TEXT[:1000]) == ids[: len(tok.encode(TEXT[:1000]))]
+    loaded = tokenizer.Tokenizer.load(str(tmp_path / "t.model"))
+    assert loaded.encode(TEXT) == ids
 
 
 def test_char_vocabulary_is_the_characters():

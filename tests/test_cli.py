@@ -1,0 +1,97 @@
+"""The command-line tools as a user runs them: one-line errors, resume after SIGKILL, evaluate and sample."""
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+
+import pytest
+from conftest import TINY
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+def _run(*args, timeout=300):
+    env = {k: v for k, v in os.environ.items() if k != "XLA_FLAGS"}  # one CPU device, as a user has
+    return subprocess.run([sys.executable, "-m", *args], cwd=ROOT, env=env, capture_output=True, text=True,
+                          timeout=timeout)
+
+
+def _one_line_error(result, *fragments):
+    assert result.returncode == 2, result.stderr
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("error: "), result.stderr
+    for fragment in fragments:
+        assert fragment in lines[0], lines[0]
+
+
+def test_config_key_typo_names_the_key(tmp_path, cache_dir):
+    result = _run("lm.train", "--config", TINY, "--workdir", str(tmp_path), "--config.model.num_layer=2")
+    _one_line_error(result, "config.model.num_layer", "num_layers")
+
+
+@pytest.mark.parametrize("flag,message", [
+    ("--config.model.num_heads=3", "not divisible"),
+    ("--config.model.num_layers=abc", "num_layers"),
+    ("--config.tokenizer.type=word", "tokenizer.type"),
+])
+def test_bad_config_values_are_one_line(flag, message, tmp_path):
+    _one_line_error(_run("lm.train", "--config", TINY, "--workdir", str(tmp_path), flag), message)
+
+
+def test_missing_and_empty_data_are_one_line(tmp_path, cache_dir):
+    missing = tmp_path / "missing.txt"
+    result = _run("lm.train", "--config", TINY, "--workdir", str(tmp_path / "w1"), f"--config.data.path={missing}",
+                  f"--config.data.cache_dir={cache_dir}")
+    _one_line_error(result, str(missing), "does not exist")
+    empty = tmp_path / "empty.txt"
+    empty.write_text("")
+    result = _run("lm.train", "--config", TINY, "--workdir", str(tmp_path / "w2"), f"--config.data.path={empty}",
+                  f"--config.data.cache_dir={cache_dir}")
+    _one_line_error(result, "is empty")
+
+
+def test_prompt_longer_than_the_context_is_one_line(tiny_run):
+    workdir, _ = tiny_run
+    _one_line_error(_run("lm.sample", "--workdir", workdir, "--prompt", "x" * 100), "context is 32")
+
+
+def test_evaluate_and_sample_from_a_workdir(tiny_run):
+    workdir, _ = tiny_run
+    result = _run("lm.evaluate", "--workdir", workdir)
+    assert result.returncode == 0, result.stderr
+    metrics = json.loads(result.stdout.strip().splitlines()[-1])
+    assert metrics["step"] == 20 and 0 < metrics["bits_per_byte"] < 8 and metrics["perplexity"] > 1
+    args = ("lm.sample", "--workdir", workdir, "--prompt", "ROMEO:", "--max_new_tokens", "60", "--num_samples", "3",
+            "--seed", "0", "--temperature", "1.0", "--top_k", "0")
+    first, second = _run(*args), _run(*args)
+    assert first.returncode == 0, first.stderr
+    assert first.stdout == second.stdout
+    samples = first.stdout.split("--- sample")[1:]
+    assert len(samples) == 3 and len(set(samples)) == 3
+
+
+def test_sigkill_then_rerun_resumes_and_finishes(tmp_path, cache_dir):
+    workdir = tmp_path / "run"
+    cmd = [sys.executable, "-m", "lm.train", "--config", TINY, "--workdir", str(workdir),
+           "--config.train.steps=400", "--config.checkpoint.every=50", "--config.train.eval_every=1000",
+           "--config.train.log_every=50", f"--config.data.cache_dir={cache_dir}"]
+    env = {k: v for k, v in os.environ.items() if k != "XLA_FLAGS"}
+    proc = subprocess.Popen(cmd, cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    deadline = time.time() + 240
+    while not (workdir / "checkpoints" / "100").is_dir():
+        assert proc.poll() is None and time.time() < deadline, proc.stdout.read() if proc.poll() is not None else ""
+        time.sleep(0.2)
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    killed_at = max(json.loads(line)["step"] for line in open(workdir / "metrics.jsonl"))
+    assert killed_at < 400
+    result = subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True, timeout=300)
+    assert result.returncode == 0, result.stderr
+    resumed_from = int(result.stdout.split("resuming at step ")[1].split()[0])
+    assert 100 <= resumed_from < 400 and resumed_from % 50 == 0
+    records = [json.loads(line) for line in open(workdir / "metrics.jsonl")]
+    steps = [r["step"] for r in records if "loss" in r]  # train records (evaluation ones carry val_loss)
+    assert steps == sorted(steps) and steps[-1] == 400 and len(steps) == len(set(steps))

@@ -4,6 +4,7 @@ This is the only place where the ml_collections ConfigDict meets typed code: lay
 """
 
 import dataclasses
+import difflib
 from typing import Any
 
 import ml_collections
@@ -88,8 +89,19 @@ def _positive(cfg: ml_collections.ConfigDict, *keys: str) -> None:
         _check(value > 0, f"config.{key} must be positive, got {value!r}")
 
 
+def _check_keys(cfg: ml_collections.ConfigDict, known: ml_collections.ConfigDict, prefix: str = "config") -> None:
+    for key in cfg.keys():
+        if key not in known:
+            close = difflib.get_close_matches(key, list(known.keys()), n=1)
+            hint = f" (did you mean '{close[0]}'?)" if close else ""
+            raise UserError(f"unknown config key {prefix}.{key}{hint}; lm.config.defaults() lists the valid keys")
+        if isinstance(known[key], ml_collections.ConfigDict):
+            _check_keys(cfg[key], known[key], f"{prefix}.{key}")
+
+
 def validate(cfg: ml_collections.ConfigDict) -> None:
     """Rejects impossible run configs with one line naming the key and the fix."""
+    _check_keys(cfg, defaults())
     _positive(
         cfg,
         "model.num_layers", "model.num_heads", "model.embed_dim", "model.max_len",

@@ -52,9 +52,10 @@ class MetricsLog:
             with open(self.path, "w") as f:
                 f.writelines(kept)
 
-    def write(self, record: dict[str, Any], line: str) -> None:
+    def write(self, record: dict[str, Any] | None, line: str) -> None:
         if self.active:
             print(line, flush=True)
+        if self.active and record is not None:
             with open(self.path, "a") as f:
                 f.write(json.dumps(record) + "\n")
 
@@ -81,7 +82,6 @@ def train(cfg: ml_collections.ConfigDict, workdir: str) -> dict[str, float]:
     start = ckpt.latest_step() or 0
     if start:
         checkpoint.check_compatible(ckpt.meta(start)["model"], model_config, workdir)
-    if start:
         state = ckpt.restore(start, state_lib.abstract(model, tx, mesh), train_iter)
     else:
         state = state_lib.create(model, tx, mesh, cfg.seed)
@@ -97,10 +97,10 @@ def train(cfg: ml_collections.ConfigDict, workdir: str) -> dict[str, float]:
                       out_shardings=(shardings, None), donate_argnums=0)
     eval_step = make_eval_step(model, tok.token_bytes(len(d.separator.encode())), mesh)
 
-    def run_eval(step: int) -> dict[str, float]:
+    def run_eval(step: int, record: bool = True) -> dict[str, float]:
         rows = data.eval_batches(corpus, tok, row_len, local_batch, "validation", jax.process_index(), processes)
         result = evaluate(eval_step, state.params, rows, mesh, cfg.train.eval_batches)
-        log.write({"step": step, **{f"val_{k}": v for k, v in result.items()}},
+        log.write({"step": step, **{f"val_{k}": v for k, v in result.items()}} if record else None,
                   f"step {step:>6} | val loss {result['loss']:.4f} | ppl {result['perplexity']:.2f} | "
                   f"bits/byte {result['bits_per_byte']:.4f}")
         return result
@@ -124,7 +124,7 @@ def train(cfg: ml_collections.ConfigDict, workdir: str) -> dict[str, float]:
                 result = run_eval(step)
             ckpt.save(step, state, train_iter, meta, force=step == cfg.train.steps)
     if not result:  # resumed a finished run: report its final evaluation
-        result = run_eval(start)
+        result = run_eval(start, record=False)
     ckpt.wait()
     ckpt.close()
     return result

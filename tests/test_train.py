@@ -6,11 +6,13 @@ import shutil
 
 import jax
 import numpy as np
+import pytest
 
 from lm import checkpoint, data, optim, tokenizer
 from lm import config as config_lib
 from lm import sharding as shd
 from lm import state as state_lib
+from lm.cli import UserError
 from lm.model import TransformerLM
 from lm.train import METRICS, train
 
@@ -77,3 +79,10 @@ def test_checkpoint_round_trip_restores_the_saved_state(tiny_config, tmp_path, c
     np.testing.assert_array_equal(next(fresh_it)["tokens"], want_batch)
     _, step, saved_config, saved_tok, _ = checkpoint.open_run(str(tmp_path))
     assert step == 7 and saved_config == model_config and saved_tok.proto == tok.proto
+
+
+def test_unknown_key_in_a_config_file_is_named(tiny_config):
+    cfg = tiny_config.copy_and_resolve_references()
+    cfg.model.num_layer = 3
+    with pytest.raises(UserError, match=r"config\.model\.num_layer \(did you mean 'num_layers'\?\)"):
+        config_lib.validate(cfg)

@@ -1,5 +1,6 @@
 """Command-line plumbing shared by every `python -m lm.<tool>`: flag parsing and one-line errors."""
 
+import os
 import re
 import sys
 from collections.abc import Callable, Sequence
@@ -36,12 +37,15 @@ def _parse(argv: Sequence[str]) -> list[str]:
         _die(f"unknown config key in {flag}{more}; see the config file for the valid keys")
     except flags.Error as e:
         _die(f"{e}")
-    for name in ("config",):
-        if name in flags.FLAGS and flags.FLAGS[name].present:
-            value = flags.FLAGS[name].value
-            if type(value).__name__ == "_ErrorConfig":
-                error = object.__getattribute__(value, "_error")
-                _die(f"cannot load --config={flags.FLAGS[name].config_filename}: {error}")
+    except SyntaxError as e:  # in a config file
+        _die(f"cannot load config file {e.filename}: {e.msg} at line {e.lineno}")
+    config = flags.FLAGS["config"] if "config" in flags.FLAGS else None
+    if config is not None and type(config.value).__name__ == "_ErrorConfig":  # ml_collections' failed load
+        path = config.config_filename
+        if not os.path.isfile(path):
+            _die(f"config file {path} does not exist; pass --config configs/NAME.py")
+        cause = str(object.__getattribute__(config.value, "_error")).strip().splitlines()[-1].strip()
+        _die(f"cannot load config file {path}: {cause}")
     return rest
 
 

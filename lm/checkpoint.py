@@ -1,15 +1,15 @@
-"""Orbax checkpoints of a run: parameters, optimizer state, data-iterator state, model config and tokenizer.
+"""Orbax checkpoints of a run: parameters, optimizer state, data-pipeline state, model config and tokenizer.
 
-Layout: WORKDIR/checkpoints/STEP/{params, opt_state, data, meta}. `meta` (JSON) carries the model config,
-the SentencePiece model and the run config, so a checkpoint is all the sampler and evaluator need; they
-restore `params` alone, onto their own shardings.
+Layout: WORKDIR/checkpoints/STEP/{params, opt_state, data, meta}. Every process writes its shards of the
+arrays; `data` (the pipelines' positions, gathered from every process) and `meta` (JSON: the model config,
+the SentencePiece model and the run config) are written once. A checkpoint is all the sampler and evaluator
+need; they restore `params` alone, onto their own shardings, on any mesh.
 """
 
 import base64
 import os
 from typing import Any
 
-import grain
 import orbax.checkpoint as ocp
 
 from lm.cli import UserError
@@ -47,25 +47,29 @@ class Checkpointer:
     def all_steps(self) -> list[int]:
         return list(self.manager.all_steps())
 
-    def save(self, step: int, state: TrainState, data_iter: grain.DatasetIterator, meta: dict[str, Any],
-             force: bool = False) -> bool:
-        """Starts an asynchronous save at `step` if it is due (or `force`); returns whether it did."""
+    def due(self, step: int) -> bool:
+        """Whether `step` is one that the save interval asks for."""
+        return self.manager.should_save(step)
+
+    def save(self, step: int, state: TrainState, data_state: dict[str, Any], meta: dict[str, Any]) -> None:
+        """Starts an asynchronous save at `step` (every process calls it, with the same `data_state`)."""
         args = ocp.args.Composite(
             params=ocp.args.StandardSave(state.params),
             opt_state=ocp.args.StandardSave({"step": state.step, "opt_state": state.opt_state}),
-            data=grain.checkpoint.CheckpointSave(data_iter),
+            data=ocp.args.JsonSave(data_state),
             meta=ocp.args.JsonSave(meta),
         )
-        return self.manager.save(step, args=args, force=force)
+        self.manager.save(step, args=args, force=True)
 
-    def restore(self, step: int, abstract_state: TrainState, data_iter: grain.DatasetIterator) -> TrainState:
-        """The train state saved at `step`, placed as `abstract_state`'s shardings say; `data_iter` is rewound."""
+    def restore(self, step: int, abstract_state: TrainState) -> tuple[TrainState, dict[str, Any]]:
+        """The train state saved at `step`, placed as `abstract_state`'s shardings say, and the data state."""
         out = self.manager.restore(step, args=ocp.args.Composite(
             params=ocp.args.StandardRestore(abstract_state.params),
             opt_state=ocp.args.StandardRestore({"step": abstract_state.step, "opt_state": abstract_state.opt_state}),
-            data=grain.checkpoint.CheckpointRestore(data_iter),
+            data=ocp.args.JsonRestore(),
         ))
-        return TrainState(step=out.opt_state["step"], params=out.params, opt_state=out.opt_state["opt_state"])
+        state = TrainState(step=out.opt_state["step"], params=out.params, opt_state=out.opt_state["opt_state"])
+        return state, out.data
 
     def meta(self, step: int) -> dict[str, Any]:
         return self.manager.restore(step, args=ocp.args.Composite(meta=ocp.args.JsonRestore())).meta

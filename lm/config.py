@@ -10,6 +10,7 @@ from typing import Any
 import ml_collections
 
 from lm.cli import UserError
+from lm.sharding import DEFAULT_RULES
 
 TOKENIZER_TYPES = ("char", "bpe", "unigram")
 DTYPES = ("float32", "bfloat16")
@@ -29,6 +30,11 @@ class ModelConfig:
     dtype: str = "float32"  # activations
     param_dtype: str = "float32"
 
+    # What each logical parameter axis is called in the config, for error messages.
+    AXIS_NAMES = {"embed": "model.embed_dim", "heads": "model.num_heads", "mlp": "model.mlp_dim",
+                  "vocab": "vocabulary size", "head_dim": "head dim (embed_dim / num_heads)",
+                  "position": "model.max_len"}
+
     @property
     def head_dim(self) -> int:
         return self.embed_dim // self.num_heads
@@ -47,7 +53,9 @@ def defaults() -> ml_collections.ConfigDict:
     c.seed = 0
     # path: a text file or a folder of .txt files ('' = the bundled tiny Shakespeare); documents are cut at
     # `separator`; cache_dir holds the built TFDS datasets ('' = ~/.cache/lm/tfds).
-    c.data = dict(path="", separator="\n\n", validation_fraction=0.1, cache_dir="")
+    # shards: independent pipelines the global batch is drawn from, split among the processes (0 = one per
+    # process); runs with the same shards see the same batches whatever the process count.
+    c.data = dict(path="", separator="\n\n", validation_fraction=0.1, cache_dir="", shards=0)
     c.tokenizer = dict(type="char", vocab_size=256)  # type: char, bpe or unigram
     # mlp_dim 0 means 4 * embed_dim; max_len is the context length in tokens.
     c.model = dict(num_layers=4, num_heads=4, embed_dim=128, mlp_dim=0, max_len=64, use_bias=True,
@@ -56,7 +64,8 @@ def defaults() -> ml_collections.ConfigDict:
     c.train = dict(batch_size=12, steps=2000, log_every=100, eval_every=500, eval_batches=0)
     c.optim = dict(lr=1e-3, min_lr=1e-4, warmup_steps=100, b1=0.9, b2=0.99, weight_decay=0.1, grad_clip=1.0)
     c.checkpoint = dict(every=250, keep=3)
-    c.mesh = dict(data=-1, fsdp=1, tensor=1)  # one size may be -1: the rest of the devices
+    # Axis sizes (one may be -1: the rest of the devices) and the logical-axis rules (lm/sharding.py).
+    c.mesh = dict(data=-1, fsdp=1, tensor=1, rules=DEFAULT_RULES)
     return ml_collections.ConfigDict(c)
 
 
@@ -128,5 +137,6 @@ def validate(cfg: ml_collections.ConfigDict) -> None:
     _check(0 < o.b1 < 1 and 0 < o.b2 < 1, f"config.optim.b1 and b2 must be in (0, 1), got {o.b1}, {o.b2}")
     _check(o.weight_decay >= 0, f"config.optim.weight_decay must be >= 0, got {o.weight_decay}")
     _check(o.grad_clip >= 0, f"config.optim.grad_clip must be >= 0 (0 turns it off), got {o.grad_clip}")
+    _check(cfg.data.shards >= 0, f"config.data.shards must be >= 0 (0: one per process), got {cfg.data.shards}")
     f = cfg.data.validation_fraction
     _check(0 < f < 1, f"config.data.validation_fraction must be in (0, 1), got {f}")

@@ -4,12 +4,18 @@ A corpus (the bundled tiny Shakespeare, a text file, or a folder of .txt files) 
 into train and validation text, each cut into documents at `separator`, and written once as a TFDS dataset in
 a cache folder keyed by the source and the settings. Training reads it through a TFDS data source: documents
 are shuffled per epoch with a seed, tokenized as [BOS] doc [EOS], concatenated and split into rows of
-`max_len + 1` tokens with segment ids and positions, and batched. The iterator's state is a small dict that
-orbax saves with every checkpoint, so resume replays exactly the batches that came next.
+`max_len + 1` tokens with segment ids and positions, and batched.
+
+A global batch is drawn from `shards` independent pipelines (shard s reads documents s, s + shards, ...) that
+are split among the processes, so each process reads only its own rows, and runs with the same `shards` see
+the same batches whatever the number of processes. The pipelines' state is a small JSON dict that travels
+with every checkpoint, so resume replays exactly the batches that came next, on any process count.
 """
 
+import fcntl
 import hashlib
 import importlib.resources
+import itertools
 import json
 import os
 from collections.abc import Iterator
@@ -21,6 +27,7 @@ import tensorflow_datasets as tfds
 from absl import logging as absl_logging
 from grain import experimental as grain_exp
 
+from lm import sharding
 from lm.cli import UserError
 from lm.tokenizer import Tokenizer
 
@@ -101,18 +108,22 @@ class TextCorpus(tfds.core.GeneratorBasedBuilder):
 def build(path: str, separator: str, validation_fraction: float, cache_dir: str) -> TextCorpus:
     """The corpus at `path` as a prepared TFDS dataset under `cache_dir` (built on first use)."""
     files = corpus_files(path)
+    root = os.path.expanduser(cache_dir or "~/.cache/lm/tfds")
     verbosity = absl_logging.get_verbosity()
     absl_logging.set_verbosity(absl_logging.ERROR)  # TFDS warns about custom configs and speaks of downloads
     try:
         builder = TextCorpus(
             files=files, separator=separator, validation_fraction=validation_fraction,
-            data_dir=os.path.expanduser(cache_dir or "~/.cache/lm/tfds"),
+            data_dir=root,
         )
-        if not builder.is_prepared():
-            print(f"building dataset from {files[0]}{' and more' if len(files) > 1 else ''} in {builder.data_dir}",
-                  flush=True)
-            tfds.disable_progress_bar()
-            builder.download_and_prepare(file_format="array_record")
+        os.makedirs(root, exist_ok=True)
+        with open(os.path.join(root, ".build.lock"), "w") as lock:
+            fcntl.flock(lock, fcntl.LOCK_EX)  # processes sharing a cache build once, one at a time
+            if not builder.is_prepared():
+                print(f"building dataset from {files[0]}{' and more' if len(files) > 1 else ''} in "
+                      f"{builder.data_dir}", flush=True)
+                tfds.disable_progress_bar()
+                builder.download_and_prepare(file_format="array_record")
     finally:
         absl_logging.set_verbosity(verbosity)
     return builder
@@ -135,38 +146,81 @@ class _Tokenize(grain.transforms.Map):
         return {"tokens": np.asarray(ids, np.int32)}
 
 
-def _rows(docs: grain.IterDataset, row_len: int) -> grain.IterDataset:
+def _rows(builder: TextCorpus, split: str, tokenizer: Tokenizer, row_len: int, shard: int, shards: int,
+          seed: int | None) -> grain.IterDataset:
+    """Packed rows {'tokens', 'segment_ids', 'positions'} [row_len] of one shard; endless and shuffled if seeded."""
+    docs = grain.MapDataset.source(builder.as_data_source(split=split))[shard::shards]
+    if seed is not None:
+        docs = docs.shuffle(seed=seed).repeat(None)
+    docs = docs.map(_Tokenize(tokenizer)).to_iter_dataset(grain.ReadOptions(num_threads=0, prefetch_buffer_size=0))
     packed = grain_exp.ConcatThenSplitIterDataset(docs, length_struct={"tokens": row_len})
     return packed.map(
         lambda r: {"tokens": r["tokens"], "segment_ids": r["tokens_segment_ids"], "positions": r["tokens_positions"]}
     )
 
 
-def _read_options() -> grain.ReadOptions:
-    return grain.ReadOptions(num_threads=0, prefetch_buffer_size=0)  # in-process reads are fastest here
+def local_shards(shards: int, global_batch: int, process_index: int, process_count: int) -> range:
+    """The shards this process reads; checks that shards split the batch and the processes split the shards."""
+    if shards % process_count or global_batch % shards:
+        raise UserError(f"config.data.shards={shards} must be a multiple of the process count {process_count} and "
+                        f"divide config.train.batch_size={global_batch}")
+    per = shards // process_count
+    return range(process_index * per, (process_index + 1) * per)
 
 
-def train_iterator(
-    builder: TextCorpus, tokenizer: Tokenizer, row_len: int, batch: int, seed: int,
-    process_index: int = 0, process_count: int = 1,
-) -> grain.DatasetIterator:
-    """Endless iterator of this process's training batches {'tokens', 'segment_ids', 'positions'}: [batch, row_len]."""
-    source = builder.as_data_source(split="train")
-    docs = grain.MapDataset.source(source)[process_index::process_count]
-    docs = docs.shuffle(seed=seed).repeat(None).map(_Tokenize(tokenizer)).to_iter_dataset(_read_options())
-    return iter(_rows(docs, row_len).batch(batch, drop_remainder=True))
+class TrainBatches:
+    """Endless iterator of this process's rows of each global training batch: dicts of [local rows, row_len]."""
+
+    def __init__(self, builder: TextCorpus, tokenizer: Tokenizer, row_len: int, global_batch: int, seed: int,
+                 shards: int = 1, process_index: int = 0, process_count: int = 1):
+        self.shards, self.rows = shards, global_batch // shards
+        self.local = local_shards(shards, global_batch, process_index, process_count)
+        self._iters = {s: iter(_rows(builder, "train", tokenizer, row_len, s, shards, seed).batch(self.rows))
+                       for s in self.local}
+
+    def __iter__(self) -> "TrainBatches":
+        return self
+
+    def __next__(self) -> dict[str, np.ndarray]:
+        parts = [next(self._iters[s]) for s in self.local]
+        return {k: np.concatenate([p[k] for p in parts]) for k in parts[0]}
+
+    def get_state(self) -> dict[str, Any]:
+        """This process's pipelines' positions."""
+        return {"shards": self.shards, "positions": {str(s): self._iters[s].get_state() for s in self.local}}
+
+    def global_state(self) -> dict[str, Any]:
+        """Every process's pipelines' positions, merged (all processes must call it together)."""
+        mine = json.dumps(self.get_state()["positions"]).encode()
+        positions = {k: v for b in sharding.allgather_bytes(mine) for k, v in json.loads(b).items()}
+        return {"shards": self.shards, "positions": positions}
+
+    def set_state(self, state: dict[str, Any]) -> None:
+        """Rewinds to a state from `global_state()`, saved on any number of processes."""
+        if state["shards"] != self.shards:
+            raise UserError(f"the checkpoint's data order has {state['shards']} shards but this run has {self.shards}; "
+                            f"set --config.data.shards={state['shards']}")
+        for s in self.local:
+            self._iters[s].set_state(state["positions"][str(s)])
 
 
-def eval_batches(
-    builder: TextCorpus, tokenizer: Tokenizer, row_len: int, batch: int, split: str = "validation",
-    process_index: int = 0, process_count: int = 1,
-) -> Iterator[dict[str, np.ndarray]]:
-    """One pass over a split in order, in batches of `batch` rows; the last is padded with segment id 0."""
-    source = builder.as_data_source(split=split)
-    docs = grain.MapDataset.source(source)[process_index::process_count]
-    docs = docs.map(_Tokenize(tokenizer)).to_iter_dataset(_read_options())
-    for b in _rows(docs, row_len).batch(batch, drop_remainder=False):
-        n = b["tokens"].shape[0]
-        if n < batch:
-            b = {k: np.pad(v, ((0, batch - n), (0, 0))) for k, v in b.items()}
-        yield b
+def eval_batches(builder: TextCorpus, tokenizer: Tokenizer, row_len: int, global_batch: int, shards: int = 1,
+                 process_index: int = 0, process_count: int = 1, split: str = "validation",
+                 max_batches: int = 0) -> list[dict[str, np.ndarray]]:
+    """This process's rows of each batch of one ordered pass over a split (at most `max_batches` if positive).
+
+    Every process gets the same number of batches; rows past the end of a shard are padding (segment id 0).
+    """
+    rows = global_batch // shards
+    local = local_shards(shards, global_batch, process_index, process_count)
+    limit = max_batches * rows if max_batches else None
+    per_shard = [list(itertools.islice(_rows(builder, split, tokenizer, row_len, s, shards, None), limit))
+                 for s in local]
+    count = sharding.global_max(max(-(-len(r) // rows) for r in per_shard))
+    empty = {k: np.zeros(row_len, np.int32) for k in ("tokens", "segment_ids", "positions")}
+    batches = []
+    for b in range(count):
+        chunk = [r[b * rows:(b + 1) * rows] for r in per_shard]
+        chunk = [c + [empty] * (rows - len(c)) for c in chunk]
+        batches.append({k: np.stack([row[k] for c in chunk for row in c]) for k in empty})
+    return batches

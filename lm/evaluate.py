@@ -9,7 +9,6 @@ import math
 from collections.abc import Callable, Iterable, Sequence
 from typing import Any
 
-import flax.linen as nn
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -24,7 +23,7 @@ from lm.model import TransformerLM
 EvalStep = Callable[[Any, dict[str, jax.Array]], dict[str, jax.Array]]
 
 
-def make_eval_step(model: TransformerLM, token_bytes: np.ndarray, mesh: jax.sharding.Mesh) -> EvalStep:
+def make_eval_step(model: TransformerLM, token_bytes: np.ndarray, layout: shd.Layout) -> EvalStep:
     """A jitted `(params, batch) -> {'nll', 'tokens', 'bytes'}` of summed figures."""
     token_bytes = jnp.asarray(token_bytes)
 
@@ -32,24 +31,22 @@ def make_eval_step(model: TransformerLM, token_bytes: np.ndarray, mesh: jax.shar
         nll, mask, targets = objective.token_nll(model, params, batch)
         return {"nll": (nll * mask).sum(), "tokens": mask.sum(), "bytes": (token_bytes[targets] * mask).sum()}
 
-    params_sh = state_lib.param_shardings(model, mesh)
-    jitted = jax.jit(eval_step, in_shardings=(params_sh, shd.batch_sharding(mesh)))
+    params_sh = jax.tree.map(lambda s: s.sharding, state_lib.abstract_params(model, layout))
+    jitted = jax.jit(eval_step, in_shardings=(params_sh, layout.batch_sharding()))
 
     def run(params: Any, batch: dict[str, jax.Array]) -> dict[str, jax.Array]:
-        with jax.set_mesh(mesh), nn.logical_axis_rules(shd.RULES):
+        with layout.scope():
             return jitted(params, batch)
 
     return run
 
 
-def evaluate(eval_step: EvalStep, params: Any, batches: Iterable[dict[str, np.ndarray]], mesh: jax.sharding.Mesh,
-             max_batches: int = 0) -> dict[str, float]:
-    """Loss, perplexity and bits per byte over `batches` (at most `max_batches` if positive)."""
+def evaluate(eval_step: EvalStep, params: Any, batches: Iterable[dict[str, np.ndarray]],
+             layout: shd.Layout) -> dict[str, float]:
+    """Loss, perplexity and bits per byte over `batches` (this process's rows of each)."""
     totals = {"nll": 0.0, "tokens": 0.0, "bytes": 0.0}
-    for i, batch in enumerate(batches):
-        if max_batches and i >= max_batches:
-            break
-        out = jax.device_get(eval_step(params, shd.global_batch(batch, mesh)))
+    for batch in batches:
+        out = jax.device_get(eval_step(params, layout.global_batch(batch)))
         totals = {k: totals[k] + float(out[k]) for k in totals}
     if not totals["tokens"]:
         raise cli.UserError("the evaluation split holds no tokens to score; use a larger corpus")
@@ -66,16 +63,15 @@ def main(argv: Sequence[str]) -> None:
     del argv
     f = flags.FLAGS
     ckpt, step, model_config, tokenizer, run = open_run(f.workdir, f.step)
-    mesh = shd.make_mesh(run["mesh"])
+    layout = shd.make_layout(run["mesh"])
     model = TransformerLM(model_config)
-    params = ckpt.params(step, state_lib.abstract_params(model, mesh))
+    params = ckpt.params(step, state_lib.abstract_params(model, layout))
     d = run["data"]
     corpus = data.build(d["path"], d["separator"], d["validation_fraction"], d["cache_dir"])
-    batch = run["train"]["batch_size"]
-    eval_step = make_eval_step(model, tokenizer.token_bytes(len(d["separator"].encode())), mesh)
-    rows = data.eval_batches(corpus, tokenizer, model_config.max_len + 1, batch // jax.process_count(), f.split,
-                             jax.process_index(), jax.process_count())
-    result = {"step": step, "split": f.split, **evaluate(eval_step, params, rows, mesh)}
+    eval_step = make_eval_step(model, tokenizer.token_bytes(len(d["separator"].encode())), layout)
+    rows = data.eval_batches(corpus, tokenizer, model_config.max_len + 1, run["train"]["batch_size"], d["shards"],
+                             jax.process_index(), jax.process_count(), f.split)
+    result = {"step": step, "split": f.split, **evaluate(eval_step, params, rows, layout)}
     print(json.dumps(result))
 
 

@@ -103,12 +103,12 @@ def main(argv: Sequence[str]) -> None:
     if f.num_samples < 1 or f.max_new_tokens < 1 or f.temperature < 0 or f.top_k < 0 or not 0 < f.top_p <= 1:
         raise cli.UserError("need --num_samples >= 1, --max_new_tokens >= 1, --temperature >= 0, --top_k >= 0 "
                             "and 0 < --top_p <= 1")
-    mesh = shd.make_mesh({"data": 1, "fsdp": 1, "tensor": 1}, jax.devices()[:1])
+    layout = shd.make_layout({"data": 1, "fsdp": 1, "tensor": 1}, jax.devices()[:1])
     model = TransformerLM(model_config)
-    params = ckpt.params(step, state_lib.abstract_params(model, mesh))
+    params = ckpt.params(step, state_lib.abstract_params(model, layout))
     prompts = jnp.asarray(np.tile(prompt, (f.num_samples, 1)), jnp.int32)
     cache = init_cache(model_config, f.num_samples)
-    with jax.set_mesh(mesh):
+    with layout.scope():
         out = generate(model_apply(model), params, cache, prompts, jax.random.key(f.seed), f.max_new_tokens,
                        f.temperature, f.top_k, f.top_p)
     for i, row in enumerate(np.asarray(out)):

@@ -1,15 +1,22 @@
-"""Device mesh, logical axis names and the rules that map them onto mesh axes.
+"""Device mesh, logical axis names, and the rules (config data) that map them onto mesh axes.
 
-Parameters and activations carry logical names (below); `RULES` maps each name onto mesh axes, so data-,
-fully-sharded- and tensor-parallel layouts are a matter of mesh sizes, not code.
+Mesh axes: `data` splits the batch and replicates the model; `fsdp` splits the batch and also shards every
+parameter and its optimizer state (gathered just in time for each layer); `tensor` splits attention heads,
+the MLP width and the vocabulary inside each layer. Parameters and activations carry logical names (below);
+the rules map each name onto mesh axes, in order of precedence, so data-, fully-sharded- and tensor-parallel
+layouts are a matter of mesh sizes, not code.
 """
 
-from collections.abc import Sequence
+import contextlib
+import dataclasses
+from collections import defaultdict
+from collections.abc import Iterator, Sequence
 from typing import Any
 
 import flax.linen as nn
 import jax
 import numpy as np
+from jax.experimental import multihost_utils
 from jax.sharding import NamedSharding, PartitionSpec
 
 from lm.cli import UserError
@@ -31,13 +38,19 @@ ACT_HEADS = "act_heads"
 ACT_MLP = "act_mlp"
 ACT_VOCAB = "act_vocab"
 
-RULES: tuple[tuple[str, Any], ...] = (
-    (VOCAB, "tensor"),
+Rules = tuple[tuple[str, Any], ...]
+
+# A name takes the first rule whose mesh axes the array does not use yet, so later rules are fallbacks:
+# a kernel shards `embed` over fsdp and `mlp` over tensor; a bias with no `embed` axis shards `mlp` (or
+# `head_dim`) over fsdp instead, so that FSDP leaves no parameter replicated.
+DEFAULT_RULES: Rules = (
     (EMBED, "fsdp"),
-    (POSITION, None),
+    (VOCAB, "tensor"),
     (HEADS, "tensor"),
-    (HEAD_DIM, None),
+    (MLP, ("tensor", "fsdp")),
     (MLP, "tensor"),
+    (HEAD_DIM, "fsdp"),
+    (POSITION, None),
     (BATCH, ("data", "fsdp")),
     (LENGTH, None),
     (ACT_EMBED, None),
@@ -45,6 +58,17 @@ RULES: tuple[tuple[str, Any], ...] = (
     (ACT_MLP, "tensor"),
     (ACT_VOCAB, "tensor"),
 )
+
+
+def as_rules(rules: Sequence[Sequence[Any]]) -> Rules:
+    """Rules from config data (lists from JSON become tuples)."""
+    def axes(a: Any) -> Any:
+        return tuple(a) if isinstance(a, (list, tuple)) else a
+
+    try:
+        return tuple((str(name), axes(a)) for name, a in rules)
+    except (TypeError, ValueError) as e:
+        raise UserError(f"config.mesh.rules must be pairs (logical name, mesh axis or axes or None): {e}") from e
 
 
 def mesh_shape(sizes: dict[str, int], num_devices: int) -> tuple[int, ...]:
@@ -65,32 +89,116 @@ def mesh_shape(sizes: dict[str, int], num_devices: int) -> tuple[int, ...]:
     return tuple(shape)
 
 
-def make_mesh(sizes: dict[str, int], devices: Sequence[jax.Device] | None = None) -> jax.sharding.Mesh:
-    """A mesh with axes MESH_AXES over all devices (or `devices`), sizes from the config."""
+@dataclasses.dataclass(frozen=True)
+class Layout:
+    """A mesh and the logical-axis rules in force on it: everything that decides where arrays live."""
+
+    mesh: jax.sharding.Mesh
+    rules: Rules
+
+    @contextlib.contextmanager
+    def scope(self) -> Iterator[None]:
+        """Sets the mesh and the rules, for jitted code that constrains activations by logical name."""
+        with jax.set_mesh(self.mesh), nn.logical_axis_rules(self.rules):
+            yield
+
+    def shardings(self, boxed: Any) -> Any:
+        """NamedShardings for a tree of logically boxed values (e.g. from `jax.eval_shape(init)`)."""
+        return nn.logical_to_mesh_sharding(nn.get_partition_spec(boxed), self.mesh, self.rules)
+
+    def batch_sharding(self) -> NamedSharding:
+        """Sharding of a [batch, length] array: rows split over the data-parallel axes."""
+        return NamedSharding(self.mesh, PartitionSpec(*nn.logical_to_mesh_axes((BATCH, LENGTH), self.rules)))
+
+    def global_batch(self, local: dict[str, np.ndarray]) -> dict[str, jax.Array]:
+        """This process's rows of a batch -> global arrays, rows split over the data-parallel axes."""
+        sharding = self.batch_sharding()
+        return {k: jax.make_array_from_process_local_data(sharding, v) for k, v in local.items()}
+
+    @property
+    def data_parallel(self) -> int:
+        """How many ways the batch is split."""
+        spec = self.batch_sharding().spec[0]
+        axes = spec if isinstance(spec, tuple) else (spec,) if spec else ()
+        return int(np.prod([self.mesh.shape[a] for a in axes]))
+
+    def describe(self) -> str:
+        sizes = ", ".join(f"{a}={n}" for a, n in self.mesh.shape.items())
+        rules = ", ".join(f"{name}->{axes}" for name, axes in self.rules if axes is not None)
+        return f"mesh ({sizes}) over {self.mesh.size} devices in {jax.process_count()} process(es); rules: {rules}"
+
+    def check_divisible(self, boxed: Any, names: dict[str, str] | None = None) -> None:
+        """Stops with one line when a parameter dimension does not divide over the mesh axes the rules give it."""
+        names = names or {}
+        problems = []
+        leaves = jax.tree.leaves(boxed, is_leaf=lambda x: isinstance(x, nn.Partitioned))
+        for box in leaves:
+            if not isinstance(box, nn.Partitioned):
+                continue
+            spec = nn.logical_to_mesh_axes(box.names, self.rules)
+            for name, size, axes in zip(box.names, box.value.shape, spec, strict=False):
+                axes = () if axes is None else axes if isinstance(axes, tuple) else (axes,)
+                ways = int(np.prod([self.mesh.shape[a] for a in axes]))
+                if size % ways:
+                    mesh = " x ".join(f"{a}={self.mesh.shape[a]}" for a in axes)
+                    problems.append(f"{names.get(name, name)}={size} is not divisible by mesh {mesh}")
+        if problems:
+            raise UserError("; ".join(sorted(set(problems))) + "; change the model or the mesh (config.mesh)")
+
+
+def make_layout(sizes: dict[str, Any], devices: Sequence[jax.Device] | None = None) -> Layout:
+    """The layout of `config.mesh` (axis sizes and rules) over all devices, or over `devices`."""
     devices = list(devices if devices is not None else jax.devices())
     shape = mesh_shape(sizes, len(devices))
     auto = (jax.sharding.AxisType.Auto,) * len(MESH_AXES)
-    return jax.make_mesh(shape, MESH_AXES, axis_types=auto, devices=devices)
+    mesh = jax.make_mesh(shape, MESH_AXES, axis_types=auto, devices=devices)
+    return Layout(mesh, as_rules(sizes.get("rules", DEFAULT_RULES)))
 
 
-def logical_shardings(tree: Any, mesh: jax.sharding.Mesh) -> Any:
-    """NamedShardings for a tree of logically boxed values (e.g. from `jax.eval_shape(init)`)."""
-    specs = nn.get_partition_spec(tree)
-    return nn.logical_to_mesh_sharding(specs, mesh, RULES)
+def bytes_per_device(tree: Any) -> dict[jax.Device, int]:
+    """Bytes that each of this process's devices holds of the arrays in `tree`."""
+    held: dict[jax.Device, int] = defaultdict(int)
+    for x in jax.tree.leaves(tree):
+        for shard in x.addressable_shards:
+            held[shard.device] += shard.data.nbytes
+    return dict(held)
 
 
-def batch_sharding(mesh: jax.sharding.Mesh) -> NamedSharding:
-    """Sharding of a [batch, length] array: rows split over the data-parallel axes."""
-    spec = nn.logical_to_mesh_axes((BATCH, LENGTH), RULES)
-    return NamedSharding(mesh, PartitionSpec(*spec))
+def sync(name: str) -> None:
+    """Waits until every process gets here (no-op with one process)."""
+    if jax.process_count() > 1:
+        multihost_utils.sync_global_devices(name)
 
 
-def global_batch(local: dict[str, np.ndarray], mesh: jax.sharding.Mesh) -> dict[str, jax.Array]:
-    """This process's rows of a batch -> global arrays, rows split over the data-parallel axes."""
-    sharding = batch_sharding(mesh)
-    return {k: jax.make_array_from_process_local_data(sharding, v) for k, v in local.items()}
+def global_max(value: int) -> int:
+    """The largest `value` over all processes."""
+    if jax.process_count() == 1:
+        return value
+    return int(np.max(multihost_utils.process_allgather(np.asarray(value, np.int64))))
 
 
-def data_parallel_size(mesh: jax.sharding.Mesh) -> int:
-    """How many ways the batch is split."""
-    return int(np.prod([mesh.shape[a] for a in ("data", "fsdp")]))
+def allgather_bytes(payload: bytes) -> list[bytes]:
+    """Every process's `payload`, in process order."""
+    if jax.process_count() == 1:
+        return [payload]
+    length = global_max(len(payload))
+    buf = np.zeros(length, np.uint8)
+    buf[: len(payload)] = np.frombuffer(payload, np.uint8)
+    lengths = multihost_utils.process_allgather(np.asarray(len(payload), np.int64))
+    bufs = multihost_utils.process_allgather(buf)
+    return [bytes(b[:n]) for b, n in zip(np.asarray(bufs), np.asarray(lengths).ravel(), strict=True)]
+
+
+def initialize_distributed(coordinator_address: str, num_processes: int, process_id: int, auto: bool) -> None:
+    """`jax.distributed.initialize`, explicitly (address, count, id) or auto-detected (SLURM, TPU, MPI)."""
+    if coordinator_address:
+        if num_processes < 1 or not 0 <= process_id < num_processes:
+            raise UserError(f"--process_id={process_id} must be in [0, --num_processes={num_processes})")
+        jax.distributed.initialize(coordinator_address=coordinator_address, num_processes=num_processes,
+                                   process_id=process_id)
+    elif auto:
+        try:
+            jax.distributed.initialize()
+        except (ValueError, RuntimeError) as e:
+            raise UserError(f"--distributed could not detect a cluster ({e}); pass --coordinator_address, "
+                            "--num_processes and --process_id") from e

@@ -13,8 +13,9 @@ import jax
 import jax.numpy as jnp
 import optax
 
-from lm import sharding as shd
+from lm.config import ModelConfig
 from lm.model import TransformerLM
+from lm.sharding import Layout
 
 
 @flax.struct.dataclass
@@ -24,27 +25,21 @@ class TrainState:
     opt_state: Any
 
 
-def _dummy_batch(model: TransformerLM) -> tuple[jax.Array, jax.Array, jax.Array]:
-    tokens = jnp.zeros((1, model.config.max_len), jnp.int32)
-    return tokens, tokens, jnp.ones_like(tokens)
-
-
 def boxed_params(model: TransformerLM, seed: int) -> Any:
     """Parameters with their logical names (flax Partitioned boxes)."""
-    return model.init(jax.random.key(seed), *_dummy_batch(model))["params"]
+    tokens = jnp.zeros((1, model.config.max_len), jnp.int32)
+    return model.init(jax.random.key(seed), tokens, tokens, jnp.ones_like(tokens))["params"]
 
 
-def param_shardings(model: TransformerLM, mesh: jax.sharding.Mesh) -> Any:
-    """NamedShardings of the model's parameters on `mesh`."""
-    return shd.logical_shardings(jax.eval_shape(lambda: boxed_params(model, 0)), mesh)
+def _abstract(tree: Any, shardings: Any) -> Any:
+    return jax.tree.map(lambda s, sh: jax.ShapeDtypeStruct(s.shape, s.dtype, sharding=sh), nn.unbox(tree), shardings)
 
 
-def abstract_params(model: TransformerLM, mesh: jax.sharding.Mesh) -> Any:
-    """ShapeDtypeStructs with shardings, e.g. to restore parameters onto `mesh`."""
-    shapes = nn.unbox(jax.eval_shape(lambda: boxed_params(model, 0)))
-    return jax.tree.map(
-        lambda s, sh: jax.ShapeDtypeStruct(s.shape, s.dtype, sharding=sh), shapes, param_shardings(model, mesh)
-    )
+def abstract_params(model: TransformerLM, layout: Layout) -> Any:
+    """The parameters as ShapeDtypeStructs with their shardings (a target to restore into); checks divisibility."""
+    boxed = jax.eval_shape(lambda: boxed_params(model, 0))
+    layout.check_divisible(boxed, ModelConfig.AXIS_NAMES)
+    return _abstract(boxed, layout.shardings(boxed))
 
 
 def _init_fn(model: TransformerLM, tx: optax.GradientTransformation, seed: int) -> Callable[[], TrainState]:
@@ -55,16 +50,16 @@ def _init_fn(model: TransformerLM, tx: optax.GradientTransformation, seed: int) 
     return init
 
 
-def abstract(model: TransformerLM, tx: optax.GradientTransformation, mesh: jax.sharding.Mesh) -> TrainState:
-    """The train state as ShapeDtypeStructs with their shardings on `mesh` (a target to restore into)."""
-    with jax.set_mesh(mesh), nn.logical_axis_rules(shd.RULES):
+def abstract(model: TransformerLM, tx: optax.GradientTransformation, layout: Layout) -> TrainState:
+    """The train state as ShapeDtypeStructs with their shardings on the layout; checks divisibility."""
+    with layout.scope():
         boxed = jax.eval_shape(_init_fn(model, tx, 0))
-        shardings = shd.logical_shardings(boxed, mesh)
-    return jax.tree.map(lambda s, sh: jax.ShapeDtypeStruct(s.shape, s.dtype, sharding=sh), nn.unbox(boxed), shardings)
+    layout.check_divisible(boxed.params, ModelConfig.AXIS_NAMES)
+    return _abstract(boxed, layout.shardings(boxed))
 
 
-def create(model: TransformerLM, tx: optax.GradientTransformation, mesh: jax.sharding.Mesh, seed: int) -> TrainState:
-    """A fresh TrainState, each array created where its sharding on `mesh` puts it."""
-    shardings = jax.tree.map(lambda s: s.sharding, abstract(model, tx, mesh))
-    with jax.set_mesh(mesh), nn.logical_axis_rules(shd.RULES):
+def create(model: TransformerLM, tx: optax.GradientTransformation, layout: Layout, seed: int) -> TrainState:
+    """A fresh TrainState, each array created where its sharding on the layout puts it."""
+    shardings = jax.tree.map(lambda s: s.sharding, abstract(model, tx, layout))
+    with layout.scope():
         return jax.jit(lambda: nn.unbox(_init_fn(model, tx, seed)()), out_shardings=shardings)()

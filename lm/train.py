@@ -10,7 +10,6 @@ import time
 from collections.abc import Callable, Sequence
 from typing import Any
 
-import flax.linen as nn
 import jax
 import ml_collections
 import optax
@@ -60,58 +59,82 @@ class MetricsLog:
                 f.write(json.dumps(record) + "\n")
 
 
+def _start_up_lines(layout: shd.Layout, state: state_lib.TrainState, model_config: config_lib.ModelConfig,
+                    start: int) -> str:
+    """The model, the mesh and rules in force, and the bytes of state that each device holds."""
+    total = sum(x.nbytes for x in jax.tree.leaves(state))
+    held = max(shd.bytes_per_device(state).values())
+    params = sum(x.size for x in jax.tree.leaves(state.params))
+    return (f"model: {params / 1e6:.2f}M parameters, vocab {model_config.vocab_size}, context {model_config.max_len}\n"
+            f"{layout.describe()}\n"
+            f"parameters + optimizer state: {total / 2**20:.2f} MiB in all, at most {held / 2**20:.2f} MiB per device "
+            f"({held / total:.1%})\n" + (f"resuming at step {start}" if start else "starting at step 0"))
+
+
 def train(cfg: ml_collections.ConfigDict, workdir: str) -> dict[str, float]:
     """Trains (or resumes) the run of `cfg` in `workdir`; returns the final validation metrics."""
     config_lib.validate(cfg)
-    mesh = shd.make_mesh(cfg.mesh)
-    dp, processes = shd.data_parallel_size(mesh), jax.process_count()
-    if cfg.train.batch_size % dp or cfg.train.batch_size % processes:
-        raise cli.UserError(f"config.train.batch_size={cfg.train.batch_size} is not divisible by the data-parallel "
-                            f"size {dp} (mesh data x fsdp) and the process count {processes}")
+    layout = shd.make_layout(cfg.mesh)
+    processes, process = jax.process_count(), jax.process_index()
+    batch = cfg.train.batch_size
+    if batch % layout.data_parallel:
+        raise cli.UserError(f"config.train.batch_size={batch} is not divisible by the data-parallel size "
+                            f"{layout.data_parallel} (mesh data x fsdp)")
     d = cfg.data
     corpus = data.build(d.path, d.separator, d.validation_fraction, d.cache_dir)
-    tok = tokenizer.load_or_train(workdir, cfg.tokenizer.type, cfg.tokenizer.vocab_size, data.texts(corpus, "train"))
+    if process == 0:
+        texts = data.texts(corpus, "train")
+        tok = tokenizer.load_or_train(workdir, cfg.tokenizer.type, cfg.tokenizer.vocab_size, texts)
+    shd.sync("tokenizer")
+    if process != 0:
+        tok = tokenizer.Tokenizer.load(os.path.join(workdir, tokenizer.MODEL_FILE))
     model_config = config_lib.model_config(cfg, tok.vocab_size)
     model = TransformerLM(model_config)
     tx, lr = optim.optimizer(cfg.optim, cfg.train.steps)
-    row_len, local_batch = model_config.max_len + 1, cfg.train.batch_size // processes
-    train_iter = data.train_iterator(corpus, tok, row_len, local_batch, cfg.seed, jax.process_index(), processes)
 
     ckpt = checkpoint.Checkpointer(workdir, cfg.checkpoint.every, cfg.checkpoint.keep)
-    meta = checkpoint.make_meta(model_config, tok, cfg.to_dict())
     start = ckpt.latest_step() or 0
     if start:
         checkpoint.check_compatible(ckpt.meta(start)["model"], model_config, workdir)
-        state = ckpt.restore(start, state_lib.abstract(model, tx, mesh), train_iter)
+        state, data_state = ckpt.restore(start, state_lib.abstract(model, tx, layout))
+        shards = d.shards or data_state["shards"]
     else:
-        state = state_lib.create(model, tx, mesh, cfg.seed)
-    shardings = jax.tree.map(lambda x: x.sharding, state)
-    num_params = sum(x.size for x in jax.tree.leaves(state.params))
+        state = state_lib.create(model, tx, layout, cfg.seed)
+        shards = d.shards or processes
+    row_len = model_config.max_len + 1
+    batches = data.TrainBatches(corpus, tok, row_len, batch, cfg.seed, shards, process, processes)
+    if start:
+        batches.set_state(data_state)
+    run_config = cfg.to_dict()
+    run_config["data"]["shards"] = shards
+    meta = checkpoint.make_meta(model_config, tok, run_config)
     log = MetricsLog(workdir, start)
     if log.active:
-        print(f"model: {num_params / 1e6:.2f}M parameters, vocab {model_config.vocab_size}, context "
-              f"{model_config.max_len}; mesh {dict(mesh.shape)}; "
-              + (f"resuming at step {start}" if start else "starting at step 0"), flush=True)
+        print(_start_up_lines(layout, state, model_config, start), flush=True)
 
-    step_fn = jax.jit(make_train_step(model, tx, lr), in_shardings=(shardings, shd.batch_sharding(mesh)),
+    shardings = jax.tree.map(lambda x: x.sharding, state)
+    step_fn = jax.jit(make_train_step(model, tx, lr), in_shardings=(shardings, layout.batch_sharding()),
                       out_shardings=(shardings, None), donate_argnums=0)
-    eval_step = make_eval_step(model, tok.token_bytes(len(d.separator.encode())), mesh)
+    eval_step = make_eval_step(model, tok.token_bytes(len(d.separator.encode())), layout)
+    eval_set: list[dict] = []
 
     def run_eval(step: int, record: bool = True) -> dict[str, float]:
-        rows = data.eval_batches(corpus, tok, row_len, local_batch, "validation", jax.process_index(), processes)
-        result = evaluate(eval_step, state.params, rows, mesh, cfg.train.eval_batches)
+        if not eval_set:  # packed once, reused by every evaluation
+            eval_set.extend(data.eval_batches(corpus, tok, row_len, batch, shards, process, processes,
+                                              max_batches=cfg.train.eval_batches))
+        result = evaluate(eval_step, state.params, eval_set, layout)
         log.write({"step": step, **{f"val_{k}": v for k, v in result.items()}} if record else None,
                   f"step {step:>6} | val loss {result['loss']:.4f} | ppl {result['perplexity']:.2f} | "
                   f"bits/byte {result['bits_per_byte']:.4f}")
         return result
 
     result: dict[str, float] = {}
-    tokens_per_step = cfg.train.batch_size * model_config.max_len
+    tokens_per_step = batch * model_config.max_len
     t_start = t_last = time.time()
     last_logged = start
-    with jax.set_mesh(mesh), nn.logical_axis_rules(shd.RULES):
+    with layout.scope():
         for step in range(start + 1, cfg.train.steps + 1):
-            state, metrics = step_fn(state, shd.global_batch(next(train_iter), mesh))
+            state, metrics = step_fn(state, layout.global_batch(next(batches)))
             if step % cfg.train.log_every == 0 or step == cfg.train.steps:
                 m = {k: float(v) for k, v in jax.device_get(metrics).items()}
                 now = time.time()
@@ -122,7 +145,8 @@ def train(cfg: ml_collections.ConfigDict, workdir: str) -> dict[str, float]:
                           f"grad norm {m['grad_norm']:.3f} | {tps:,.0f} tok/s | {now - t_start:.1f}s")
             if step % cfg.train.eval_every == 0 or step == cfg.train.steps:
                 result = run_eval(step)
-            ckpt.save(step, state, train_iter, meta, force=step == cfg.train.steps)
+            if ckpt.due(step) or step == cfg.train.steps:
+                ckpt.save(step, state, batches.global_state(), meta)
     if not result:  # resumed a finished run: report its final evaluation
         result = run_eval(start, record=False)
     ckpt.wait()
@@ -135,10 +159,15 @@ def main(argv: Sequence[str]) -> None:
     f = flags.FLAGS
     if f.config is None or not f.workdir:
         raise cli.UserError("usage: python -m lm.train --config configs/NAME.py --workdir DIR")
+    shd.initialize_distributed(f.coordinator_address, f.num_processes, f.process_id, f.distributed)
     train(f.config, f.workdir)
 
 
 if __name__ == "__main__":
     config_flags.DEFINE_config_file("config", None, "Run config file, e.g. configs/shakespeare_char.py.")
     flags.DEFINE_string("workdir", None, "Directory for the tokenizer, checkpoints and metrics.")
+    flags.DEFINE_string("coordinator_address", "", "Multi-process: host:port of process 0 (all processes).")
+    flags.DEFINE_integer("num_processes", 1, "Multi-process: how many processes take part.")
+    flags.DEFINE_integer("process_id", 0, "Multi-process: this process's index, from 0.")
+    flags.DEFINE_bool("distributed", False, "Multi-process with the cluster auto-detected (SLURM, TPU, MPI).")
     cli.run(main)

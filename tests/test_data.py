@@ -1,5 +1,7 @@
 """The data pipeline: split, packing, sharding across processes and exact resume of the iterator."""
 
+import json
+
 import numpy as np
 import pytest
 
@@ -24,7 +26,7 @@ def corpus(cache_dir):
 
 def test_batches_are_packed_rows_of_documents(corpus):
     builder, tok = corpus
-    batch = next(data.train_iterator(builder, tok, 33, 4, seed=0))
+    batch = next(data.TrainBatches(builder, tok, 33, 4, seed=0))
     assert {k: v.shape for k, v in batch.items()} == {k: (4, 33) for k in ("tokens", "segment_ids", "positions")}
     for tokens, segs, pos in zip(batch["tokens"], batch["segment_ids"], batch["positions"], strict=True):
         assert (segs >= 1).all() and (np.diff(segs) >= 0).all()
@@ -34,33 +36,43 @@ def test_batches_are_packed_rows_of_documents(corpus):
 
 def test_iterator_state_resumes_exactly(corpus):
     builder, tok = corpus
-    it = data.train_iterator(builder, tok, 33, 4, seed=3)
+    it = data.TrainBatches(builder, tok, 33, 4, seed=3, shards=2)
     for _ in range(5):
         next(it)
-    state = it.get_state()
+    state = json.loads(json.dumps(it.global_state()))  # as it travels in a checkpoint
     expected = [next(it)["tokens"] for _ in range(3)]
-    fresh = data.train_iterator(builder, tok, 33, 4, seed=3)
+    fresh = data.TrainBatches(builder, tok, 33, 4, seed=3, shards=2)
     fresh.set_state(state)
     for want in expected:
         np.testing.assert_array_equal(next(fresh)["tokens"], want)
 
 
-def test_processes_read_disjoint_documents(corpus):
+def test_processes_read_their_rows_of_the_same_global_batches(corpus):
+    """With the same shards, two processes together read exactly the batches one process reads."""
     builder, tok = corpus
-    firsts = []
-    for i in range(2):
-        batch = next(data.train_iterator(builder, tok, 200, 2, seed=0, process_index=i, process_count=2))
-        firsts.append(tok.decode(batch["tokens"][0][1:40]))
-    assert firsts[0] != firsts[1]
+    whole = data.TrainBatches(builder, tok, 33, 8, seed=0, shards=4)
+    halves = [data.TrainBatches(builder, tok, 33, 8, seed=0, shards=4, process_index=i, process_count=2)
+              for i in range(2)]
+    for _ in range(3):
+        parts = [next(h) for h in halves]
+        assert parts[0]["tokens"].shape == (4, 33)
+        np.testing.assert_array_equal(np.concatenate([p["tokens"] for p in parts]), next(whole)["tokens"])
+    with pytest.raises(UserError, match="multiple of the process count"):
+        data.TrainBatches(builder, tok, 33, 8, seed=0, shards=3, process_index=0, process_count=2)
 
 
 def test_eval_batches_cover_the_split_once(corpus):
     builder, tok = corpus
-    batches = list(data.eval_batches(builder, tok, 65, 16))
+    batches = data.eval_batches(builder, tok, 65, 16, shards=2)
     assert all(b["tokens"].shape == (16, 65) for b in batches)
     tokens = sum(int((b["segment_ids"] > 0).sum()) for b in batches)
     expected = sum(len(tok.encode(t)) + 2 for t in data.texts(builder, "validation"))
-    assert expected - 65 <= tokens <= expected  # all but a final partial row
+    assert expected - 2 * 65 <= tokens <= expected  # all but each shard's final partial row
+    split = [data.eval_batches(builder, tok, 65, 16, shards=2, process_index=i, process_count=2) for i in range(2)]
+    # (in one process the counts are not equalized across processes, as they are in a multi-process run)
+    assert max(len(split[0]), len(split[1])) == len(batches)
+    np.testing.assert_array_equal(np.concatenate([split[0][3]["tokens"], split[1][3]["tokens"]]),
+                                  batches[3]["tokens"])
 
 
 def test_missing_and_empty_data_are_one_line_errors(tmp_path, cache_dir):

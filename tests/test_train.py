@@ -34,8 +34,8 @@ def test_loss_falls_within_a_few_steps(tiny_run):
 def _restored_params(workdir, step):
     ckpt, step, model_config, _, _ = checkpoint.open_run(workdir, step)
     model = TransformerLM(model_config)
-    mesh = shd.make_mesh({"data": -1, "fsdp": 1, "tensor": 1})
-    return ckpt.params(step, state_lib.abstract_params(model, mesh))
+    layout = shd.make_layout({"data": -1, "fsdp": 1, "tensor": 1})
+    return ckpt.params(step, state_lib.abstract_params(model, layout))
 
 
 def test_resumed_run_equals_uninterrupted_run(tiny_run, tiny_config, tmp_path):
@@ -59,23 +59,25 @@ def test_checkpoint_round_trip_restores_the_saved_state(tiny_config, tmp_path, c
     model_config = config_lib.model_config(cfg, tok.vocab_size)
     model = TransformerLM(model_config)
     tx, _ = optim.optimizer(cfg.optim, 10)
-    mesh = shd.make_mesh({"data": 2, "fsdp": 2, "tensor": 2})
-    state = state_lib.create(model, tx, mesh, seed=4)
+    layout = shd.make_layout({"data": 2, "fsdp": 2, "tensor": 2})
+    state = state_lib.create(model, tx, layout, seed=4)
     state = state.replace(step=state.step + 7)
-    it = data.train_iterator(corpus, tok, 33, 8, seed=0)
+    it = data.TrainBatches(corpus, tok, 33, 8, seed=0)
     next(it)
     ckpt = checkpoint.Checkpointer(str(tmp_path), every=1, keep=2)
-    ckpt.save(7, state, it, checkpoint.make_meta(model_config, tok, cfg.to_dict()), force=True)
+    ckpt.save(7, state, it.global_state(), checkpoint.make_meta(model_config, tok, cfg.to_dict()))
     ckpt.wait()
     want_batch = next(it)["tokens"]
 
-    template = state_lib.abstract(model, tx, mesh)
-    fresh_it = data.train_iterator(corpus, tok, 33, 8, seed=0)
-    restored = ckpt.restore(7, template, fresh_it)
-    assert int(restored.step) == 7
-    for x, y in zip(jax.tree.leaves(state), jax.tree.leaves(restored), strict=True):
-        np.testing.assert_array_equal(np.asarray(x), np.asarray(y))
-        assert x.sharding == y.sharding
+    for sizes in ({"data": 2, "fsdp": 2, "tensor": 2}, {"data": 1, "fsdp": 8, "tensor": 1}):  # same and other mesh
+        template = state_lib.abstract(model, tx, shd.make_layout(sizes))
+        restored, data_state = ckpt.restore(7, template)
+        assert int(restored.step) == 7
+        for x, y, t in zip(jax.tree.leaves(state), jax.tree.leaves(restored), jax.tree.leaves(template), strict=True):
+            np.testing.assert_array_equal(np.asarray(x), np.asarray(y))
+            assert y.sharding == t.sharding
+    fresh_it = data.TrainBatches(corpus, tok, 33, 8, seed=0)
+    fresh_it.set_state(data_state)
     np.testing.assert_array_equal(next(fresh_it)["tokens"], want_batch)
     _, step, saved_config, saved_tok, _ = checkpoint.open_run(str(tmp_path))
     assert step == 7 and saved_config == model_config and saved_tok.proto == tok.proto

@@ -109,21 +109,19 @@ def build(path: str, separator: str, validation_fraction: float, cache_dir: str)
     """The corpus at `path` as a prepared TFDS dataset under `cache_dir` (built on first use)."""
     files = corpus_files(path)
     root = os.path.expanduser(cache_dir or "~/.cache/lm/tfds")
+    os.makedirs(root, exist_ok=True)
     verbosity = absl_logging.get_verbosity()
     absl_logging.set_verbosity(absl_logging.ERROR)  # TFDS warns about custom configs and speaks of downloads
     try:
-        builder = TextCorpus(
-            files=files, separator=separator, validation_fraction=validation_fraction,
-            data_dir=root,
-        )
-        os.makedirs(root, exist_ok=True)
         with open(os.path.join(root, ".build.lock"), "w") as lock:
             fcntl.flock(lock, fcntl.LOCK_EX)  # processes sharing a cache build once, one at a time
+            builder = TextCorpus(files=files, separator=separator, validation_fraction=validation_fraction,
+                                 data_dir=root, file_format="array_record")
             if not builder.is_prepared():
                 print(f"building dataset from {files[0]}{' and more' if len(files) > 1 else ''} in "
                       f"{builder.data_dir}", flush=True)
                 tfds.disable_progress_bar()
-                builder.download_and_prepare(file_format="array_record")
+                builder.download_and_prepare()
     finally:
         absl_logging.set_verbosity(verbosity)
     return builder

@@ -77,7 +77,10 @@ class TransformerLM(nn.Module):
             "position_embedding", nn.with_logical_partitioning(normal, (shd.POSITION, shd.EMBED)),
             (c.max_len, c.embed_dim), c.param_dtype,
         )
-        x = (jnp.take(wte, tokens, axis=0) + jnp.take(wpe, positions, axis=0)).astype(c.dtype)  # [B, T, D]
+        # Look-ups read whole rows: gather the tables' model dimension first (FSDP shards it).
+        rows = nn.with_logical_constraint(wte, (shd.VOCAB, None))  # [V, D]
+        pos = nn.with_logical_constraint(wpe, (None, None))  # [L, D]
+        x = (jnp.take(rows, tokens, axis=0) + jnp.take(pos, positions, axis=0)).astype(c.dtype)  # [B, T, D]
         x = nn.with_logical_constraint(x, (shd.BATCH, shd.LENGTH, shd.ACT_EMBED))
 
         index = kv_segments = None

@@ -36,6 +36,7 @@ def test_config_key_typo_names_the_key(tmp_path, cache_dir):
     ("--config.model.num_heads=3", "not divisible"),
     ("--config.model.num_layers=abc", "num_layers"),
     ("--config.tokenizer.type=word", "tokenizer.type"),
+    ("--config.mesh.data=3", "config.mesh (data=3, fsdp=1, tensor=1) needs 3 devices but 1 are present"),
 ])
 def test_bad_config_values_are_one_line(flag, message, tmp_path):
     _one_line_error(_run("lm.train", "--config", TINY, "--workdir", str(tmp_path), flag), message)
@@ -90,6 +91,8 @@ def test_sigkill_then_rerun_resumes_and_finishes(tmp_path, cache_dir):
     assert killed_at < 400
     result = subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True, timeout=300)
     assert result.returncode == 0, result.stderr
+    assert "mesh (data=1, fsdp=1, tensor=1) over 1 devices" in result.stdout and "rules: embed->fsdp" in result.stdout
+    assert "MiB per device" in result.stdout
     resumed_from = int(result.stdout.split("resuming at step ")[1].split()[0])
     assert 100 <= resumed_from < 400 and resumed_from % 50 == 0
     records = [json.loads(line) for line in open(workdir / "metrics.jsonl")]

@@ -1,0 +1,69 @@
+"""Real processes on 127.0.0.1: two processes of 4 devices train like one process of 8, and checkpoints move
+between the two."""
+
+import json
+import os
+import shutil
+import socket
+import subprocess
+import sys
+
+import numpy as np
+from conftest import TINY
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def _train(workdir, cache_dir, processes: int, steps: int = 6) -> str:
+    """Runs `python -m lm.train` on 8 CPU devices split over `processes` processes; returns process 0's output."""
+    env = {k: v for k, v in os.environ.items() if k != "XLA_FLAGS"}
+    env["XLA_FLAGS"] = f"--xla_force_host_platform_device_count={8 // processes}"
+    cmd = [sys.executable, "-m", "lm.train", "--config", TINY, "--workdir", str(workdir),
+           f"--config.data.cache_dir={cache_dir}", "--config.data.shards=2", f"--config.train.steps={steps}",
+           "--config.train.log_every=1", "--config.train.eval_every=3", "--config.checkpoint.every=3"]
+    if processes > 1:
+        port = _free_port()
+        cmd += [f"--coordinator_address=127.0.0.1:{port}", f"--num_processes={processes}"]
+    procs = [subprocess.Popen(cmd + ([f"--process_id={i}"] if processes > 1 else []), cwd=ROOT, env=env,
+                              stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True) for i in range(processes)]
+    outputs = [p.communicate(timeout=300)[0] for p in procs]
+    for p, out in zip(procs, outputs, strict=True):
+        assert p.returncode == 0, out[-3000:]
+    return outputs[0]
+
+
+def _losses(workdir) -> dict[int, float]:
+    with open(os.path.join(workdir, "metrics.jsonl")) as f:
+        records = [json.loads(line) for line in f]
+    return {r["step"]: r.get("loss", r.get("val_loss")) for r in records if "loss" in r} | {
+        -r["step"]: r["val_loss"] for r in records if "val_loss" in r}  # evaluations under negative steps
+
+
+def _resume_elsewhere(workdir, copy, cache_dir, processes) -> str:
+    shutil.copytree(workdir, copy)
+    shutil.rmtree(os.path.join(copy, "checkpoints", "6"))
+    return _train(copy, cache_dir, processes)
+
+
+def test_two_processes_train_like_one_and_checkpoints_move_between_them(tmp_path, cache_dir):
+    two, one = tmp_path / "two", tmp_path / "one"
+    out = _train(two, cache_dir, processes=2)
+    assert "in 2 process(es)" in out
+    _train(one, cache_dir, processes=1)
+    a, b = _losses(two), _losses(one)
+    assert sorted(a) == sorted(b) == [-6, -3, 1, 2, 3, 4, 5, 6]
+    np.testing.assert_allclose([a[k] for k in sorted(a)], [b[k] for k in sorted(b)], rtol=1e-5)
+
+    # A two-process checkpoint (step 3) resumes in one process, and a one-process checkpoint in two.
+    out = _resume_elsewhere(two, tmp_path / "two_then_one", cache_dir, processes=1)
+    assert "resuming at step 3" in out
+    out = _resume_elsewhere(one, tmp_path / "one_then_two", cache_dir, processes=2)
+    assert "resuming at step 3" in out
+    for resumed in (_losses(tmp_path / "two_then_one"), _losses(tmp_path / "one_then_two")):
+        np.testing.assert_allclose([resumed[k] for k in (4, 5, 6, -6)], [b[k] for k in (4, 5, 6, -6)], rtol=1e-5)

@@ -1,0 +1,98 @@
+"""One code path on every mesh: same losses on DP, FSDP, TP and mixes; FSDP memory; clear errors for bad meshes."""
+
+import glob
+import json
+import os
+
+import flax.linen as nn
+import jax
+import numpy as np
+import optax
+import pytest
+from conftest import load_config
+
+from lm import checkpoint
+from lm import config as config_lib
+from lm import sharding as shd
+from lm import state as state_lib
+from lm.cli import UserError
+from lm.model import TransformerLM
+from lm.train import METRICS, train
+
+MESHES = [(8, 1, 1), (1, 8, 1), (1, 1, 8), (2, 2, 2), (2, 4, 1)]
+CONFIGS = sorted(glob.glob(os.path.join(os.path.dirname(__file__), "..", "configs", "*.py")))
+
+
+def _divisible_tiny(tiny_config, mesh=(8, 1, 1), steps=5):
+    """The tiny config with 8 heads and a 512-piece vocabulary, so that every 8-device mesh divides it."""
+    cfg = tiny_config.copy_and_resolve_references()
+    cfg.tokenizer.update(type="bpe", vocab_size=512)
+    cfg.model.update(num_heads=8, embed_dim=64)
+    cfg.train.update(steps=steps, log_every=1, eval_every=1000)
+    cfg.mesh.update(data=mesh[0], fsdp=mesh[1], tensor=mesh[2])
+    return cfg
+
+
+def _params(workdir):
+    ckpt, step, model_config, _, _ = checkpoint.open_run(workdir)
+    layout = shd.make_layout({"data": 1, "fsdp": 1, "tensor": 1}, jax.devices()[:1])
+    return jax.tree.leaves(ckpt.params(step, state_lib.abstract_params(TransformerLM(model_config), layout)))
+
+
+def test_same_losses_and_parameters_on_every_mesh(tiny_config, tmp_path, capfd):
+    losses, params = {}, {}
+    for mesh in MESHES:
+        workdir = str(tmp_path / "x".join(map(str, mesh)))
+        train(_divisible_tiny(tiny_config, mesh), workdir)
+        with open(os.path.join(workdir, METRICS)) as f:
+            losses[mesh] = [r["loss"] for r in map(json.loads, f) if "loss" in r]
+        params[mesh] = _params(workdir)
+    base = MESHES[0]
+    assert len(losses[base]) == 5
+    for mesh in MESHES[1:]:
+        np.testing.assert_allclose(losses[mesh], losses[base], rtol=1e-5, err_msg=str(mesh))
+        for a, b in zip(params[mesh], params[base], strict=True):
+            np.testing.assert_allclose(np.asarray(a), np.asarray(b), atol=1e-4, rtol=0, err_msg=str(mesh))
+    err = capfd.readouterr().err
+    assert "Involuntary full rematerialization" not in err
+
+
+def test_fsdp_shards_parameters_and_optimizer_state_evenly(tiny_config):
+    cfg = _divisible_tiny(tiny_config, (1, 8, 1))
+    model = TransformerLM(config_lib.model_config(cfg, vocab_size=512))
+    tx = optax.adamw(1e-3, mask=lambda p: jax.tree.map(lambda x: x.ndim > 1, p))
+    state = state_lib.create(model, tx, shd.make_layout(cfg.mesh), seed=0)
+    total = sum(x.nbytes for x in jax.tree.leaves(state))
+    held = shd.bytes_per_device(state)
+    print(f"FSDP over 8 devices: {total} bytes in all, per device {sorted(set(held.values()))} "
+          f"(at most {max(held.values()) / total:.4f} of the total; bound 1/8 + 2% = {1 / 8 * 1.02:.4f})")
+    assert len(held) == 8
+    assert max(held.values()) <= total / 8 * 1.02
+
+
+@pytest.mark.parametrize("path", CONFIGS, ids=os.path.basename)
+def test_every_shipped_config_names_every_parameter_dimension(path):
+    cfg = load_config(path)
+    config_lib.validate(cfg)
+    model = TransformerLM(config_lib.model_config(cfg, vocab_size=cfg.tokenizer.vocab_size))
+    boxed = jax.eval_shape(lambda: state_lib.boxed_params(model, 0))
+    leaves = jax.tree.leaves(boxed, is_leaf=lambda x: isinstance(x, nn.Partitioned))
+    assert leaves and all(isinstance(x, nn.Partitioned) and len(x.names) == x.value.ndim for x in leaves)
+
+
+def test_bad_meshes_stop_with_one_line_naming_the_sizes(tiny_config, tmp_path):
+    def fails(match, **changes):
+        cfg = tiny_config.copy_and_resolve_references()
+        for key, value in changes.items():
+            section, name = key.split("__")
+            cfg[section][name] = value
+        with pytest.raises(UserError, match=match) as e:
+            train(cfg, str(tmp_path / "w"))
+        assert "\n" not in str(e.value)
+
+    fails(r"config.mesh \(data=3, fsdp=1, tensor=1\) needs 3 devices but 8 are present", mesh__data=3)
+    fails(r"config.mesh \(data=3, fsdp=1, tensor=-1\) does not divide the 8 devices", mesh__data=3, mesh__tensor=-1)
+    fails(r"model.num_heads=2 is not divisible by mesh tensor=8", mesh__data=1, mesh__tensor=8)
+    fails(r"vocabulary size=68 is not divisible by mesh tensor=8", mesh__data=1, mesh__tensor=8)
+    fails(r"model.mlp_dim=33 is not divisible by mesh tensor=2", mesh__data=4, mesh__tensor=2, model__mlp_dim=33)
+    fails(r"batch_size=12 is not divisible by the data-parallel size 8", train__batch_size=12)

@@ -1,8 +1,10 @@
-"""Causal self-attention with segment masks for packed rows and a KV-cache decode path.
+"""Causal self-attention: grouped-query heads, RoPE, QK-norm, segment masks for packed rows, a KV cache.
 
-Einsum letters: B batch, T query length, S key length, N heads, H head dim, D model dim.
-A query attends to a key when the key's slot is not later than its own and both belong to the same
-segment (document); segment 0 is padding.
+Einsum letters: B batch, T query length, S key length, N query heads, K kv heads, G = N / K query heads per
+kv head, H head dim, D model dim.
+A query attends to a key when the key's slot is not later than its own and both belong to the same segment
+(document); segment 0 is padding. Attention runs through `jax.nn.dot_product_attention` (cuDNN flash
+attention on NVIDIA GPUs, XLA elsewhere); `reference_attention` is the plain einsum version kept for tests.
 """
 
 import math
@@ -13,7 +15,7 @@ import jax.numpy as jnp
 
 from lm import sharding as shd
 from lm.config import ModelConfig
-from lm.layers import Projection
+from lm.layers import Projection, norm, rope
 
 NEG_INF = -1e30
 
@@ -28,20 +30,37 @@ def attention_mask(q_slots: jax.Array, kv_slots: jax.Array, q_segments: jax.Arra
     return (causal[None] & same_doc)[:, None]
 
 
-def dot_product_attention(q: jax.Array, k: jax.Array, v: jax.Array, mask: jax.Array) -> jax.Array:
-    """Reference attention: q [B, T, N, H], k/v [B, S, N, H], mask [B, 1, T, S] -> [B, T, N, H].
+def reference_attention(q: jax.Array, k: jax.Array, v: jax.Array, mask: jax.Array) -> jax.Array:
+    """Plain einsum attention: q [B, T, N, H], k/v [B, S, K, H], mask [B, 1, T, S] -> [B, T, N, H].
 
     Scores and softmax in float32.
     """
-    scores = jnp.einsum("btnh,bsnh->bnts", q, k, preferred_element_type=jnp.float32)
-    scores = scores / math.sqrt(q.shape[-1])
-    scores = jnp.where(mask, scores, NEG_INF)
+    b, t, n, h = q.shape
+    kv = k.shape[2]
+    q = q.reshape(b, t, kv, n // kv, h)  # [B, T, K, G, H]
+    scores = jnp.einsum("btkgh,bskh->bkgts", q, k, preferred_element_type=jnp.float32) / math.sqrt(h)
+    scores = jnp.where(mask[:, :, None], scores, NEG_INF)  # mask [B, 1, 1, T, S]
     probs = jax.nn.softmax(scores, axis=-1).astype(v.dtype)
-    return jnp.einsum("bnts,bsnh->btnh", probs, v)
+    return jnp.einsum("bkgts,bskh->btkgh", probs, v).reshape(b, t, n, h)
+
+
+def implementation(kind: str, dtype: str) -> str:
+    """The attention implementation that `kind` ('auto', 'xla', 'cudnn', 'reference') means here."""
+    if kind == "auto":
+        return "cudnn" if jax.default_backend() == "gpu" and dtype == "bfloat16" else "xla"
+    return kind
+
+
+def attend(q: jax.Array, k: jax.Array, v: jax.Array, mask: jax.Array, kind: str, causal_hint: bool) -> jax.Array:
+    """Attention by implementation `kind`; `causal_hint` lets cuDNN skip the blocks above the diagonal."""
+    if kind == "reference":
+        return reference_attention(q, k, v, mask)
+    return jax.nn.dot_product_attention(q, k, v, mask=mask, is_causal=causal_hint and kind == "cudnn",
+                                        implementation=kind)
 
 
 class SelfAttention(nn.Module):
-    """Multi-head causal self-attention; with a layer cache {'k', 'v'} [B, S, N, H] it decodes incrementally."""
+    """Causal self-attention; with a layer cache {'k', 'v'} [B, S, K, H] it decodes incrementally."""
 
     config: ModelConfig
 
@@ -49,34 +68,44 @@ class SelfAttention(nn.Module):
     def __call__(
         self,
         x: jax.Array,  # [B, T, D]
+        positions: jax.Array,  # [B, T] position of each token within its document (for RoPE)
         segment_ids: jax.Array,  # [B, T]
         cache: dict[str, jax.Array] | None = None,
         cache_index: jax.Array | None = None,  # scalar: slots already filled in the cache
         cache_segment_ids: jax.Array | None = None,  # [B, S], this call's segments already written
     ) -> tuple[jax.Array, dict[str, jax.Array] | None]:
         c = self.config
-        d, n, h = c.embed_dim, c.num_heads, c.head_dim
+        d, n, kv, h = c.embed_dim, c.num_heads, c.kv_heads, c.head_dim
         kw = dict(dtype=c.dtype, param_dtype=c.param_dtype)
-        bias = (shd.HEADS, shd.HEAD_DIM) if c.use_bias else None
+        bias = (shd.HEAD_DIM,) if c.use_bias else None
 
-        def project(name: str) -> jax.Array:
-            proj = Projection("btd,dnh->btnh", (d, n, h), (shd.EMBED, shd.HEADS, shd.HEAD_DIM), bias, name=name, **kw)
-            return nn.with_logical_constraint(proj(x), (shd.BATCH, shd.LENGTH, shd.ACT_HEADS, None))
+        def project(name: str, heads: int, axis: str, act_axis: str) -> jax.Array:
+            proj = Projection("btd,dnh->btnh", (d, heads, h), (shd.EMBED, axis, shd.HEAD_DIM),
+                              (axis, shd.HEAD_DIM) if bias else None, name=name, **kw)
+            return nn.with_logical_constraint(proj(x), (shd.BATCH, shd.LENGTH, act_axis, None))
 
-        q, k, v = project("query"), project("key"), project("value")  # [B, T, N, H]
+        q = project("query", n, shd.HEADS, shd.ACT_HEADS)  # [B, T, N, H]
+        k = project("key", kv, shd.KV_HEADS, shd.ACT_KV_HEADS)  # [B, T, K, H]
+        v = project("value", kv, shd.KV_HEADS, shd.ACT_KV_HEADS)
+        if c.qk_norm:
+            q = norm("rmsnorm", c.norm_eps, False, c.dtype, c.param_dtype, "query_norm", shd.HEAD_DIM)(q)
+            k = norm("rmsnorm", c.norm_eps, False, c.dtype, c.param_dtype, "key_norm", shd.HEAD_DIM)(k)
+        if c.position == "rope":
+            q, k = rope(q, positions, c.rope_theta), rope(k, positions, c.rope_theta)
         t = x.shape[1]
+        kind = implementation(c.attention, c.dtype)
         if cache is None:
             slots = jnp.arange(t)
             mask = attention_mask(slots, slots, segment_ids, segment_ids)
+            out = attend(q, k, v, mask, kind, causal_hint=True)
         else:
             k = jax.lax.dynamic_update_slice_in_dim(cache["k"], k.astype(cache["k"].dtype), cache_index, axis=1)
             v = jax.lax.dynamic_update_slice_in_dim(cache["v"], v.astype(cache["v"].dtype), cache_index, axis=1)
-            cache = {"k": k, "v": v}  # [B, S, N, H]
+            cache = {"k": k, "v": v}  # [B, S, K, H]
             mask = attention_mask(cache_index + jnp.arange(t), jnp.arange(k.shape[1]), segment_ids, cache_segment_ids)
-        out = dot_product_attention(q, k, v, mask)  # [B, T, N, H]
-        residual_std = 0.02 / math.sqrt(2 * c.num_layers)
+            out = attend(q, k, v, mask, "reference" if kind == "reference" else "xla", causal_hint=False)
         out_proj = Projection(
             "btnh,nhd->btd", (n, h, d), (shd.HEADS, shd.HEAD_DIM, shd.EMBED),
-            (shd.EMBED,) if c.use_bias else None, init_std=residual_std, name="out", **kw,
+            (shd.EMBED,) if c.use_bias else None, init_std=0.02 / math.sqrt(2 * c.num_layers), name="out", **kw,
         )
         return out_proj(out), cache

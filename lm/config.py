@@ -16,9 +16,16 @@ TOKENIZER_TYPES = ("char", "bpe", "unigram")
 DTYPES = ("float32", "bfloat16")
 
 
+POSITIONS = ("learned", "rope")
+NORMS = ("layernorm", "rmsnorm")
+MLPS = ("gelu", "swiglu")
+ATTENTIONS = ("auto", "xla", "cudnn", "reference")
+REMATS = ("none", "full", "dots", "dots_no_batch")
+
+
 @dataclasses.dataclass(frozen=True)
 class ModelConfig:
-    """Shape and numerics of a decoder-only Transformer (GPT-2 style)."""
+    """Shape and numerics of a decoder-only Transformer: GPT-2 style by default, Llama style by options."""
 
     vocab_size: int
     max_len: int  # context length in tokens
@@ -26,18 +33,34 @@ class ModelConfig:
     num_heads: int
     embed_dim: int
     mlp_dim: int
+    num_kv_heads: int = 0  # 0: as many as num_heads; fewer: grouped-query attention; 1: multi-query
+    position: str = "learned"  # learned | rope
+    rope_theta: float = 10000.0
+    norm: str = "layernorm"  # layernorm | rmsnorm
+    norm_eps: float = 1e-5
+    mlp: str = "gelu"  # gelu (tanh approximation, as GPT-2) | swiglu
     use_bias: bool = True
+    tie_embeddings: bool = True
+    qk_norm: bool = False
+    attention: str = "auto"  # auto (cuDNN on NVIDIA GPUs, else XLA) | xla | cudnn | reference (einsum)
+    scan_layers: bool = True  # one compiled layer, scanned: compile time does not grow with depth
+    remat: str = "none"  # none | full | dots | dots_no_batch: what the backward pass recomputes
     dtype: str = "float32"  # activations
     param_dtype: str = "float32"
 
     # What each logical parameter axis is called in the config, for error messages.
     AXIS_NAMES = {"embed": "model.embed_dim", "heads": "model.num_heads", "mlp": "model.mlp_dim",
+                  "kv_heads": "model.num_kv_heads",
                   "vocab": "vocabulary size", "head_dim": "head dim (embed_dim / num_heads)",
                   "position": "model.max_len"}
 
     @property
     def head_dim(self) -> int:
         return self.embed_dim // self.num_heads
+
+    @property
+    def kv_heads(self) -> int:
+        return self.num_kv_heads or self.num_heads
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
@@ -58,10 +81,15 @@ def defaults() -> ml_collections.ConfigDict:
     c.data = dict(path="", separator="\n\n", validation_fraction=0.1, cache_dir="", shards=0)
     c.tokenizer = dict(type="char", vocab_size=256)  # type: char, bpe or unigram
     # mlp_dim 0 means 4 * embed_dim; max_len is the context length in tokens.
-    c.model = dict(num_layers=4, num_heads=4, embed_dim=128, mlp_dim=0, max_len=64, use_bias=True,
-                   dtype="float32", param_dtype="float32")
-    # eval_batches 0 evaluates the whole validation split.
-    c.train = dict(batch_size=12, steps=2000, log_every=100, eval_every=500, eval_batches=0)
+    # See ModelConfig for what each key means.
+    c.model = dict(num_layers=4, num_heads=4, embed_dim=128, mlp_dim=0, max_len=64, num_kv_heads=0,
+                   position="learned", rope_theta=10000.0, norm="layernorm", norm_eps=1e-5, mlp="gelu",
+                   use_bias=True, tie_embeddings=True, qk_norm=False, attention="auto", scan_layers=True,
+                   remat="none", dtype="float32", param_dtype="float32")
+    # eval_batches 0 evaluates the whole validation split; microbatches > 1 accumulates gradients over that
+    # many slices of each batch; z_loss weighs log(Z)^2 of the softmax normalizer.
+    c.train = dict(batch_size=12, steps=2000, log_every=100, eval_every=500, eval_batches=0, microbatches=1,
+                   z_loss=0.0)
     c.optim = dict(lr=1e-3, min_lr=1e-4, warmup_steps=100, b1=0.9, b2=0.99, weight_decay=0.1, grad_clip=1.0)
     c.checkpoint = dict(every=250, keep=3)
     # Axis sizes (one may be -1: the rest of the devices) and the logical-axis rules (lm/sharding.py).
@@ -72,17 +100,8 @@ def defaults() -> ml_collections.ConfigDict:
 def model_config(cfg: ml_collections.ConfigDict, vocab_size: int) -> ModelConfig:
     """The ModelConfig of a validated run config, with the vocabulary size of its tokenizer."""
     m = cfg.model
-    return ModelConfig(
-        vocab_size=vocab_size,
-        max_len=m.max_len,
-        num_layers=m.num_layers,
-        num_heads=m.num_heads,
-        embed_dim=m.embed_dim,
-        mlp_dim=m.mlp_dim or 4 * m.embed_dim,
-        use_bias=m.use_bias,
-        dtype=m.dtype,
-        param_dtype=m.param_dtype,
-    )
+    fields = {f.name for f in dataclasses.fields(ModelConfig)} - {"vocab_size", "mlp_dim"}
+    return ModelConfig(vocab_size=vocab_size, mlp_dim=m.mlp_dim or 4 * m.embed_dim, **{k: m[k] for k in fields})
 
 
 def _check(ok: bool, message: str) -> None:
@@ -123,8 +142,17 @@ def validate(cfg: ml_collections.ConfigDict) -> None:
         m.embed_dim % m.num_heads == 0,
         f"config.model.embed_dim={m.embed_dim} is not divisible by config.model.num_heads={m.num_heads}",
     )
-    for key in ("dtype", "param_dtype"):
-        _check(m[key] in DTYPES, f"config.model.{key} must be one of {DTYPES}, got {m[key]!r}")
+    for key, allowed in (("dtype", DTYPES), ("param_dtype", DTYPES), ("position", POSITIONS), ("norm", NORMS),
+                         ("mlp", MLPS), ("attention", ATTENTIONS), ("remat", REMATS)):
+        _check(m[key] in allowed, f"config.model.{key} must be one of {allowed}, got {m[key]!r}")
+    kv = m.num_kv_heads or m.num_heads
+    _check(0 < kv <= m.num_heads and m.num_heads % kv == 0,
+           f"config.model.num_kv_heads={m.num_kv_heads} must divide num_heads={m.num_heads} (0: as many)")
+    _check(m.position != "rope" or (m.embed_dim // m.num_heads) % 2 == 0,
+           "RoPE needs an even head dim (config.model.embed_dim / num_heads)")
+    b, mb = cfg.train.batch_size, cfg.train.microbatches
+    _check(mb >= 1 and b % mb == 0, f"config.train.microbatches={mb} must divide config.train.batch_size={b}")
+    _check(cfg.train.z_loss >= 0, f"config.train.z_loss must be >= 0, got {cfg.train.z_loss}")
     _check(
         cfg.tokenizer.type in TOKENIZER_TYPES,
         f"config.tokenizer.type must be one of {TOKENIZER_TYPES}, got {cfg.tokenizer.type!r}",

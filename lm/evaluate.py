@@ -28,7 +28,7 @@ def make_eval_step(model: TransformerLM, token_bytes: np.ndarray, layout: shd.La
     token_bytes = jnp.asarray(token_bytes)
 
     def eval_step(params: Any, batch: dict[str, jax.Array]) -> dict[str, jax.Array]:
-        nll, mask, targets = objective.token_nll(model, params, batch)
+        nll, _, mask, targets = objective.token_nll(model, params, batch)
         return {"nll": (nll * mask).sum(), "tokens": mask.sum(), "bytes": (token_bytes[targets] * mask).sum()}
 
     params_sh = jax.tree.map(lambda s: s.sharding, state_lib.abstract_params(model, layout))

@@ -1,4 +1,4 @@
-"""Building blocks shared by attention and the decoder: an einsum projection and layer norm.
+"""Building blocks shared by attention and the decoder: einsum projections, norms, rotary embeddings.
 
 Kernels are created in their final shape with one logical name per dimension, so every layout shards.
 """
@@ -35,14 +35,21 @@ class Projection(nn.Module):
         return y
 
 
-def layer_norm(use_bias: bool, dtype: str, param_dtype: str, name: str) -> nn.LayerNorm:
-    """LayerNorm over the model dimension, statistics in float32, parameters named ('embed',)."""
-    return nn.LayerNorm(
-        epsilon=1e-5,
-        use_bias=use_bias,
-        dtype=dtype,
-        param_dtype=param_dtype,
-        scale_init=nn.with_logical_partitioning(nn.initializers.ones, (shd.EMBED,)),
-        bias_init=nn.with_logical_partitioning(nn.initializers.zeros, (shd.EMBED,)),
-        name=name,
-    )
+def norm(kind: str, eps: float, use_bias: bool, dtype: str, param_dtype: str, name: str,
+         axis_name: str = shd.EMBED) -> nn.Module:
+    """LayerNorm or RMSNorm over the last axis (statistics in float32), parameters named (axis_name,)."""
+    scale = nn.with_logical_partitioning(nn.initializers.ones, (axis_name,))
+    if kind == "rmsnorm":
+        return nn.RMSNorm(epsilon=eps, dtype=dtype, param_dtype=param_dtype, scale_init=scale, name=name)
+    return nn.LayerNorm(epsilon=eps, use_bias=use_bias, dtype=dtype, param_dtype=param_dtype, scale_init=scale,
+                        bias_init=nn.with_logical_partitioning(nn.initializers.zeros, (axis_name,)), name=name)
+
+
+def rope(x: jax.Array, positions: jax.Array, theta: float) -> jax.Array:
+    """Rotary position embedding of x [B, T, N, H] at positions [B, T] (halves rotated, as Llama/NeoX)."""
+    half = x.shape[-1] // 2
+    freqs = theta ** (-jnp.arange(half, dtype=jnp.float32) / half)  # [H/2]
+    angles = positions[:, :, None, None].astype(jnp.float32) * freqs  # [B, T, 1, H/2]
+    sin, cos = jnp.sin(angles), jnp.cos(angles)
+    x1, x2 = x[..., :half].astype(jnp.float32), x[..., half:].astype(jnp.float32)
+    return jnp.concatenate([x1 * cos - x2 * sin, x2 * cos + x1 * sin], axis=-1).astype(x.dtype)

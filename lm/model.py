@@ -1,7 +1,9 @@
-"""Decoder-only Transformer (GPT-2 style): learned positions, pre-LayerNorm blocks, GELU MLP, tied embeddings.
+"""Decoder-only Transformer: GPT-2 style (learned positions, LayerNorm, GELU, biases, tied embeddings) or
+Llama style (RoPE, RMSNorm, SwiGLU, grouped-query attention, no biases, untied head), by config.
 
 `TransformerLM(config)(tokens, positions, segment_ids) -> logits`; with a cache from `init_cache` it also
-returns the updated cache, for incremental decoding.
+returns the updated cache, for incremental decoding. Layers are scanned (one compiled layer, parameters
+stacked on a leading 'layers' axis) or unrolled, and optionally rematerialized, by config.
 """
 
 import math
@@ -14,13 +16,19 @@ import jax.numpy as jnp
 from lm import sharding as shd
 from lm.attention import SelfAttention
 from lm.config import ModelConfig
-from lm.layers import Projection, layer_norm
+from lm.layers import Projection, norm
 
-Cache = dict[str, Any]  # {'index': [], 'segment_ids': [B, S], 'layers': [{'k', 'v'}: [B, S, N, H]] * L}
+Cache = dict[str, Any]  # {'index': [], 'segment_ids': [B, S], 'k' and 'v': [L, B, S, K, H]}
+
+REMAT_POLICIES = {
+    "full": jax.checkpoint_policies.nothing_saveable,
+    "dots": jax.checkpoint_policies.checkpoint_dots,
+    "dots_no_batch": jax.checkpoint_policies.checkpoint_dots_with_no_batch_dims,
+}
 
 
 class Mlp(nn.Module):
-    """D -> F -> GELU -> D."""
+    """D -> F -> GELU -> D, or D -> (SiLU(gate) * up) F -> D."""
 
     config: ModelConfig
 
@@ -28,14 +36,16 @@ class Mlp(nn.Module):
     def __call__(self, x: jax.Array) -> jax.Array:  # [B, T, D]
         c = self.config
         kw = dict(dtype=c.dtype, param_dtype=c.param_dtype)
-        h = Projection(
-            "btd,df->btf", (c.embed_dim, c.mlp_dim), (shd.EMBED, shd.MLP),
-            (shd.MLP,) if c.use_bias else None, name="fc", **kw,
-        )(x)
-        h = nn.with_logical_constraint(nn.gelu(h, approximate=True), (shd.BATCH, shd.LENGTH, shd.ACT_MLP))
+        bias = (shd.MLP,) if c.use_bias else None
+
+        def up(name: str) -> jax.Array:
+            return Projection("btd,df->btf", (c.embed_dim, c.mlp_dim), (shd.EMBED, shd.MLP), bias, name=name, **kw)(x)
+
+        h = nn.silu(up("gate")) * up("up") if c.mlp == "swiglu" else nn.gelu(up("fc"), approximate=True)
+        h = nn.with_logical_constraint(h, (shd.BATCH, shd.LENGTH, shd.ACT_MLP))  # [B, T, F]
         return Projection(
-            "btf,fd->btd", (c.mlp_dim, c.embed_dim), (shd.MLP, shd.EMBED),
-            (shd.EMBED,) if c.use_bias else None, init_std=0.02 / math.sqrt(2 * c.num_layers), name="proj", **kw,
+            "btf,fd->btd", (c.mlp_dim, c.embed_dim), (shd.MLP, shd.EMBED), (shd.EMBED,) if c.use_bias else None,
+            init_std=0.02 / math.sqrt(2 * c.num_layers), name="proj", **kw,
         )(h)
 
 
@@ -45,12 +55,12 @@ class Block(nn.Module):
     config: ModelConfig
 
     @nn.compact
-    def __call__(self, x, segment_ids, cache=None, cache_index=None, cache_segment_ids=None):
+    def __call__(self, x, positions, segment_ids, cache=None, cache_index=None, cache_segment_ids=None):
         c = self.config
-        h = layer_norm(c.use_bias, c.dtype, c.param_dtype, "norm_attn")(x)
-        h, cache = SelfAttention(c, name="attn")(h, segment_ids, cache, cache_index, cache_segment_ids)
+        h = norm(c.norm, c.norm_eps, c.use_bias, c.dtype, c.param_dtype, "norm_attn")(x)
+        h, cache = SelfAttention(c, name="attn")(h, positions, segment_ids, cache, cache_index, cache_segment_ids)
         x = x + h
-        x = x + Mlp(c, name="mlp")(layer_norm(c.use_bias, c.dtype, c.param_dtype, "norm_mlp")(x))
+        x = x + Mlp(c, name="mlp")(norm(c.norm, c.norm_eps, c.use_bias, c.dtype, c.param_dtype, "norm_mlp")(x))
         return nn.with_logical_constraint(x, (shd.BATCH, shd.LENGTH, shd.ACT_EMBED)), cache
 
 
@@ -69,46 +79,59 @@ class TransformerLM(nn.Module):
     ) -> jax.Array | tuple[jax.Array, Cache]:
         c = self.config
         normal = nn.initializers.normal(0.02)
-        wte = self.param(
-            "token_embedding", nn.with_logical_partitioning(normal, (shd.VOCAB, shd.EMBED)),
-            (c.vocab_size, c.embed_dim), c.param_dtype,
-        )
-        wpe = self.param(
-            "position_embedding", nn.with_logical_partitioning(normal, (shd.POSITION, shd.EMBED)),
-            (c.max_len, c.embed_dim), c.param_dtype,
-        )
+        wte = self.param("token_embedding", nn.with_logical_partitioning(normal, (shd.VOCAB, shd.EMBED)),
+                         (c.vocab_size, c.embed_dim), c.param_dtype)
         # Look-ups read whole rows: gather the tables' model dimension first (FSDP shards it).
-        rows = nn.with_logical_constraint(wte, (shd.VOCAB, None))  # [V, D]
-        pos = nn.with_logical_constraint(wpe, (None, None))  # [L, D]
-        x = (jnp.take(rows, tokens, axis=0) + jnp.take(pos, positions, axis=0)).astype(c.dtype)  # [B, T, D]
-        x = nn.with_logical_constraint(x, (shd.BATCH, shd.LENGTH, shd.ACT_EMBED))
+        x = jnp.take(nn.with_logical_constraint(wte, (shd.VOCAB, None)), tokens, axis=0)  # [B, T, D]
+        if c.position == "learned":
+            wpe = self.param("position_embedding", nn.with_logical_partitioning(normal, (shd.POSITION, shd.EMBED)),
+                             (c.max_len, c.embed_dim), c.param_dtype)
+            x = x + jnp.take(nn.with_logical_constraint(wpe, (None, None)), positions, axis=0)
+        x = nn.with_logical_constraint(x.astype(c.dtype), (shd.BATCH, shd.LENGTH, shd.ACT_EMBED))
 
-        index = kv_segments = None
-        new_layers = []
+        index = kv_segments = layer_caches = None
         if cache is not None:
             index = cache["index"]
             kv_segments = jax.lax.dynamic_update_slice_in_dim(cache["segment_ids"], segment_ids, index, axis=1)
-        for i in range(c.num_layers):
-            layer_cache = None if cache is None else cache["layers"][i]
-            x, layer_cache = Block(c, name=f"block_{i}")(x, segment_ids, layer_cache, index, kv_segments)
-            new_layers.append(layer_cache)
+            layer_caches = {"k": cache["k"], "v": cache["v"]}  # [L, B, S, K, H]
+        block = Block
+        if c.remat != "none":
+            block = nn.remat(Block, policy=REMAT_POLICIES[c.remat], prevent_cse=not c.scan_layers)
+        if c.scan_layers:
+            blocks = nn.scan(
+                block, variable_axes={"params": 0}, split_rngs={"params": True}, length=c.num_layers,
+                in_axes=(nn.broadcast, nn.broadcast, 0, nn.broadcast, nn.broadcast),
+                metadata_params={nn.PARTITION_NAME: shd.LAYERS},
+            )(c, name="blocks")
+            x, layer_caches = blocks(x, positions, segment_ids, layer_caches, index, kv_segments)
+        else:
+            new = []
+            for i in range(c.num_layers):
+                layer = None if cache is None else jax.tree.map(lambda a, i=i: a[i], layer_caches)
+                x, layer = block(c, name=f"block_{i}")(x, positions, segment_ids, layer, index, kv_segments)
+                new.append(layer)
+            layer_caches = None if cache is None else jax.tree.map(lambda *a: jnp.stack(a), *new)
 
-        x = layer_norm(c.use_bias, c.dtype, c.param_dtype, "norm_final")(x)
-        logits = jnp.einsum("btd,vd->btv", x, wte.astype(c.dtype), preferred_element_type=jnp.float32)
+        x = norm(c.norm, c.norm_eps, c.use_bias, c.dtype, c.param_dtype, "norm_final")(x)
+        if c.tie_embeddings:
+            head = wte.T  # [D, V]
+        else:
+            head = self.param("lm_head", nn.with_logical_partitioning(normal, (shd.EMBED, shd.VOCAB)),
+                              (c.embed_dim, c.vocab_size), c.param_dtype)
+        logits = jnp.einsum("btd,dv->btv", x, head.astype(c.dtype), preferred_element_type=jnp.float32)
         logits = nn.with_logical_constraint(logits, (shd.BATCH, shd.LENGTH, shd.ACT_VOCAB))
         if cache is None:
             return logits
-        new_cache = {"index": index + tokens.shape[1], "segment_ids": kv_segments, "layers": new_layers}
-        return logits, new_cache
+        return logits, {"index": index + tokens.shape[1], "segment_ids": kv_segments, **layer_caches}
 
 
 def init_cache(config: ModelConfig, batch: int, length: int | None = None) -> Cache:
     """An empty KV cache of `length` slots (default: the context length)."""
     length = length or config.max_len
-    shape = (batch, length, config.num_heads, config.head_dim)
-    layer = lambda: {"k": jnp.zeros(shape, config.dtype), "v": jnp.zeros(shape, config.dtype)}  # noqa: E731
+    shape = (config.num_layers, batch, length, config.kv_heads, config.head_dim)
     return {
         "index": jnp.zeros((), jnp.int32),
         "segment_ids": jnp.zeros((batch, length), jnp.int32),
-        "layers": [layer() for _ in range(config.num_layers)],
+        "k": jnp.zeros(shape, config.dtype),
+        "v": jnp.zeros(shape, config.dtype),
     }

@@ -4,26 +4,34 @@ from typing import Any
 
 import jax
 import jax.numpy as jnp
-import optax
 
 from lm.model import TransformerLM
 
 
-def token_nll(model: TransformerLM, params: Any, batch: dict[str, jax.Array]) -> tuple[jax.Array, jax.Array, jax.Array]:
-    """Per-token negative log-likelihood [B, T], its mask [B, T] and the targets [B, T].
+def token_nll(model: TransformerLM, params: Any, batch: dict[str, jax.Array]) -> tuple[jax.Array, ...]:
+    """Per-token negative log-likelihood [B, T], log-normalizer log Z [B, T], mask [B, T] and targets [B, T].
 
     Rows in `batch` hold T + 1 tokens: inputs are the first T, targets the last T. A target counts only if
-    it continues the document of its input (same segment, not padding).
+    it continues the document of its input (same segment, not padding). All in float32.
     """
     tokens, segments, positions = batch["tokens"], batch["segment_ids"], batch["positions"]
     inputs, targets = tokens[:, :-1], tokens[:, 1:]
     mask = (segments[:, 1:] == segments[:, :-1]) & (segments[:, 1:] > 0)
     logits = model.apply({"params": params}, inputs, positions[:, :-1], segments[:, :-1])  # [B, T, V] float32
-    nll = optax.softmax_cross_entropy_with_integer_labels(logits, targets)
-    return nll, mask.astype(jnp.float32), targets
+    log_z = jax.nn.logsumexp(logits, axis=-1)
+    nll = log_z - jnp.take_along_axis(logits, targets[..., None], axis=-1)[..., 0]
+    return nll, log_z, mask.astype(jnp.float32), targets
+
+
+def summed_loss(model: TransformerLM, params: Any, batch: dict[str, jax.Array],
+                z_loss: float = 0.0) -> tuple[jax.Array, tuple[jax.Array, jax.Array]]:
+    """(sum of next-token losses plus z_loss * log(Z)^2 over counted targets, (sum of the losses alone, count))."""
+    nll, log_z, mask, _ = token_nll(model, params, batch)
+    nll_sum = (nll * mask).sum()
+    return nll_sum + z_loss * (jnp.square(log_z) * mask).sum(), (nll_sum, mask.sum())
 
 
 def mean_loss(model: TransformerLM, params: Any, batch: dict[str, jax.Array]) -> jax.Array:
     """Mean next-token loss over the batch's counted targets."""
-    nll, mask, _ = token_nll(model, params, batch)
-    return (nll * mask).sum() / jnp.maximum(mask.sum(), 1.0)
+    _, (nll_sum, count) = summed_loss(model, params, batch)
+    return nll_sum / jnp.maximum(count, 1.0)

@@ -28,13 +28,16 @@ VOCAB = "vocab"
 EMBED = "embed"
 POSITION = "position"
 HEADS = "heads"
+KV_HEADS = "kv_heads"
 HEAD_DIM = "head_dim"
 MLP = "mlp"
+LAYERS = "layers"  # the stacking axis of scanned layers
 # Activation axes: separate names, so a parameter axis and an activation axis may shard differently.
 BATCH = "act_batch"
 LENGTH = "act_length"
 ACT_EMBED = "act_embed"
 ACT_HEADS = "act_heads"
+ACT_KV_HEADS = "act_kv_heads"
 ACT_MLP = "act_mlp"
 ACT_VOCAB = "act_vocab"
 
@@ -47,14 +50,17 @@ DEFAULT_RULES: Rules = (
     (EMBED, "fsdp"),
     (VOCAB, "tensor"),
     (HEADS, "tensor"),
+    (KV_HEADS, "tensor"),
     (MLP, ("tensor", "fsdp")),
     (MLP, "tensor"),
     (HEAD_DIM, "fsdp"),
     (POSITION, None),
+    (LAYERS, None),
     (BATCH, ("data", "fsdp")),
     (LENGTH, None),
     (ACT_EMBED, None),
     (ACT_HEADS, "tensor"),
+    (ACT_KV_HEADS, "tensor"),
     (ACT_MLP, "tensor"),
     (ACT_VOCAB, "tensor"),
 )

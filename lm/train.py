@@ -11,6 +11,7 @@ from collections.abc import Callable, Sequence
 from typing import Any
 
 import jax
+import jax.numpy as jnp
 import ml_collections
 import optax
 from absl import flags
@@ -26,11 +27,37 @@ from lm.model import TransformerLM
 METRICS = "metrics.jsonl"
 
 
-def make_train_step(model: TransformerLM, tx: optax.GradientTransformation, lr: optax.Schedule) -> Callable:
-    """The pure train step: one AdamW update on the mean next-token loss of a global batch."""
+def loss_and_grads(model: TransformerLM, params: Any, batch: dict[str, jax.Array], microbatches: int = 1,
+                   z_loss: float = 0.0) -> tuple[jax.Array, Any]:
+    """Mean next-token loss of a batch and the gradient of the mean objective (loss plus z-loss).
+
+    With `microbatches` > 1 the batch is cut into that many slices whose summed gradients are accumulated
+    in a scan (slice m takes rows m, m + M, ...: every device keeps its own rows), then divided by the
+    batch's target count: the same result as one big batch, in the memory of one slice.
+    """
+    grad_fn = jax.value_and_grad(lambda p, b: objective.summed_loss(model, p, b, z_loss), has_aux=True)
+    if microbatches == 1:
+        (_, (nll_sum, count)), grads = grad_fn(params, batch)
+    else:
+        def slices(x: jax.Array) -> jax.Array:  # [B, ...] -> [M, B / M, ...]
+            return x.reshape(x.shape[0] // microbatches, microbatches, *x.shape[1:]).swapaxes(0, 1)
+
+        def accumulate(carry, micro):
+            (_, (nll, n)), g = grad_fn(params, micro)
+            return jax.tree.map(jnp.add, carry, (nll, n, g)), None
+
+        zeros = (jnp.zeros(()), jnp.zeros(()), jax.tree.map(jnp.zeros_like, params))
+        (nll_sum, count, grads), _ = jax.lax.scan(accumulate, zeros, jax.tree.map(slices, batch))
+    count = jnp.maximum(count, 1.0)
+    return nll_sum / count, jax.tree.map(lambda g: g / count, grads)
+
+
+def make_train_step(model: TransformerLM, tx: optax.GradientTransformation, lr: optax.Schedule,
+                    microbatches: int = 1, z_loss: float = 0.0) -> Callable:
+    """The pure train step: one optimizer update on the next-token objective of a global batch."""
 
     def train_step(state: state_lib.TrainState, batch: dict[str, jax.Array]) -> tuple[state_lib.TrainState, dict]:
-        loss, grads = jax.value_and_grad(lambda p: objective.mean_loss(model, p, batch))(state.params)
+        loss, grads = loss_and_grads(model, state.params, batch, microbatches, z_loss)
         updates, opt_state = tx.update(grads, state.opt_state, state.params)
         new_state = state.replace(step=state.step + 1, params=optax.apply_updates(state.params, updates),
                                   opt_state=opt_state)
@@ -113,7 +140,8 @@ def train(cfg: ml_collections.ConfigDict, workdir: str) -> dict[str, float]:
         print(_start_up_lines(layout, state, model_config, start), flush=True)
 
     shardings = jax.tree.map(lambda x: x.sharding, state)
-    step_fn = jax.jit(make_train_step(model, tx, lr), in_shardings=(shardings, layout.batch_sharding()),
+    train_step = make_train_step(model, tx, lr, cfg.train.microbatches, cfg.train.z_loss)
+    step_fn = jax.jit(train_step, in_shardings=(shardings, layout.batch_sharding()),
                       out_shardings=(shardings, None), donate_argnums=0)
     eval_step = make_eval_step(model, tok.token_bytes(len(d.separator.encode())), layout)
     eval_set: list[dict] = []

@@ -1,0 +1,130 @@
+"""Model options: attention implementations, grouped-query heads, scan, remat, accumulation, precision."""
+
+import dataclasses
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from lm.attention import attend, attention_mask, reference_attention
+from lm.config import ModelConfig
+from lm.model import TransformerLM, init_cache
+from lm.state import boxed_params
+from lm.train import loss_and_grads
+
+GPT2 = ModelConfig(vocab_size=64, max_len=16, num_layers=2, num_heads=4, embed_dim=32, mlp_dim=64)
+LLAMA = dataclasses.replace(GPT2, num_kv_heads=2, position="rope", norm="rmsnorm", mlp="swiglu", use_bias=False,
+                            tie_embeddings=False, qk_norm=True)
+IMPLEMENTATIONS = ["xla"] + (["cudnn"] if jax.default_backend() == "gpu" else [])
+
+
+def _params(cfg, seed=0):
+    return nn.unbox(boxed_params(TransformerLM(cfg), seed))
+
+
+def _batch(b=8, t=17, seed=0, vocab=64):
+    rng = np.random.default_rng(seed)
+    segments = np.sort(rng.integers(1, 4, (b, t)), axis=1)  # 1-3 documents per row
+    positions = np.zeros((b, t), np.int32)
+    for r in range(b):
+        for i in range(1, t):
+            positions[r, i] = 0 if segments[r, i] != segments[r, i - 1] else positions[r, i - 1] + 1
+    return {"tokens": jnp.asarray(rng.integers(0, vocab, (b, t)), jnp.int32),
+            "segment_ids": jnp.asarray(segments, jnp.int32), "positions": jnp.asarray(positions)}
+
+
+def _logits(cfg, params, batch):
+    return TransformerLM(cfg).apply({"params": params}, batch["tokens"], batch["positions"], batch["segment_ids"])
+
+
+@pytest.mark.parametrize("kind", IMPLEMENTATIONS)
+@pytest.mark.parametrize("packed", [False, True])
+@pytest.mark.parametrize("kv_heads", [4, 2, 1])
+def test_attention_implementations_agree_with_the_einsum_reference(kind, packed, kv_heads):
+    rng = np.random.default_rng(0)
+    q = jnp.asarray(rng.normal(size=(2, 12, 4, 8)), jnp.float32)
+    k, v = (jnp.asarray(rng.normal(size=(2, 12, kv_heads, 8)), jnp.float32) for _ in range(2))
+    segments = jnp.asarray([[1] * 5 + [2] * 7, [1] * 12]) if packed else jnp.ones((2, 12), jnp.int32)
+    slots = jnp.arange(12)
+    mask = attention_mask(slots, slots, segments, segments)
+    want = reference_attention(q, k, v, mask)
+    np.testing.assert_allclose(attend(q, k, v, mask, kind, causal_hint=True), want, atol=1e-5)
+
+
+def test_grouped_query_attention_equals_multi_head_with_shared_kv_heads():
+    gqa = dataclasses.replace(LLAMA, qk_norm=False)
+    mha = dataclasses.replace(gqa, num_kv_heads=0)
+    params = _params(gqa)
+    repeated = jax.tree.map(lambda x: x, params)
+    group = gqa.num_heads // gqa.kv_heads
+    for name in ("key", "value"):  # MHA head n uses the kv head n // group
+        kernel = params["blocks"]["attn"][name]["kernel"]  # [L, D, K, H]
+        repeated["blocks"]["attn"][name]["kernel"] = jnp.repeat(kernel, group, axis=2)
+    batch = _batch()
+    np.testing.assert_allclose(_logits(mha, repeated, batch), _logits(gqa, params, batch), atol=1e-5)
+    same = dataclasses.replace(gqa, num_kv_heads=gqa.num_heads)  # kv heads = heads is plain multi-head
+    assert jax.tree.map(jnp.shape, _params(same)) == jax.tree.map(jnp.shape, _params(mha))
+
+
+@pytest.mark.parametrize("cfg", [GPT2, LLAMA], ids=["gpt2", "llama"])
+def test_scan_over_layers_equals_the_unrolled_model(cfg):
+    params = _params(cfg)
+    unrolled = {k: v for k, v in params.items() if k != "blocks"}
+    for i in range(cfg.num_layers):
+        unrolled[f"block_{i}"] = jax.tree.map(lambda x, i=i: x[i], params["blocks"])
+    batch = _batch()
+    np.testing.assert_allclose(_logits(dataclasses.replace(cfg, scan_layers=False), unrolled, batch),
+                               _logits(cfg, params, batch), atol=1e-5)
+
+
+@pytest.mark.parametrize("cfg", [GPT2, LLAMA], ids=["gpt2", "llama"])
+def test_every_remat_policy_gives_the_same_loss_and_gradients(cfg):
+    params, batch = _params(cfg), _batch()
+    loss, grads = loss_and_grads(TransformerLM(cfg), params, batch)
+    for policy in ("full", "dots", "dots_no_batch"):
+        for scan in (True, False):
+            c = dataclasses.replace(cfg, remat=policy, scan_layers=scan)
+            p = params if scan else {**{k: v for k, v in params.items() if k != "blocks"},
+                                     **{f"block_{i}": jax.tree.map(lambda x, i=i: x[i], params["blocks"])
+                                        for i in range(cfg.num_layers)}}
+            l2, g2 = jax.jit(lambda p, b, c=c: loss_and_grads(TransformerLM(c), p, b))(p, batch)
+            np.testing.assert_allclose(l2, loss, rtol=1e-6)
+            if scan:
+                for a, b in zip(jax.tree.leaves(g2), jax.tree.leaves(grads), strict=True):
+                    np.testing.assert_allclose(a, b, atol=1e-6)
+
+
+def test_gradient_accumulation_equals_one_big_batch():
+    model, params, batch = TransformerLM(LLAMA), _params(LLAMA), _batch(b=8)
+    loss, grads = loss_and_grads(model, params, batch, z_loss=1e-4)
+    loss4, grads4 = jax.jit(lambda p, b: loss_and_grads(model, p, b, microbatches=4, z_loss=1e-4))(params, batch)
+    np.testing.assert_allclose(loss4, loss, rtol=1e-5)
+    for a, b in zip(jax.tree.leaves(grads4), jax.tree.leaves(grads), strict=True):
+        np.testing.assert_allclose(a, b, atol=1e-5, rtol=1e-5)
+
+
+def test_llama_cached_decoding_equals_full_forward():
+    model, params = TransformerLM(LLAMA), _params(LLAMA)
+    tokens = np.random.default_rng(2).integers(0, 64, (2, 12))
+    pos = np.tile(np.arange(12), (2, 1))
+    full = np.asarray(model.apply({"params": params}, tokens, pos, np.ones_like(tokens)))
+    cache = init_cache(LLAMA, 2)
+    out, cache = model.apply({"params": params}, tokens[:, :5], pos[:, :5], np.ones((2, 5), np.int32), cache)
+    np.testing.assert_allclose(out, full[:, :5], atol=1e-5)
+    for t in range(5, 12):
+        out, cache = model.apply({"params": params}, tokens[:, t:t + 1], pos[:, t:t + 1], np.ones((2, 1), np.int32),
+                                 cache)
+        np.testing.assert_allclose(out[:, 0], full[:, t], atol=1e-5)
+
+
+def test_bfloat16_compute_keeps_float32_parameters_and_logits():
+    cfg = dataclasses.replace(LLAMA, dtype="bfloat16")
+    params, batch = _params(cfg), _batch()
+    assert all(x.dtype == jnp.float32 for x in jax.tree.leaves(params))
+    logits = _logits(cfg, params, batch)
+    assert logits.dtype == jnp.float32
+    np.testing.assert_allclose(logits, _logits(LLAMA, params, batch), atol=5e-2)
+    loss, grads = loss_and_grads(TransformerLM(cfg), params, batch)
+    assert np.isfinite(loss) and all(g.dtype == jnp.float32 for g in jax.tree.leaves(grads))

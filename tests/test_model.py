@@ -14,7 +14,7 @@ CFG = ModelConfig(vocab_size=50, max_len=16, num_layers=2, num_heads=2, embed_di
 
 def _setup(cfg: ModelConfig = CFG):
     model = TransformerLM(cfg)
-    params = nn.unbox(boxed_params(model, 0))
+    params = jax.jit(lambda: nn.unbox(boxed_params(model, 0)))()
     return model, params
 
 
@@ -22,7 +22,7 @@ def _logits(model, params, tokens, positions=None, segments=None):
     tokens = jnp.asarray(tokens)[None]
     positions = jnp.arange(tokens.shape[1])[None] if positions is None else jnp.asarray(positions)[None]
     segments = jnp.ones_like(tokens) if segments is None else jnp.asarray(segments)[None]
-    return np.asarray(model.apply({"params": params}, tokens, positions, segments))[0]
+    return np.asarray(jax.jit(model.apply)({"params": params}, tokens, positions, segments))[0]
 
 
 def test_logits_at_t_do_not_depend_on_later_tokens():
@@ -62,13 +62,14 @@ def test_every_parameter_has_one_logical_name_per_dimension():
 def test_cached_decoding_equals_full_forward():
     model, params = _setup()
     tokens = np.random.default_rng(2).integers(0, CFG.vocab_size, (2, 12))
-    full = np.asarray(model.apply({"params": params}, tokens, np.tile(np.arange(12), (2, 1)), np.ones_like(tokens)))
+    apply = jax.jit(model.apply)
+    full = np.asarray(apply({"params": params}, tokens, np.tile(np.arange(12), (2, 1)), np.ones_like(tokens)))
     cache = init_cache(CFG, 2)
-    prefill, cache = model.apply({"params": params}, tokens[:, :5], np.tile(np.arange(5), (2, 1)),
+    prefill, cache = apply({"params": params}, tokens[:, :5], np.tile(np.arange(5), (2, 1)),
                                  np.ones((2, 5), np.int32), cache)
     np.testing.assert_allclose(prefill, full[:, :5], atol=1e-5)
     for t in range(5, 12):
-        step, cache = model.apply({"params": params}, tokens[:, t:t + 1], np.full((2, 1), t), np.ones((2, 1), np.int32),
+        step, cache = apply({"params": params}, tokens[:, t:t + 1], np.full((2, 1), t), np.ones((2, 1), np.int32),
                                   cache)
         np.testing.assert_allclose(step[:, 0], full[:, t], atol=1e-5)
     assert int(cache["index"]) == 12

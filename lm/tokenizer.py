@@ -77,7 +77,7 @@ def train(texts: Iterable[str], model_type: str, vocab_size: int) -> Tokenizer:
             model_writer=out,
             model_type=model_type,
             vocab_size=vocab_size,
-            hard_vocab_limit=model_type != "char",
+            hard_vocab_limit=False,  # a vocabulary larger than the corpus supports stops early
             normalization_rule_name="identity",
             remove_extra_whitespaces=False,
             add_dummy_prefix=False,

@@ -96,3 +96,15 @@ def test_bad_meshes_stop_with_one_line_naming_the_sizes(tiny_config, tmp_path):
     fails(r"vocabulary size=68 is not divisible by mesh tensor=8", mesh__data=1, mesh__tensor=8)
     fails(r"model.mlp_dim=33 is not divisible by mesh tensor=2", mesh__data=4, mesh__tensor=2, model__mlp_dim=33)
     fails(r"batch_size=12 is not divisible by the data-parallel size 8", train__batch_size=12)
+
+
+@pytest.mark.parametrize("name", ["gpt2_124m", "gpt2_350m", "llama_150m", "llama_1b"])
+def test_model_family_configs_train_on_a_cpu_with_a_small_override(name, tiny_config, tmp_path):
+    cfg = load_config(os.path.join(os.path.dirname(__file__), "..", "configs", f"{name}.py"))
+    cfg.data.cache_dir = tiny_config.data.cache_dir
+    cfg.tokenizer.vocab_size = 512
+    cfg.model.update(num_layers=2, num_heads=4, num_kv_heads=2 if cfg.model.num_kv_heads else 0, embed_dim=64,
+                     mlp_dim=128, max_len=32)
+    cfg.train.update(batch_size=8, steps=3, log_every=1, eval_every=3, eval_batches=2)
+    result = train(cfg, str(tmp_path))
+    assert np.isfinite(result["loss"]) and result["loss"] < np.log(512) + 1

@@ -19,6 +19,7 @@ setup(
         "importlib_resources>=6.0",  # tensorflow-datasets needs it when building, but does not declare it
         "grain>=0.2.10",
         "sentencepiece>=0.2",
+        "safetensors>=0.4",
         "ml_collections>=1.0",
         "absl-py>=2.1",
         "numpy>=1.26",

@@ -20,10 +20,11 @@ from lm.tokenizer import Tokenizer
 CHECKPOINTS = "checkpoints"
 
 
-def make_meta(model_config: ModelConfig, tokenizer: Tokenizer, run_config: dict[str, Any]) -> dict[str, Any]:
+def make_meta(model_config: ModelConfig, tokenizer: Tokenizer | None, run_config: dict[str, Any]) -> dict[str, Any]:
+    """The JSON part of a checkpoint: model config, SentencePiece model (if any) and run config."""
     return {
         "model": model_config.to_dict(),
-        "tokenizer": base64.b64encode(tokenizer.proto).decode("ascii"),
+        "tokenizer": base64.b64encode(tokenizer.proto).decode("ascii") if tokenizer else None,
         "config": run_config,
     }
 
@@ -61,6 +62,11 @@ class Checkpointer:
         )
         self.manager.save(step, args=args, force=True)
 
+    def save_params(self, step: int, params: Any, meta: dict[str, Any]) -> None:
+        """A checkpoint of parameters alone (e.g. imported weights): enough to sample, evaluate or fine-tune."""
+        args = ocp.args.Composite(params=ocp.args.StandardSave(params), meta=ocp.args.JsonSave(meta))
+        self.manager.save(step, args=args, force=True)
+
     def restore(self, step: int, abstract_state: TrainState) -> tuple[TrainState, dict[str, Any]]:
         """The train state saved at `step`, placed as `abstract_state`'s shardings say, and the data state."""
         out = self.manager.restore(step, args=ocp.args.Composite(
@@ -86,8 +92,10 @@ class Checkpointer:
         self.manager.close()
 
 
-def open_run(workdir: str, step: int | None = None) -> tuple[Checkpointer, int, ModelConfig, Tokenizer, dict[str, Any]]:
-    """A finished or running workdir's checkpointer, chosen step, model config, tokenizer and run config."""
+def open_run(
+    workdir: str, step: int | None = None
+) -> tuple[Checkpointer, int, ModelConfig, Tokenizer | None, dict[str, Any]]:
+    """A workdir's checkpointer, chosen step, model config, tokenizer (None if it has none) and run config."""
     if not os.path.isdir(os.path.join(workdir, CHECKPOINTS)):
         raise UserError(f"{workdir} holds no checkpoints; train first with python -m lm.train --workdir {workdir}")
     ckpt = Checkpointer(workdir, read_only=True)
@@ -98,7 +106,7 @@ def open_run(workdir: str, step: int | None = None) -> tuple[Checkpointer, int, 
     if step not in steps:
         raise UserError(f"{workdir} has no checkpoint at step {step}; it has steps {steps}")
     meta = ckpt.meta(step)
-    tokenizer = Tokenizer(base64.b64decode(meta["tokenizer"]))
+    tokenizer = Tokenizer(base64.b64decode(meta["tokenizer"])) if meta["tokenizer"] else None
     return ckpt, step, ModelConfig.from_dict(meta["model"]), tokenizer, meta["config"]
 
 

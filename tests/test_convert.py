@@ -1,0 +1,66 @@
+"""Parity with Hugging Face GPT-2: a model built and saved by `transformers` (tests/fixtures/gpt2_tiny, made by
+tests/fixtures/make_gpt2_fixture.py) imports into a workdir whose logits equal the reference's, and exports back."""
+
+import json
+import os
+import subprocess
+import sys
+
+import jax
+import numpy as np
+import pytest
+from safetensors.numpy import load_file
+
+from lm import sharding as shd
+from lm import state as state_lib
+from lm.checkpoint import open_run
+from lm.cli import UserError
+from lm.convert import export_gpt2, gpt2_model_config, import_gpt2
+from lm.model import TransformerLM
+
+FIXTURE = os.path.join(os.path.dirname(__file__), "fixtures", "gpt2_tiny")
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+def _logits(workdir, tokens):
+    ckpt, step, c, tokenizer, _ = open_run(workdir)
+    assert tokenizer is None and step == 0
+    model = TransformerLM(c)
+    params = ckpt.params(step, state_lib.abstract_params(model, shd.make_layout({"data": -1, "fsdp": 1, "tensor": 1})))
+    positions = np.tile(np.arange(tokens.shape[1]), (tokens.shape[0], 1))
+    return np.asarray(jax.jit(model.apply)({"params": params}, tokens, positions, np.ones_like(tokens)))
+
+
+@pytest.mark.parametrize("scan_layers", [True, False])
+def test_imported_gpt2_gives_the_logits_of_transformers(scan_layers, tmp_path):
+    import_gpt2(FIXTURE, str(tmp_path / "w"), scan_layers)
+    tokens = np.load(os.path.join(FIXTURE, "tokens.npy"))
+    want = np.load(os.path.join(FIXTURE, "logits.npy"))
+    got = _logits(str(tmp_path / "w"), tokens)
+    print(f"max |lm - transformers| logit difference: {np.abs(got - want).max():.2e} (logits up to "
+          f"{np.abs(want).max():.1f})")
+    np.testing.assert_allclose(got, want, atol=1e-4, rtol=0)
+
+
+def test_export_round_trips_the_safetensors(tmp_path):
+    import_gpt2(FIXTURE, str(tmp_path / "w"))
+    export_gpt2(str(tmp_path / "w"), str(tmp_path / "hf"))
+    original, exported = load_file(os.path.join(FIXTURE, "model.safetensors")), load_file(str(tmp_path / "hf" /
+                                                                                              "model.safetensors"))
+    assert set(exported) == {k for k in original if not k.endswith(".attn.bias")}
+    for k, v in exported.items():
+        np.testing.assert_array_equal(v, original[k])
+    configs = [json.load(open(p)) for p in (tmp_path / "hf" / "config.json", os.path.join(FIXTURE, "config.json"))]
+    assert gpt2_model_config(configs[0]) == gpt2_model_config(configs[1])
+
+
+def test_convert_cli_and_its_errors(tmp_path):
+    run = lambda *a: subprocess.run([sys.executable, "-m", "lm.convert", *a], cwd=ROOT, capture_output=True,  # noqa: E731
+                                    text=True, timeout=300)
+    ok = run("--hf_dir", FIXTURE, "--workdir", str(tmp_path / "w"))
+    assert ok.returncode == 0 and "imported a 2-layer GPT-2" in ok.stdout, ok.stderr
+    again = run("--hf_dir", FIXTURE, "--workdir", str(tmp_path / "w"))
+    assert again.returncode == 2 and again.stderr.strip().splitlines() == [again.stderr.strip()]
+    assert "already holds checkpoints" in again.stderr
+    with pytest.raises(UserError, match="only GPT-2 with a tanh GELU"):
+        gpt2_model_config({"model_type": "gpt2", "activation_function": "relu"})

@@ -74,6 +74,13 @@ def test_evaluate_and_sample_from_a_workdir(tiny_run):
     assert len(samples) == 3 and len(set(samples)) == 3
 
 
+def test_bench_prints_its_figures():
+    result = _run("lm.bench", "--config", TINY, "--repeats", "1", "--depths", "1,2")
+    assert result.returncode == 0, result.stderr
+    for figure in ("tokens/s", "MFU", "float32 matmul measured now", "where the step's time goes", "ratio"):
+        assert figure in result.stdout, result.stdout
+
+
 def test_sigkill_then_rerun_resumes_and_finishes(tmp_path, cache_dir):
     workdir = tmp_path / "run"
     cmd = [sys.executable, "-m", "lm.train", "--config", TINY, "--workdir", str(workdir),

@@ -1,0 +1,155 @@
+"""`python -m lm.bench --config configs/NAME.py`: compile time, step time, tokens/s, FLOPs and MFU of the train step.
+
+MFU is model FLOPs (6 N per token for the matmul parameters N, plus 12 L D T for attention scores and values)
+per second over the device's peak: a table of accelerator peaks (bfloat16, dense), or on a CPU the dense
+float32 matmul throughput measured in the same run. A breakdown (forward, forward + backward, optimizer
+update) says where the step's time goes. `--depths 12,48` compares the compile time of the step at two depths.
+"""
+
+import dataclasses
+import time
+from collections.abc import Callable, Sequence
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from absl import flags
+from ml_collections import config_flags
+
+from lm import cli, objective, optim
+from lm import config as config_lib
+from lm import sharding as shd
+from lm import state as state_lib
+from lm.model import TransformerLM
+from lm.train import loss_and_grads, make_train_step
+
+# Dense bfloat16 peak FLOP/s per chip, by a substring of `device_kind`.
+PEAKS = {"H200": 989e12, "H100": 989e12, "A100": 312e12, "L40S": 362e12, "L4": 121e12, "A10": 125e12,
+         "TPU v6": 918e12, "TPU v5p": 459e12, "TPU v5": 197e12, "TPU v4": 275e12}
+
+
+def _timed(fn: Callable[[], Any], repeats: int) -> float:
+    """Median seconds of `fn()` (blocking on its result) over `repeats` runs, after one warm-up."""
+    jax.block_until_ready(fn())
+    times = []
+    for _ in range(repeats):
+        t = time.perf_counter()
+        jax.block_until_ready(fn())
+        times.append(time.perf_counter() - t)
+    return float(np.median(times))
+
+
+def matmul_flops_per_second(n: int = 2048, dtype: str = "float32") -> float:
+    """Measured dense matmul throughput of the first device: [n, n] @ [n, n]."""
+    a = jnp.asarray(np.random.default_rng(0).normal(size=(n, n)), dtype)
+    f = jax.jit(lambda x: x @ x)
+    return 2 * n**3 / _timed(lambda: f(a), 5)
+
+
+def peak_flops_per_second() -> tuple[float, str]:
+    """The device's peak and where it comes from."""
+    kind = jax.devices()[0].device_kind
+    for name, peak in PEAKS.items():
+        if name in kind:
+            return peak, f"{kind} bfloat16 peak (table)"
+    return matmul_flops_per_second(), f"{kind}: float32 matmul measured now"
+
+
+def flops_per_token(c: config_lib.ModelConfig, params: Any) -> float:
+    """Training FLOPs per token: 6 x matmul parameters + 12 x layers x width x context (attention)."""
+    total = sum(x.size for x in jax.tree.leaves(params))
+    lookups = c.vocab_size * c.embed_dim * (0 if c.tie_embeddings else 1)  # untied input table: a gather
+    lookups += c.max_len * c.embed_dim if c.position == "learned" else 0
+    return 6 * (total - lookups) + 12 * c.num_layers * c.embed_dim * c.max_len
+
+
+def _batch(layout: shd.Layout, batch: int, length: int, vocab: int) -> dict[str, jax.Array]:
+    tokens = np.random.default_rng(0).integers(0, vocab, (batch, length + 1)).astype(np.int32)
+    local = {"tokens": tokens, "segment_ids": np.ones_like(tokens),
+             "positions": np.tile(np.arange(length + 1, dtype=np.int32), (batch, 1))}
+    return layout.global_batch(local)
+
+
+def compile_seconds(cfg: Any, model_config: config_lib.ModelConfig, layout: shd.Layout) -> float:
+    """Seconds to lower and compile the train step, from abstract shapes (no parameters are allocated)."""
+    model = TransformerLM(model_config)
+    tx, lr = optim.optimizer(cfg.optim, cfg.train.steps)
+    abstract = state_lib.abstract(model, tx, layout)
+    b, t = cfg.train.batch_size, model_config.max_len + 1
+    batch = {k: jax.ShapeDtypeStruct((b, t), jnp.int32, sharding=layout.batch_sharding())
+             for k in ("tokens", "segment_ids", "positions")}
+    step = jax.jit(make_train_step(model, tx, lr, cfg.train.microbatches, cfg.train.z_loss), donate_argnums=0)
+    start = time.perf_counter()
+    with layout.scope():
+        step.lower(abstract, batch).compile()
+    return time.perf_counter() - start
+
+
+def bench(cfg: Any, repeats: int = 5) -> dict[str, float]:
+    """Figures of the train step of `cfg` on synthetic tokens (vocabulary: config.tokenizer.vocab_size)."""
+    config_lib.validate(cfg)
+    layout = shd.make_layout(cfg.mesh)
+    c = config_lib.model_config(cfg, cfg.tokenizer.vocab_size)
+    model = TransformerLM(c)
+    tx, lr = optim.optimizer(cfg.optim, cfg.train.steps)
+    state = state_lib.create(model, tx, layout, cfg.seed)
+    batch = _batch(layout, cfg.train.batch_size, c.max_len, c.vocab_size)
+    tokens = cfg.train.batch_size * c.max_len
+    out = {"parameters": sum(x.size for x in jax.tree.leaves(state.params)),
+           "compile_s": compile_seconds(cfg, c, layout)}
+    train_step = make_train_step(model, tx, lr, cfg.train.microbatches, cfg.train.z_loss)
+    step = jax.jit(train_step, donate_argnums=0)
+    fwd = jax.jit(lambda p, b: objective.mean_loss(model, p, b))
+    fwd_bwd = jax.jit(lambda p, b: loss_and_grads(model, p, b, cfg.train.microbatches, cfg.train.z_loss))
+    holder = [state]
+
+    def run_step():
+        holder[0], metrics = step(holder[0], batch)
+        return metrics
+
+    with layout.scope():
+        out["step_s"] = _timed(run_step, repeats)
+        out["forward_s"] = _timed(lambda: fwd(holder[0].params, batch), repeats)
+        out["forward_backward_s"] = _timed(lambda: fwd_bwd(holder[0].params, batch), repeats)
+    peak, source = peak_flops_per_second()
+    out["tokens_per_s"] = tokens / out["step_s"]
+    out["flops_per_token"] = flops_per_token(c, state.params)
+    out["flops_per_s"] = out["flops_per_token"] * out["tokens_per_s"] / jax.device_count()
+    out["peak_flops_per_s"], out["peak_source"] = peak, source
+    out["mfu"] = out["flops_per_s"] / peak
+    return out
+
+
+def main(argv: Sequence[str]) -> None:
+    del argv
+    f = flags.FLAGS
+    if f.config is None:
+        raise cli.UserError("usage: python -m lm.bench --config configs/NAME.py [--depths 12,48]")
+    cfg = f.config
+    r = bench(cfg, f.repeats)
+    b, t = cfg.train.batch_size, cfg.model.max_len
+    print(f"train step of {r['parameters'] / 1e6:.1f}M parameters, batch {b} x {t} tokens, "
+          f"{jax.device_count()} {jax.devices()[0].platform} device(s)")
+    print(f"compile {r['compile_s']:.1f} s | step {r['step_s'] * 1e3:.1f} ms | {r['tokens_per_s']:,.0f} tokens/s")
+    print(f"model FLOPs {r['flops_per_token'] / 1e6:.1f} M/token | {r['flops_per_s'] / 1e9:.1f} GFLOP/s per device | "
+          f"MFU {r['mfu']:.1%} of {r['peak_flops_per_s'] / 1e9:.1f} GFLOP/s ({r['peak_source']})")
+    fwd, fb, step = r["forward_s"], r["forward_backward_s"], r["step_s"]
+    print(f"where the step's time goes: forward {fwd / step:.0%}, backward {(fb - fwd) / step:.0%}, "
+          f"optimizer update and the rest {max(step - fb, 0.0) / step:.0%} "
+          f"(forward {fwd * 1e3:.1f} ms, forward+backward {fb * 1e3:.1f} ms)")
+    if f.depths:
+        layout = shd.make_layout(cfg.mesh)
+        depths = [int(d) for d in f.depths.split(",")]
+        base = config_lib.model_config(cfg, cfg.tokenizer.vocab_size)
+        times = {d: compile_seconds(cfg, dataclasses.replace(base, num_layers=d), layout) for d in depths}
+        print(f"compile time by depth (scan_layers={base.scan_layers}): "
+              + ", ".join(f"{d} layers {s:.1f} s" for d, s in times.items())
+              + f"; ratio {times[depths[-1]] / times[depths[0]]:.2f}")
+
+
+if __name__ == "__main__":
+    config_flags.DEFINE_config_file("config", None, "Run config file, e.g. configs/gpt2_124m.py.")
+    flags.DEFINE_integer("repeats", 5, "Timed steps (after one warm-up).")
+    flags.DEFINE_string("depths", "", "Also compare the step's compile time at these depths, e.g. 12,48.")
+    cli.run(main)

@@ -110,6 +110,14 @@ def open_run(
     return ckpt, step, ModelConfig.from_dict(meta["model"]), tokenizer, meta["config"]
 
 
+def require_tokenizer(tokenizer: Tokenizer | None, workdir: str) -> Tokenizer:
+    """The workdir's tokenizer, or one line saying it has none (e.g. weights imported without one)."""
+    if tokenizer is None:
+        raise UserError(f"{workdir} holds no tokenizer (its weights were imported without one), so it cannot "
+                        "read or write text")
+    return tokenizer
+
+
 def check_compatible(saved: dict[str, Any], current: ModelConfig, workdir: str) -> None:
     """Stops with one line when a workdir's checkpoint holds a model of another shape."""
     if saved != current.to_dict():

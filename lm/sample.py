@@ -18,7 +18,7 @@ from absl import flags
 from lm import cli
 from lm import sharding as shd
 from lm import state as state_lib
-from lm.checkpoint import open_run
+from lm.checkpoint import open_run, require_tokenizer
 from lm.model import Cache, TransformerLM, init_cache
 
 # (params, tokens [B, T], positions [B, T], segment_ids [B, T], cache) -> (logits [B, T, V], cache)
@@ -96,6 +96,7 @@ def main(argv: Sequence[str]) -> None:
     del argv
     f = flags.FLAGS
     ckpt, step, model_config, tokenizer, _ = open_run(f.workdir, f.step)
+    tokenizer = require_tokenizer(tokenizer, f.workdir)
     prompt = [tokenizer.bos_id, *tokenizer.encode(f.prompt)]
     if len(prompt) > model_config.max_len:
         raise cli.UserError(f"the prompt is {len(prompt)} tokens (with BOS) but the model's context is "

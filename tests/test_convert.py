@@ -62,5 +62,8 @@ def test_convert_cli_and_its_errors(tmp_path):
     again = run("--hf_dir", FIXTURE, "--workdir", str(tmp_path / "w"))
     assert again.returncode == 2 and again.stderr.strip().splitlines() == [again.stderr.strip()]
     assert "already holds checkpoints" in again.stderr
+    sample = subprocess.run([sys.executable, "-m", "lm.sample", "--workdir", str(tmp_path / "w")], cwd=ROOT,
+                            capture_output=True, text=True, timeout=300)
+    assert sample.returncode == 2 and "holds no tokenizer" in sample.stderr
     with pytest.raises(UserError, match="only GPT-2 with a tanh GELU"):
         gpt2_model_config({"model_type": "gpt2", "activation_function": "relu"})

@@ -95,6 +95,8 @@ def test_bad_meshes_stop_with_one_line_naming_the_sizes(tiny_config, tmp_path):
     fails(r"model.num_heads=2 is not divisible by mesh tensor=8", mesh__data=1, mesh__tensor=8)
     fails(r"vocabulary size=68 is not divisible by mesh tensor=8", mesh__data=1, mesh__tensor=8)
     fails(r"model.mlp_dim=33 is not divisible by mesh tensor=2", mesh__data=4, mesh__tensor=2, model__mlp_dim=33)
+    fails(r"model.num_kv_heads=2 is not divisible by mesh tensor=4", mesh__data=2, mesh__tensor=4, model__num_heads=4,
+          model__num_kv_heads=2, tokenizer__vocab_size=512, tokenizer__type="bpe")
     fails(r"batch_size=12 is not divisible by the data-parallel size 8", train__batch_size=12)
 
 

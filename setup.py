@@ -20,6 +20,7 @@ setup(
         "grain>=0.2.10",
         "sentencepiece>=0.2",
         "safetensors>=0.4",
+        "regex>=2022.1",  # GPT-2's pre-tokenizer pattern (Unicode letter and number classes)
         "ml_collections>=1.0",
         "absl-py>=2.1",
         "numpy>=1.26",

@@ -1,9 +1,10 @@
 """`python -m lm.bench --config configs/NAME.py`: compile time, step time, tokens/s, FLOPs and MFU of the train step.
 
 MFU is model FLOPs (6 N per token for the matmul parameters N, plus 12 L D T for attention scores and values)
-per second over the device's peak: a table of accelerator peaks (bfloat16, dense), or on a CPU the dense
-float32 matmul throughput measured in the same run. A breakdown (forward, forward + backward, optimizer
-update) says where the step's time goes. `--depths 12,48` compares the compile time of the step at two depths.
+per second over the peak: a table of accelerator peaks (bfloat16, dense) times the device count, or on a CPU
+the dense float32 matmul throughput of the host measured in the same run (CPU devices share its cores).
+A breakdown (forward, forward + backward, optimizer update) says where the step's time goes; `--profile`
+splits it by model part from a profiler trace. `--depths 12,48` compares the step's compile time at two depths.
 """
 
 import dataclasses
@@ -17,7 +18,7 @@ import numpy as np
 from absl import flags
 from ml_collections import config_flags
 
-from lm import cli, objective, optim
+from lm import cli, objective, optim, step_profile
 from lm import config as config_lib
 from lm import sharding as shd
 from lm import state as state_lib
@@ -41,19 +42,25 @@ def _timed(fn: Callable[[], Any], repeats: int) -> float:
 
 
 def matmul_flops_per_second(n: int = 2048, dtype: str = "float32") -> float:
-    """Measured dense matmul throughput of the first device: [n, n] @ [n, n]."""
+    """Measured dense matmul throughput of the first device, [n, n] @ [n, n]: the best of 10 runs."""
     a = jnp.asarray(np.random.default_rng(0).normal(size=(n, n)), dtype)
     f = jax.jit(lambda x: x @ x)
-    return 2 * n**3 / _timed(lambda: f(a), 5)
+    jax.block_until_ready(f(a))
+    best = float("inf")
+    for _ in range(10):
+        t = time.perf_counter()
+        jax.block_until_ready(f(a))
+        best = min(best, time.perf_counter() - t)
+    return 2 * n**3 / best
 
 
 def peak_flops_per_second() -> tuple[float, str]:
-    """The device's peak and where it comes from."""
-    kind = jax.devices()[0].device_kind
+    """The peak of all devices together and where it comes from."""
+    kind, count = jax.devices()[0].device_kind, jax.device_count()
     for name, peak in PEAKS.items():
         if name in kind:
-            return peak, f"{kind} bfloat16 peak (table)"
-    return matmul_flops_per_second(), f"{kind}: float32 matmul measured now"
+            return peak * count, f"{count} x {kind} bfloat16 peak (table)"
+    return matmul_flops_per_second(), f"{kind} host: float32 matmul measured now"
 
 
 def flops_per_token(c: config_lib.ModelConfig, params: Any) -> float:
@@ -86,7 +93,7 @@ def compile_seconds(cfg: Any, model_config: config_lib.ModelConfig, layout: shd.
     return time.perf_counter() - start
 
 
-def bench(cfg: Any, repeats: int = 5) -> dict[str, float]:
+def bench(cfg: Any, repeats: int = 5, profile: bool = False) -> dict[str, Any]:
     """Figures of the train step of `cfg` on synthetic tokens (vocabulary: config.tokenizer.vocab_size)."""
     config_lib.validate(cfg)
     layout = shd.make_layout(cfg.mesh)
@@ -112,10 +119,12 @@ def bench(cfg: Any, repeats: int = 5) -> dict[str, float]:
         out["step_s"] = _timed(run_step, repeats)
         out["forward_s"] = _timed(lambda: fwd(holder[0].params, batch), repeats)
         out["forward_backward_s"] = _timed(lambda: fwd_bwd(holder[0].params, batch), repeats)
+        if profile:
+            out["profile"] = step_profile.profile(run_step, step.lower(holder[0], batch).compile().as_text())
     peak, source = peak_flops_per_second()
     out["tokens_per_s"] = tokens / out["step_s"]
     out["flops_per_token"] = flops_per_token(c, state.params)
-    out["flops_per_s"] = out["flops_per_token"] * out["tokens_per_s"] / jax.device_count()
+    out["flops_per_s"] = out["flops_per_token"] * out["tokens_per_s"]
     out["peak_flops_per_s"], out["peak_source"] = peak, source
     out["mfu"] = out["flops_per_s"] / peak
     return out
@@ -127,17 +136,27 @@ def main(argv: Sequence[str]) -> None:
     if f.config is None:
         raise cli.UserError("usage: python -m lm.bench --config configs/NAME.py [--depths 12,48]")
     cfg = f.config
-    r = bench(cfg, f.repeats)
+    config_lib.validate(cfg)
+    shd.split_cpu(cfg.mesh, cfg.train.batch_size)
+    r = bench(cfg, f.repeats, f.profile)
     b, t = cfg.train.batch_size, cfg.model.max_len
     print(f"train step of {r['parameters'] / 1e6:.1f}M parameters, batch {b} x {t} tokens, "
           f"{jax.device_count()} {jax.devices()[0].platform} device(s)")
     print(f"compile {r['compile_s']:.1f} s | step {r['step_s'] * 1e3:.1f} ms | {r['tokens_per_s']:,.0f} tokens/s")
-    print(f"model FLOPs {r['flops_per_token'] / 1e6:.1f} M/token | {r['flops_per_s'] / 1e9:.1f} GFLOP/s per device | "
+    print(f"model FLOPs {r['flops_per_token'] / 1e6:.1f} M/token | {r['flops_per_s'] / 1e9:.1f} GFLOP/s | "
           f"MFU {r['mfu']:.1%} of {r['peak_flops_per_s'] / 1e9:.1f} GFLOP/s ({r['peak_source']})")
     fwd, fb, step = r["forward_s"], r["forward_backward_s"], r["step_s"]
     print(f"where the step's time goes: forward {fwd / step:.0%}, backward {(fb - fwd) / step:.0%}, "
           f"optimizer update and the rest {max(step - fb, 0.0) / step:.0%} "
           f"(forward {fwd * 1e3:.1f} ms, forward+backward {fb * 1e3:.1f} ms)")
+    if f.profile:
+        total = sum(r["profile"].values())
+        print(f"profile: op time {total * 1e3:.1f} ms per step (summed over threads), by model part:")
+        parts = sorted({p for p, _ in r["profile"]}, key=lambda p: -sum(v for (q, _), v in r["profile"].items()
+                                                                         if q == p))
+        for part in parts:
+            fw, bw = r["profile"].get((part, "forward"), 0.0), r["profile"].get((part, "backward"), 0.0)
+            print(f"  {part:36s} {(fw + bw) / total:6.1%}  (forward {fw * 1e3:6.2f} ms, backward {bw * 1e3:6.2f} ms)")
     if f.depths:
         layout = shd.make_layout(cfg.mesh)
         depths = [int(d) for d in f.depths.split(",")]
@@ -151,5 +170,6 @@ def main(argv: Sequence[str]) -> None:
 if __name__ == "__main__":
     config_flags.DEFINE_config_file("config", None, "Run config file, e.g. configs/gpt2_124m.py.")
     flags.DEFINE_integer("repeats", 5, "Timed steps (after one warm-up).")
+    flags.DEFINE_bool("profile", False, "Also trace the step and print its op time by model part.")
     flags.DEFINE_string("depths", "", "Also compare the step's compile time at these depths, e.g. 12,48.")
     cli.run(main)

@@ -2,16 +2,17 @@
 
 Layout: WORKDIR/checkpoints/STEP/{params, opt_state, data, meta}. Every process writes its shards of the
 arrays; `data` (the pipelines' positions, gathered from every process) and `meta` (JSON: the model config,
-the SentencePiece model and the run config) are written once. A checkpoint is all the sampler and evaluator
+the tokenizer and the run config) are written once. A checkpoint is all the sampler and evaluator
 need; they restore `params` alone, onto their own shardings, on any mesh.
 """
 
-import base64
 import os
 from typing import Any
 
 import orbax.checkpoint as ocp
 
+from lm import tokenizer as tokenizer_lib
+from lm.bpe import GPT2Tokenizer
 from lm.cli import UserError
 from lm.config import ModelConfig
 from lm.state import TrainState
@@ -20,13 +21,11 @@ from lm.tokenizer import Tokenizer
 CHECKPOINTS = "checkpoints"
 
 
-def make_meta(model_config: ModelConfig, tokenizer: Tokenizer | None, run_config: dict[str, Any]) -> dict[str, Any]:
-    """The JSON part of a checkpoint: model config, SentencePiece model (if any) and run config."""
-    return {
-        "model": model_config.to_dict(),
-        "tokenizer": base64.b64encode(tokenizer.proto).decode("ascii") if tokenizer else None,
-        "config": run_config,
-    }
+def make_meta(model_config: ModelConfig, tokenizer: Tokenizer | GPT2Tokenizer | None,
+              run_config: dict[str, Any]) -> dict[str, Any]:
+    """The JSON part of a checkpoint: model config, tokenizer (if any) and run config."""
+    return {"model": model_config.to_dict(), "tokenizer": tokenizer.to_json() if tokenizer else None,
+            "config": run_config}
 
 
 class Checkpointer:
@@ -94,7 +93,7 @@ class Checkpointer:
 
 def open_run(
     workdir: str, step: int | None = None
-) -> tuple[Checkpointer, int, ModelConfig, Tokenizer | None, dict[str, Any]]:
+) -> tuple[Checkpointer, int, ModelConfig, Tokenizer | GPT2Tokenizer | None, dict[str, Any]]:
     """A workdir's checkpointer, chosen step, model config, tokenizer (None if it has none) and run config."""
     if not os.path.isdir(os.path.join(workdir, CHECKPOINTS)):
         raise UserError(f"{workdir} holds no checkpoints; train first with python -m lm.train --workdir {workdir}")
@@ -106,15 +105,15 @@ def open_run(
     if step not in steps:
         raise UserError(f"{workdir} has no checkpoint at step {step}; it has steps {steps}")
     meta = ckpt.meta(step)
-    tokenizer = Tokenizer(base64.b64decode(meta["tokenizer"])) if meta["tokenizer"] else None
+    tokenizer = tokenizer_lib.from_json(meta["tokenizer"])
     return ckpt, step, ModelConfig.from_dict(meta["model"]), tokenizer, meta["config"]
 
 
-def require_tokenizer(tokenizer: Tokenizer | None, workdir: str) -> Tokenizer:
+def require_tokenizer(tokenizer: Tokenizer | GPT2Tokenizer | None, workdir: str) -> Tokenizer | GPT2Tokenizer:
     """The workdir's tokenizer, or one line saying it has none (e.g. weights imported without one)."""
     if tokenizer is None:
-        raise UserError(f"{workdir} holds no tokenizer (its weights were imported without one), so it cannot "
-                        "read or write text")
+        raise UserError(f"{workdir} holds no tokenizer (its weights were imported without vocab.json and "
+                        "merges.txt), so it cannot read or write text")
     return tokenizer
 
 

@@ -93,7 +93,8 @@ def defaults() -> ml_collections.ConfigDict:
     c.optim = dict(lr=1e-3, min_lr=1e-4, warmup_steps=100, b1=0.9, b2=0.99, weight_decay=0.1, grad_clip=1.0)
     c.checkpoint = dict(every=250, keep=3)
     # Axis sizes (one may be -1: the rest of the devices) and the logical-axis rules (lm/sharding.py).
-    c.mesh = dict(data=-1, fsdp=1, tensor=1, rules=DEFAULT_RULES)
+    # cpu_devices: JAX devices to split a CPU host into (0: one per core); small models train faster so.
+    c.mesh = dict(data=-1, fsdp=1, tensor=1, rules=DEFAULT_RULES, cpu_devices=1)
     return ml_collections.ConfigDict(c)
 
 
@@ -162,6 +163,8 @@ def validate(cfg: ml_collections.ConfigDict) -> None:
     _check(0 < o.b1 < 1 and 0 < o.b2 < 1, f"config.optim.b1 and b2 must be in (0, 1), got {o.b1}, {o.b2}")
     _check(o.weight_decay >= 0, f"config.optim.weight_decay must be >= 0, got {o.weight_decay}")
     _check(o.grad_clip >= 0, f"config.optim.grad_clip must be >= 0 (0 turns it off), got {o.grad_clip}")
+    _check(cfg.mesh.cpu_devices >= 0,
+           f"config.mesh.cpu_devices must be >= 0 (0: one per core), got {cfg.mesh.cpu_devices}")
     _check(cfg.data.shards >= 0, f"config.data.shards must be >= 0 (0: one per process), got {cfg.data.shards}")
     f = cfg.data.validation_fraction
     _check(0 < f < 1, f"config.data.validation_fraction must be in (0, 1), got {f}")

@@ -3,8 +3,9 @@
     python -m lm.convert --hf_dir DIR --workdir OUT      # config.json + model.safetensors -> a workdir
     python -m lm.convert --workdir RUN --export DIR      # a GPT-2-style workdir -> config.json + model.safetensors
 
-The imported workdir holds one checkpoint (step 0) of parameters and model config, which `lm.sample` and
-`lm.evaluate` read like any other. Hugging Face's Conv1D weights are [in, out], as `lm`'s kernels; the fused
+The imported workdir holds one checkpoint (step 0) of parameters, model config and, when the folder has
+`vocab.json` and `merges.txt`, GPT-2's byte-level BPE tokenizer; `lm.sample` and `lm.evaluate` read it like
+any other. Hugging Face's Conv1D weights are [in, out], as `lm`'s kernels; the fused
 query/key/value projection is split into three [D, N, H] kernels.
 """
 
@@ -21,6 +22,7 @@ from safetensors.numpy import load_file, save_file
 from lm import cli
 from lm import sharding as shd
 from lm import state as state_lib
+from lm.bpe import GPT2Tokenizer
 from lm.checkpoint import Checkpointer, make_meta, open_run
 from lm.config import ModelConfig
 from lm.model import TransformerLM
@@ -116,6 +118,12 @@ def import_gpt2(hf_dir: str, workdir: str, scan_layers: bool = True) -> ModelCon
             raise cli.UserError(f"{path} does not exist; --hf_dir must hold config.json and model.safetensors")
     with open(paths[0]) as f:
         c = gpt2_model_config(json.load(f), scan_layers)
+    tokenizer = None
+    if any(os.path.exists(os.path.join(hf_dir, f)) for f in ("vocab.json", "merges.txt")):
+        tokenizer = GPT2Tokenizer.from_folder(hf_dir)
+        if tokenizer.vocab_size > c.vocab_size:
+            raise cli.UserError(f"the tokenizer in {hf_dir} has {tokenizer.vocab_size} ids but the model only "
+                                f"{c.vocab_size}")
     params = params_from_gpt2(load_file(paths[1]), c)
     abstract = state_lib.abstract_params(TransformerLM(c), shd.make_layout({"data": -1, "fsdp": 1, "tensor": 1}))
     try:
@@ -125,7 +133,7 @@ def import_gpt2(hf_dir: str, workdir: str, scan_layers: bool = True) -> ModelCon
     ckpt = Checkpointer(workdir)
     if ckpt.latest_step() is not None:
         raise cli.UserError(f"{workdir} already holds checkpoints; import into a new --workdir")
-    ckpt.save_params(0, params, make_meta(c, None, {"imported_from": os.path.abspath(hf_dir)}))
+    ckpt.save_params(0, params, make_meta(c, tokenizer, {"imported_from": os.path.abspath(hf_dir)}))
     ckpt.wait()
     ckpt.close()
     return c
@@ -133,7 +141,7 @@ def import_gpt2(hf_dir: str, workdir: str, scan_layers: bool = True) -> ModelCon
 
 def export_gpt2(workdir: str, out_dir: str, step: int | None = None) -> None:
     """Writes config.json + model.safetensors of a GPT-2-style workdir's checkpoint."""
-    ckpt, step, c, _, _ = open_run(workdir, step)
+    ckpt, step, c, tokenizer, _ = open_run(workdir, step)
     hf_config = gpt2_hf_config(c)
     layout = shd.make_layout({"data": 1, "fsdp": 1, "tensor": 1}, jax.devices()[:1])
     params = ckpt.params(step, state_lib.abstract_params(TransformerLM(c), layout))
@@ -141,6 +149,11 @@ def export_gpt2(workdir: str, out_dir: str, step: int | None = None) -> None:
     save_file(gpt2_from_params(params, c), os.path.join(out_dir, "model.safetensors"), metadata={"format": "pt"})
     with open(os.path.join(out_dir, "config.json"), "w") as f:
         json.dump(hf_config, f, indent=2)
+    if isinstance(tokenizer, GPT2Tokenizer):
+        with open(os.path.join(out_dir, "vocab.json"), "w", encoding="utf-8") as f:
+            json.dump(tokenizer.vocab, f, ensure_ascii=False)
+        with open(os.path.join(out_dir, "merges.txt"), "w", encoding="utf-8") as f:
+            f.write("#version: 0.2\n" + "".join(m + "\n" for m in tokenizer.merges))
 
 
 def main(argv: Sequence[str]) -> None:

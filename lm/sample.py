@@ -55,7 +55,7 @@ def generate(
     """[B, max_new_tokens] tokens continuing prompt [B, P] (P <= the cache length)."""
     b, p = prompt.shape
     slots = cache["segment_ids"].shape[1]
-    window = max(slots // 2, 1)  # context kept when the cache is full
+    window = max(min(slots // 2, p + max_new_tokens), 1)  # context kept when the cache is full
     ones = lambda t: jnp.ones((b, t), jnp.int32)  # noqa: E731  (one document per row)
     arange = lambda t: jnp.broadcast_to(jnp.arange(t), (b, t))  # noqa: E731
     empty = jax.tree.map(jnp.zeros_like, cache)

@@ -4,13 +4,16 @@ Trained with settings that make `decode(encode(text)) == text` for any text (ide
 whitespace and newlines, full character coverage, byte fallback), so bits per byte are honest.
 """
 
+import base64
 import io
 import os
 from collections.abc import Iterable, Iterator
+from typing import Any
 
 import numpy as np
 import sentencepiece as spm
 
+from lm.bpe import GPT2Tokenizer
 from lm.cli import UserError
 
 MODEL_FILE = "tokenizer.model"
@@ -48,6 +51,9 @@ class Tokenizer:
         out[self.eos_id] = eos_bytes
         return out
 
+    def to_json(self) -> dict[str, Any]:
+        return {"type": "sentencepiece", "model": base64.b64encode(self.proto).decode("ascii")}
+
     def save(self, path: str) -> None:
         with open(path, "wb") as f:
             f.write(self.proto)
@@ -61,6 +67,17 @@ class Tokenizer:
         except (RuntimeError, OSError) as e:
             raise UserError(f"tokenizer {path} does not load as a SentencePiece model ({e}); delete it to retrain"
                             ) from e
+
+
+def from_json(saved: dict[str, Any] | str | None) -> "Tokenizer | GPT2Tokenizer | None":
+    """The tokenizer a checkpoint's JSON holds (`to_json()` of either kind; a bare string: SentencePiece)."""
+    if saved is None:
+        return None
+    if isinstance(saved, str):
+        return Tokenizer(base64.b64decode(saved))
+    if saved["type"] == "gpt2_bpe":
+        return GPT2Tokenizer(saved["vocab"], saved["merges"])
+    return Tokenizer(base64.b64decode(saved["model"]))
 
 
 def _lines(texts: Iterable[str]) -> Iterator[str]:

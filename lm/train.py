@@ -187,6 +187,8 @@ def main(argv: Sequence[str]) -> None:
     f = flags.FLAGS
     if f.config is None or not f.workdir:
         raise cli.UserError("usage: python -m lm.train --config configs/NAME.py --workdir DIR")
+    config_lib.validate(f.config)
+    shd.split_cpu(f.config.mesh, f.config.train.batch_size)
     shd.initialize_distributed(f.coordinator_address, f.num_processes, f.process_id, f.distributed)
     train(f.config, f.workdir)
 

@@ -2,6 +2,7 @@
 
 import json
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -42,6 +43,16 @@ def test_bad_config_values_are_one_line(flag, message, tmp_path):
     _one_line_error(_run("lm.train", "--config", TINY, "--workdir", str(tmp_path), flag), message)
 
 
+def test_cpu_devices_split_the_host_into_a_data_parallel_mesh(tmp_path, cache_dir):
+    result = _run("lm.train", "--config", TINY, "--workdir", str(tmp_path), "--config.mesh.cpu_devices=2",
+                  "--config.train.steps=2", f"--config.data.cache_dir={cache_dir}")
+    assert result.returncode == 0, result.stderr
+    assert "mesh (data=2, fsdp=1, tensor=1) over 2 devices" in result.stdout, result.stdout
+    assert "val loss" in result.stdout
+    _one_line_error(_run("lm.train", "--config", TINY, "--workdir", str(tmp_path), "--config.mesh.cpu_devices=-1"),
+                    "config.mesh.cpu_devices must be >= 0")
+
+
 def test_missing_and_empty_data_are_one_line(tmp_path, cache_dir):
     missing = tmp_path / "missing.txt"
     result = _run("lm.train", "--config", TINY, "--workdir", str(tmp_path / "w1"), f"--config.data.path={missing}",
@@ -74,11 +85,15 @@ def test_evaluate_and_sample_from_a_workdir(tiny_run):
     assert len(samples) == 3 and len(set(samples)) == 3
 
 
-def test_bench_prints_its_figures():
-    result = _run("lm.bench", "--config", TINY, "--repeats", "1", "--depths", "1,2")
+def test_bench_prints_its_figures_and_profile():
+    result = _run("lm.bench", "--config", TINY, "--repeats", "1", "--depths", "1,2", "--profile")
     assert result.returncode == 0, result.stderr
     for figure in ("tokens/s", "MFU", "float32 matmul measured now", "where the step's time goes", "ratio"):
         assert figure in result.stdout, result.stdout
+    shares = re.findall(r"^  (.+?)\s+([\d.]+)%  \(forward", result.stdout, re.M)
+    parts = {part for part, _ in shares}
+    assert {"MLP matmuls", "attention projections", "loss, optimizer update and the rest"} <= parts, result.stdout
+    assert abs(sum(float(share) for _, share in shares) - 100) < 1, result.stdout
 
 
 def test_sigkill_then_rerun_resumes_and_finishes(tmp_path, cache_dir):

@@ -1,5 +1,6 @@
-"""Parity with Hugging Face GPT-2: a model built and saved by `transformers` (tests/fixtures/gpt2_tiny, made by
-tests/fixtures/make_gpt2_fixture.py) imports into a workdir whose logits equal the reference's, and exports back."""
+"""Parity with Hugging Face GPT-2: models built and saved by `transformers` (tests/fixtures/gpt2_tiny and
+gpt2_bpe, made by tests/fixtures/make_gpt2_fixture.py) import into workdirs whose logits, tokenizer ids and
+greedy text equal the reference's, and export back."""
 
 import json
 import os
@@ -13,12 +14,14 @@ from safetensors.numpy import load_file
 
 from lm import sharding as shd
 from lm import state as state_lib
+from lm.bpe import GPT2Tokenizer
 from lm.checkpoint import open_run
 from lm.cli import UserError
 from lm.convert import export_gpt2, gpt2_model_config, import_gpt2
 from lm.model import TransformerLM
 
 FIXTURE = os.path.join(os.path.dirname(__file__), "fixtures", "gpt2_tiny")
+BPE_FIXTURE = os.path.join(os.path.dirname(__file__), "fixtures", "gpt2_bpe")
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
@@ -67,3 +70,29 @@ def test_convert_cli_and_its_errors(tmp_path):
     assert sample.returncode == 2 and "holds no tokenizer" in sample.stderr
     with pytest.raises(UserError, match="only GPT-2 with a tanh GELU"):
         gpt2_model_config({"model_type": "gpt2", "activation_function": "relu"})
+
+
+def test_gpt2_tokenizer_gives_the_ids_of_transformers_and_round_trips():
+    expected = json.load(open(os.path.join(BPE_FIXTURE, "expected.json")))
+    tok = GPT2Tokenizer.from_folder(BPE_FIXTURE)
+    for text, ids in zip(expected["texts"], expected["ids"], strict=True):
+        assert tok.encode(text) == ids, text
+        assert tok.decode(ids) == text
+    assert tok.token_bytes(eos_bytes=2).sum() > 256  # every byte token stands for one byte, merges for more
+    with pytest.raises(UserError, match="does not load"):
+        GPT2Tokenizer.from_folder(FIXTURE)  # no vocab.json
+
+
+def test_imported_gpt2_with_its_tokenizer_writes_the_greedy_text_of_transformers(tmp_path):
+    expected = json.load(open(os.path.join(BPE_FIXTURE, "expected.json")))
+    run = lambda *a: subprocess.run([sys.executable, "-m", *a], cwd=ROOT, capture_output=True,  # noqa: E731
+                                    text=True, timeout=300)
+    ok = run("lm.convert", "--hf_dir", BPE_FIXTURE, "--workdir", str(tmp_path / "w"))
+    assert ok.returncode == 0, ok.stderr
+    sample = run("lm.sample", "--workdir", str(tmp_path / "w"), "--prompt", expected["prompt"], "--temperature", "0",
+                 "--max_new_tokens", str(len(expected["greedy"])))
+    assert sample.returncode == 0, sample.stderr
+    assert sample.stdout.split("---\n", 1)[1] == expected["prompt"] + expected["greedy_text"] + "\n"
+    export_gpt2(str(tmp_path / "w"), str(tmp_path / "hf"))
+    again = GPT2Tokenizer.from_folder(str(tmp_path / "hf"))
+    assert again.encode(expected["texts"][1]) == expected["ids"][1]

@@ -110,3 +110,14 @@ def test_model_family_configs_train_on_a_cpu_with_a_small_override(name, tiny_co
     cfg.train.update(batch_size=8, steps=3, log_every=1, eval_every=3, eval_batches=2)
     result = train(cfg, str(tmp_path))
     assert np.isfinite(result["loss"]) and result["loss"] < np.log(512) + 1
+
+
+def test_cpu_devices_zero_means_one_per_core_as_the_mesh_and_batch_allow():
+    mesh = {"data": -1, "fsdp": 1, "tensor": 1}
+    assert shd.cpu_device_count({**mesh, "cpu_devices": 0}, batch_size=12, cores=2) == 2
+    assert shd.cpu_device_count({**mesh, "cpu_devices": 0}, batch_size=12, cores=8) == 6  # 8 does not divide 12
+    assert shd.cpu_device_count({**mesh, "cpu_devices": 0}, batch_size=7, cores=4) == 1
+    assert shd.cpu_device_count({**mesh, "tensor": 2, "cpu_devices": 0}, batch_size=12, cores=5) == 4
+    assert shd.cpu_device_count({"data": 1, "fsdp": 2, "tensor": 1, "cpu_devices": 0}, 12, cores=16) == 2
+    assert shd.cpu_device_count({**mesh, "cpu_devices": 3}, batch_size=12, cores=2) == 3
+    assert shd.cpu_device_count(mesh, batch_size=12, cores=2) == 1  # older configs without the key

@@ -6,22 +6,26 @@ the tokenizer and the run config) are written once. A checkpoint is all the samp
 need; they restore `params` alone, onto their own shardings, on any mesh.
 """
 
+import dataclasses
 import os
 from typing import Any
 
+import jax
+import jax.numpy as jnp
 import orbax.checkpoint as ocp
 
 from lm import tokenizer as tokenizer_lib
-from lm.bpe import GPT2Tokenizer
 from lm.cli import UserError
 from lm.config import ModelConfig
-from lm.state import TrainState
-from lm.tokenizer import Tokenizer
+from lm.model import TransformerLM
+from lm.sharding import Layout
+from lm.state import TrainState, abstract_params
+from lm.tokenizer import AnyTokenizer
 
 CHECKPOINTS = "checkpoints"
 
 
-def make_meta(model_config: ModelConfig, tokenizer: Tokenizer | GPT2Tokenizer | None,
+def make_meta(model_config: ModelConfig, tokenizer: AnyTokenizer | None,
               run_config: dict[str, Any]) -> dict[str, Any]:
     """The JSON part of a checkpoint: model config, tokenizer (if any) and run config."""
     return {"model": model_config.to_dict(), "tokenizer": tokenizer.to_json() if tokenizer else None,
@@ -93,7 +97,7 @@ class Checkpointer:
 
 def open_run(
     workdir: str, step: int | None = None
-) -> tuple[Checkpointer, int, ModelConfig, Tokenizer | GPT2Tokenizer | None, dict[str, Any]]:
+) -> tuple[Checkpointer, int, ModelConfig, AnyTokenizer | None, dict[str, Any]]:
     """A workdir's checkpointer, chosen step, model config, tokenizer (None if it has none) and run config."""
     if not os.path.isdir(os.path.join(workdir, CHECKPOINTS)):
         raise UserError(f"{workdir} holds no checkpoints; train first with python -m lm.train --workdir {workdir}")
@@ -109,7 +113,7 @@ def open_run(
     return ckpt, step, ModelConfig.from_dict(meta["model"]), tokenizer, meta["config"]
 
 
-def require_tokenizer(tokenizer: Tokenizer | GPT2Tokenizer | None, workdir: str) -> Tokenizer | GPT2Tokenizer:
+def require_tokenizer(tokenizer: AnyTokenizer | None, workdir: str) -> AnyTokenizer:
     """The workdir's tokenizer, or one line saying it has none (e.g. weights imported without one)."""
     if tokenizer is None:
         raise UserError(f"{workdir} holds no tokenizer (its weights were imported without vocab.json and "
@@ -124,3 +128,46 @@ def check_compatible(saved: dict[str, Any], current: ModelConfig, workdir: str) 
                          if saved.get(k) != v)
         raise UserError(f"{workdir} holds a checkpoint of another model ({diff}); use a new --workdir or the saved "
                         "settings")
+
+
+# Model settings that change how the parameters are computed with or stored, not what they are.
+RUNTIME_FIELDS = ("attention", "scan_layers", "remat", "dtype", "param_dtype")
+
+
+def init_source(spec: str) -> tuple[Checkpointer, int, ModelConfig, AnyTokenizer, str]:
+    """`config.init_from` ('WORKDIR' or 'WORKDIR:STEP'): its checkpointer, step, model config, tokenizer, workdir."""
+    workdir, step = spec, None
+    head, _, tail = spec.rpartition(":")
+    if head and tail.isdigit():
+        workdir, step = head, int(tail)
+    ckpt, step, model_config, tokenizer, _ = open_run(workdir, step)
+    return ckpt, step, model_config, require_tokenizer(tokenizer, workdir), workdir
+
+
+def _restack(params: dict[str, Any], c: ModelConfig) -> dict[str, Any]:
+    """Layer parameters stacked on a leading axis ('blocks') if `c.scan_layers`, else one entry per layer."""
+    params = dict(params)
+    if c.scan_layers:
+        layers = [params.pop(f"block_{i}") for i in range(c.num_layers)]
+        params["blocks"] = jax.tree.map(lambda *x: jnp.stack(x), *layers)
+    else:
+        blocks = params.pop("blocks")
+        params.update({f"block_{i}": jax.tree.map(lambda x, i=i: x[i], blocks) for i in range(c.num_layers)})
+    return params
+
+
+def init_params(ckpt: Checkpointer, step: int, saved: ModelConfig, current: ModelConfig, layout: Layout,
+                source: str) -> Any:
+    """Another run's parameters for a model of the same shape, placed on `layout` (scanned or not as `current`)."""
+    diff = [f"model.{f.name}: {getattr(current, f.name)} here, {getattr(saved, f.name)} there"
+            for f in dataclasses.fields(ModelConfig)
+            if f.name not in RUNTIME_FIELDS and getattr(saved, f.name) != getattr(current, f.name)]
+    if diff:
+        raise UserError(f"config.init_from={source} holds a model of another shape ({'; '.join(diff)}); set "
+                        "those config keys to its values")
+    as_saved = dataclasses.replace(current, scan_layers=saved.scan_layers)
+    params = ckpt.params(step, abstract_params(TransformerLM(as_saved), layout))
+    if saved.scan_layers == current.scan_layers:
+        return params
+    target = abstract_params(TransformerLM(current), layout)
+    return jax.device_put(_restack(params, current), jax.tree.map(lambda a: a.sharding, target))

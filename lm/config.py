@@ -74,6 +74,9 @@ def defaults() -> ml_collections.ConfigDict:
     """Every key a run config has, with its default; config files start here and override."""
     c = ml_collections.ConfigDict()
     c.seed = 0
+    # init_from: 'WORKDIR' or 'WORKDIR:STEP' of another run (or an imported GPT-2) whose parameters and
+    # tokenizer a new run starts from (not its optimizer state or step), e.g. to fine-tune; '' = from scratch.
+    c.init_from = ""
     # path: a text file or a folder of .txt files ('' = the bundled tiny Shakespeare); documents are cut at
     # `separator`; cache_dir holds the built TFDS datasets ('' = ~/.cache/lm/tfds).
     # shards: independent pipelines the global batch is drawn from, split among the processes (0 = one per

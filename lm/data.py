@@ -29,7 +29,7 @@ from grain import experimental as grain_exp
 
 from lm import sharding
 from lm.cli import UserError
-from lm.tokenizer import Tokenizer
+from lm.tokenizer import AnyTokenizer
 
 BUNDLED = "tinyshakespeare.txt"
 SPLITS = ("train", "validation")
@@ -135,7 +135,7 @@ def texts(builder: TextCorpus, split: str) -> Iterator[str]:
 
 
 class _Tokenize(grain.transforms.Map):
-    def __init__(self, tokenizer: Tokenizer):
+    def __init__(self, tokenizer: AnyTokenizer):
         self.tokenizer = tokenizer
 
     def map(self, record: dict[str, bytes]) -> dict[str, np.ndarray]:
@@ -144,7 +144,7 @@ class _Tokenize(grain.transforms.Map):
         return {"tokens": np.asarray(ids, np.int32)}
 
 
-def _rows(builder: TextCorpus, split: str, tokenizer: Tokenizer, row_len: int, shard: int, shards: int,
+def _rows(builder: TextCorpus, split: str, tokenizer: AnyTokenizer, row_len: int, shard: int, shards: int,
           seed: int | None) -> grain.IterDataset:
     """Packed rows {'tokens', 'segment_ids', 'positions'} [row_len] of one shard; endless and shuffled if seeded."""
     docs = grain.MapDataset.source(builder.as_data_source(split=split))[shard::shards]
@@ -169,7 +169,7 @@ def local_shards(shards: int, global_batch: int, process_index: int, process_cou
 class TrainBatches:
     """Endless iterator of this process's rows of each global training batch: dicts of [local rows, row_len]."""
 
-    def __init__(self, builder: TextCorpus, tokenizer: Tokenizer, row_len: int, global_batch: int, seed: int,
+    def __init__(self, builder: TextCorpus, tokenizer: AnyTokenizer, row_len: int, global_batch: int, seed: int,
                  shards: int = 1, process_index: int = 0, process_count: int = 1):
         self.shards, self.rows = shards, global_batch // shards
         self.local = local_shards(shards, global_batch, process_index, process_count)
@@ -202,7 +202,7 @@ class TrainBatches:
             self._iters[s].set_state(state["positions"][str(s)])
 
 
-def eval_batches(builder: TextCorpus, tokenizer: Tokenizer, row_len: int, global_batch: int, shards: int = 1,
+def eval_batches(builder: TextCorpus, tokenizer: AnyTokenizer, row_len: int, global_batch: int, shards: int = 1,
                  process_index: int = 0, process_count: int = 1, split: str = "validation",
                  max_batches: int = 0) -> list[dict[str, np.ndarray]]:
     """This process's rows of each batch of one ordered pass over a split (at most `max_batches` if positive).

@@ -63,3 +63,11 @@ def create(model: TransformerLM, tx: optax.GradientTransformation, layout: Layou
     shardings = jax.tree.map(lambda s: s.sharding, abstract(model, tx, layout))
     with layout.scope():
         return jax.jit(lambda: nn.unbox(_init_fn(model, tx, seed)()), out_shardings=shardings)()
+
+
+def from_params(model: TransformerLM, tx: optax.GradientTransformation, layout: Layout, params: Any) -> TrainState:
+    """A TrainState at step 0 around given parameters (e.g. another run's) with a fresh optimizer state."""
+    shardings = jax.tree.map(lambda s: s.sharding, abstract(model, tx, layout))
+    init = lambda p: TrainState(step=jnp.zeros((), jnp.int32), params=p, opt_state=tx.init(p))  # noqa: E731
+    with layout.scope():
+        return jax.jit(init, out_shardings=shardings)(params)

@@ -69,7 +69,10 @@ class Tokenizer:
                             ) from e
 
 
-def from_json(saved: dict[str, Any] | str | None) -> "Tokenizer | GPT2Tokenizer | None":
+AnyTokenizer = Tokenizer | GPT2Tokenizer  # what a run can hold: trained SentencePiece, or GPT-2's imported BPE
+
+
+def from_json(saved: dict[str, Any] | str | None) -> AnyTokenizer | None:
     """The tokenizer a checkpoint's JSON holds (`to_json()` of either kind; a bare string: SentencePiece)."""
     if saved is None:
         return None

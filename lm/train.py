@@ -109,24 +109,41 @@ def train(cfg: ml_collections.ConfigDict, workdir: str) -> dict[str, float]:
                             f"{layout.data_parallel} (mesh data x fsdp)")
     d = cfg.data
     corpus = data.build(d.path, d.separator, d.validation_fraction, d.cache_dir)
-    if process == 0:
-        texts = data.texts(corpus, "train")
-        tok = tokenizer.load_or_train(workdir, cfg.tokenizer.type, cfg.tokenizer.vocab_size, texts)
-    shd.sync("tokenizer")
-    if process != 0:
-        tok = tokenizer.Tokenizer.load(os.path.join(workdir, tokenizer.MODEL_FILE))
-    model_config = config_lib.model_config(cfg, tok.vocab_size)
+    ckpt = checkpoint.Checkpointer(workdir, cfg.checkpoint.every, cfg.checkpoint.keep)
+    start = ckpt.latest_step()
+    if start == 0:
+        raise cli.UserError(f"{workdir} holds imported weights (step 0); train from them with "
+                            f"--config.init_from={workdir} and a new --workdir")
+    start = start or 0
+    if start:  # resuming: the tokenizer and vocabulary the run began with
+        saved = ckpt.meta(start)
+        tok, vocab = tokenizer.from_json(saved["tokenizer"]), saved["model"]["vocab_size"]
+    elif cfg.init_from:
+        source_ckpt, source_step, source_model, tok, _ = checkpoint.init_source(cfg.init_from)
+        vocab = source_model.vocab_size
+    else:
+        if process == 0:
+            texts = data.texts(corpus, "train")
+            tok = tokenizer.load_or_train(workdir, cfg.tokenizer.type, cfg.tokenizer.vocab_size, texts)
+        shd.sync("tokenizer")
+        if process != 0:
+            tok = tokenizer.Tokenizer.load(os.path.join(workdir, tokenizer.MODEL_FILE))
+        vocab = tok.vocab_size
+    model_config = config_lib.model_config(cfg, vocab)
     model = TransformerLM(model_config)
     tx, lr = optim.optimizer(cfg.optim, cfg.train.steps)
 
-    ckpt = checkpoint.Checkpointer(workdir, cfg.checkpoint.every, cfg.checkpoint.keep)
-    start = ckpt.latest_step() or 0
     if start:
-        checkpoint.check_compatible(ckpt.meta(start)["model"], model_config, workdir)
+        checkpoint.check_compatible(saved["model"], model_config, workdir)
         state, data_state = ckpt.restore(start, state_lib.abstract(model, tx, layout))
         shards = d.shards or data_state["shards"]
     else:
-        state = state_lib.create(model, tx, layout, cfg.seed)
+        if cfg.init_from:
+            params = checkpoint.init_params(source_ckpt, source_step, source_model, model_config, layout,
+                                            cfg.init_from)
+            state = state_lib.from_params(model, tx, layout, params)
+        else:
+            state = state_lib.create(model, tx, layout, cfg.seed)
         shards = d.shards or processes
     row_len = model_config.max_len + 1
     batches = data.TrainBatches(corpus, tok, row_len, batch, cfg.seed, shards, process, processes)
@@ -138,6 +155,8 @@ def train(cfg: ml_collections.ConfigDict, workdir: str) -> dict[str, float]:
     log = MetricsLog(workdir, start)
     if log.active:
         print(_start_up_lines(layout, state, model_config, start), flush=True)
+        if cfg.init_from and not start:
+            print(f"parameters and tokenizer from {cfg.init_from} (step {source_step})", flush=True)
 
     shardings = jax.tree.map(lambda x: x.sharding, state)
     train_step = make_train_step(model, tx, lr, cfg.train.microbatches, cfg.train.z_loss)
@@ -160,9 +179,14 @@ def train(cfg: ml_collections.ConfigDict, workdir: str) -> dict[str, float]:
     tokens_per_step = batch * model_config.max_len
     t_start = t_last = time.time()
     last_logged = start
+    previous = None
     with layout.scope():
         for step in range(start + 1, cfg.train.steps + 1):
             state, metrics = step_fn(state, layout.global_batch(next(batches)))
+            # At most two steps in flight: the next batch is read while a step runs, and queues of many
+            # steps with collectives cannot stall XLA's CPU devices (seen with one device per core).
+            jax.block_until_ready(previous)
+            previous = metrics
             if step % cfg.train.log_every == 0 or step == cfg.train.steps:
                 m = {k: float(v) for k, v in jax.device_get(metrics).items()}
                 now = time.time()

@@ -1,0 +1,86 @@
+"""Fine-tuning with config.init_from: a new run starts from another run's (or an imported GPT-2's) parameters
+and tokenizer, with a fresh optimizer and step, and its first loss is the source model's loss on that batch."""
+
+import json
+import os
+
+import jax
+import numpy as np
+import pytest
+
+from lm import checkpoint, data, objective
+from lm import config as config_lib
+from lm import sharding as shd
+from lm.cli import UserError
+from lm.convert import import_gpt2
+from lm.model import TransformerLM
+from lm.train import METRICS, train
+
+GPT2_BPE = os.path.join(os.path.dirname(__file__), "fixtures", "gpt2_bpe")
+
+
+def _first_record(workdir):
+    with open(os.path.join(workdir, METRICS)) as f:
+        return json.loads(f.readline())
+
+
+def _source_loss_on_first_batch(cfg, source):
+    """The mean loss of `source`'s parameters on the first batch a run of `cfg` trains on."""
+    ckpt, step, saved, tok, _ = checkpoint.open_run(source)
+    layout = shd.make_layout(cfg.mesh)
+    c = config_lib.model_config(cfg, saved.vocab_size)
+    params = checkpoint.init_params(ckpt, step, saved, c, layout, source)
+    corpus = data.build(cfg.data.path, cfg.data.separator, cfg.data.validation_fraction, cfg.data.cache_dir)
+    batches = data.TrainBatches(corpus, tok, c.max_len + 1, cfg.train.batch_size, cfg.seed, 1, 0, 1)
+    with layout.scope():
+        return float(jax.jit(lambda p, b: objective.mean_loss(TransformerLM(c), p, b))(
+            params, layout.global_batch(next(batches))))
+
+
+def test_first_loss_of_a_fine_tune_is_the_source_loss_on_that_batch(tiny_run, tiny_config, tmp_path):
+    source, _ = tiny_run
+    cfg = tiny_config.copy_and_resolve_references()
+    cfg.init_from = source
+    cfg.seed = 7  # another data order than the source run's
+    cfg.train.update(steps=2, log_every=1, eval_every=1000)
+    train(cfg, str(tmp_path / "ft"))
+    first = _first_record(str(tmp_path / "ft"))
+    want = _source_loss_on_first_batch(cfg, source)
+    print(f"first fine-tune loss {first['loss']:.6f}, source loss on that batch {want:.6f}")
+    assert first["step"] == 1 and first["loss"] == pytest.approx(want, rel=1e-5)
+    _, step, _, tok, _ = checkpoint.open_run(str(tmp_path / "ft"))
+    assert step == 2 and tok.proto == checkpoint.open_run(source)[3].proto  # the source's tokenizer came along
+    assert not os.path.exists(tmp_path / "ft" / "tokenizer.model")  # none was trained
+
+
+def test_fine_tune_from_an_imported_gpt2_scanned_into_unrolled(tiny_config, tmp_path):
+    import_gpt2(GPT2_BPE, str(tmp_path / "gpt2"), scan_layers=True)
+    cfg = tiny_config.copy_and_resolve_references()
+    cfg.init_from = str(tmp_path / "gpt2") + ":0"
+    cfg.model.update(num_layers=2, num_heads=4, embed_dim=32, max_len=64, scan_layers=False)
+    cfg.train.update(steps=2, log_every=1, eval_every=1000, eval_batches=2)
+    result = train(cfg, str(tmp_path / "ft"))
+    first = _first_record(str(tmp_path / "ft"))
+    assert first["loss"] == pytest.approx(_source_loss_on_first_batch(cfg, str(tmp_path / "gpt2")), rel=1e-5)
+    assert np.isfinite(result["loss"]) and result["bits_per_byte"] > 0
+    _, _, c, tok, _ = checkpoint.open_run(str(tmp_path / "ft"))
+    expected = json.load(open(os.path.join(GPT2_BPE, "expected.json")))
+    assert c.vocab_size == 400 and tok.encode(expected["texts"][0]) == expected["ids"][0]
+
+
+def test_init_from_errors_are_one_line(tiny_run, tiny_config, tmp_path):
+    source, _ = tiny_run
+    cfg = tiny_config.copy_and_resolve_references()
+    cfg.init_from = source
+    cfg.model.num_layers = 3
+    with pytest.raises(UserError, match=r"holds a model of another shape \(model.num_layers: 3 here, 2 there\)"):
+        train(cfg, str(tmp_path / "a"))
+    cfg.init_from = str(tmp_path / "missing")
+    with pytest.raises(UserError, match="holds no checkpoints"):
+        train(cfg, str(tmp_path / "b"))
+    cfg.init_from = source + ":12345"
+    with pytest.raises(UserError, match="has no checkpoint at step 12345"):
+        train(cfg, str(tmp_path / "c"))
+    import_gpt2(GPT2_BPE, str(tmp_path / "gpt2"))
+    with pytest.raises(UserError, match="holds imported weights"):
+        train(tiny_config, str(tmp_path / "gpt2"))

@@ -1,12 +1,16 @@
 """`python -m lm.sample --workdir DIR --prompt "ROMEO:"`: text from a checkpoint, with a KV cache.
 
 The model is rebuilt from the workdir alone (config and tokenizer travel in the checkpoint) and only its
-parameters are restored. Generation prefills the prompt in one call, then decodes one token per step inside
-one jitted loop. When the cache is full, the newest half of the context is prefilled again, so samples can be
-longer than the context. Temperature 0 is greedy; the same seed gives the same text.
+parameters are restored. `generate` (the library entry point) batches every prompt and sample: prompts are
+left-padded to a bucket length (padding is a segment never attended), prefilled in one call, then decoded one
+token per step inside one jitted loop that ends when every row has met the end-of-text id; stop strings cut
+the text afterwards. When the cache is full, the newest half of the context is prefilled again, so samples
+can be longer than the context. Temperature 0 is greedy; the same seed gives the same text.
 """
 
 import functools
+import json
+import os
 from collections.abc import Callable, Sequence
 from typing import Any
 
@@ -19,7 +23,9 @@ from lm import cli
 from lm import sharding as shd
 from lm import state as state_lib
 from lm.checkpoint import open_run, require_tokenizer
+from lm.config import ModelConfig
 from lm.model import Cache, TransformerLM, init_cache
+from lm.tokenizer import AnyTokenizer
 
 # (params, tokens [B, T], positions [B, T], segment_ids [B, T], cache) -> (logits [B, T, V], cache)
 ApplyFn = Callable[[Any, jax.Array, jax.Array, jax.Array, Cache], tuple[jax.Array, Cache]]
@@ -48,43 +54,67 @@ def sample_token(
 
 
 @functools.partial(jax.jit, static_argnames=("apply_fn", "max_new_tokens"))
-def generate(
+def decode(
     apply_fn: ApplyFn, params: Any, cache: Cache, prompt: jax.Array, key: jax.Array, max_new_tokens: int,
     temperature: float | jax.Array = 1.0, top_k: int | jax.Array = 0, top_p: float | jax.Array = 1.0,
-) -> jax.Array:
-    """[B, max_new_tokens] tokens continuing prompt [B, P] (P <= the cache length)."""
+    prompt_lens: jax.Array | None = None, eos_id: int | jax.Array = -1,
+) -> tuple[jax.Array, jax.Array]:
+    """Continues prompt [B, P] (each row left-padded to P: its last `prompt_lens` [B] slots are the prompt;
+    P <= the cache length); returns tokens [B, max_new_tokens] and how many come before `eos_id` [B].
+
+    A row stops at `eos_id` (its later tokens are `eos_id`); the loop ends when every row has stopped. One
+    compilation serves every prompt padded to the same P.
+    """
     b, p = prompt.shape
     slots = cache["segment_ids"].shape[1]
     window = max(min(slots // 2, p + max_new_tokens), 1)  # context kept when the cache is full
-    ones = lambda t: jnp.ones((b, t), jnp.int32)  # noqa: E731  (one document per row)
-    arange = lambda t: jnp.broadcast_to(jnp.arange(t), (b, t))  # noqa: E731
+    lens = jnp.full((b,), p, jnp.int32) if prompt_lens is None else prompt_lens.astype(jnp.int32)
+    pad = p - lens  # [B] slots before each prompt
+    arange = jnp.arange(p)[None, :]
+    segments = (arange >= pad[:, None]).astype(jnp.int32)  # padding is segment 0: never attended
     empty = jax.tree.map(jnp.zeros_like, cache)
-    logits, cache = apply_fn(params, prompt, arange(p), ones(p), cache)
+    logits, cache = apply_fn(params, prompt, jnp.maximum(arange - pad[:, None], 0), segments, cache)
     buf = jnp.zeros((b, p + max_new_tokens), jnp.int32).at[:, :p].set(prompt)
+    done = jnp.zeros((b,), bool)
+    # offset: cache slot minus position of each row's tokens (its padding; after a refill, what is left of it)
+    carry = (0, buf, logits[:, -1], cache, done, jnp.zeros((b,), jnp.int32), pad)
 
-    def body(i, carry):
-        buf, last, cache = carry
+    def body(carry):
+        i, buf, last, cache, done, lengths, offset = carry
         token = sample_token(last, jax.random.fold_in(key, i), temperature, top_k, top_p)  # [B]
+        token = jnp.where(done, eos_id, token)
         buf = buf.at[:, p + i].set(token)
+        lengths = jnp.where(done | (token == eos_id), lengths, i + 1)
+        done = done | (token == eos_id)
 
-        def extend(cache: Cache) -> tuple[jax.Array, Cache]:
-            pos = jnp.full((b, 1), cache["index"])
-            out, cache = apply_fn(params, token[:, None], pos, ones(1), cache)
-            return out[:, -1], cache
+        def extend(cache: Cache, offset: jax.Array) -> tuple[jax.Array, Cache, jax.Array]:
+            positions = (cache["index"] - offset)[:, None]
+            out, cache = apply_fn(params, token[:, None], positions, jnp.ones((b, 1), jnp.int32), cache)
+            return out[:, -1], cache, offset
 
-        def refill(cache: Cache) -> tuple[jax.Array, Cache]:
-            recent = jax.lax.dynamic_slice_in_dim(buf, p + i + 1 - window, window, axis=1)
-            out, cache = apply_fn(params, recent, arange(window), ones(window), empty)
-            return out[:, -1], cache
+        def refill(cache: Cache, offset: jax.Array) -> tuple[jax.Array, Cache, jax.Array]:
+            first = p + i + 1 - window  # buffer index of the window's first token
+            recent = jax.lax.dynamic_slice_in_dim(buf, first, window, axis=1)
+            offset = jnp.maximum(pad - first, 0)  # padding still inside the window
+            w = jnp.arange(window)[None, :]
+            segs = (w >= offset[:, None]).astype(jnp.int32)
+            out, cache = apply_fn(params, recent, jnp.maximum(w - offset[:, None], 0), segs, empty)
+            return out[:, -1], cache, offset
 
-        return (buf, *jax.lax.cond(cache["index"] >= slots, refill, extend, cache))
+        last, cache, offset = jax.lax.cond(cache["index"] >= slots, refill, extend, cache, offset)
+        return i + 1, buf, last, cache, done, lengths, offset
 
-    buf, _, _ = jax.lax.fori_loop(0, max_new_tokens, body, (buf, logits[:, -1], cache))
-    return buf[:, p:]
+    def running(carry) -> jax.Array:
+        return (carry[0] < max_new_tokens) & ~jnp.all(carry[4])
+
+    _, buf, _, _, _, lengths, _ = jax.lax.while_loop(running, body, carry)
+    kept = jnp.arange(max_new_tokens)[None, :] < lengths[:, None]  # a row that never stopped keeps all
+    return jnp.where(kept, buf[:, p:], eos_id), lengths
 
 
+@functools.cache
 def model_apply(model: TransformerLM) -> ApplyFn:
-    """The model's cached forward pass in the form `generate` takes (make it once: jit caches on it)."""
+    """The model's cached forward pass in the form `decode` takes (one per model, so jit caches on it)."""
 
     def apply(params: Any, tokens: jax.Array, positions: jax.Array, segment_ids: jax.Array, cache: Cache):
         return model.apply({"params": params}, tokens, positions, segment_ids, cache)
@@ -92,41 +122,109 @@ def model_apply(model: TransformerLM) -> ApplyFn:
     return apply
 
 
+def bucket(length: int, limit: int) -> int:
+    """The padded prompt length for `length` tokens: a power of two from 16, at most `limit`."""
+    return min(max(16, 1 << (length - 1).bit_length()), limit)
+
+
+def _until_stop(tokenizer: AnyTokenizer, ids: list[int], stop: Sequence[str]) -> tuple[str, int] | None:
+    """The text and token count up to the first stop string, if the text of `ids` holds one."""
+    text = tokenizer.decode(ids)
+    if not any(s in text for s in stop):
+        return None
+    for k in range(1, len(ids) + 1):
+        prefix = tokenizer.decode(ids[:k])
+        hits = [prefix.index(s) for s in stop if s in prefix]
+        if hits:
+            return prefix[: min(hits)], k
+    return None
+
+
+def generate(params: Any, model_config: ModelConfig, tokenizer: AnyTokenizer, prompts: Sequence[str], *,
+             max_new_tokens: int = 200, temperature: float = 0.8, top_k: int = 0, top_p: float = 1.0,
+             num_samples: int = 1, seed: int = 0, stop: Sequence[str] = ()) -> list[dict[str, Any]]:
+    """Samples `num_samples` continuations of each prompt in one batch: a list (prompt-major) of
+    {'prompt', 'sample', 'tokens', 'stop_reason'}, stop_reason being 'eos', 'stop' (a stop string) or 'length'."""
+    if num_samples < 1 or max_new_tokens < 1 or temperature < 0 or top_k < 0 or not 0 < top_p <= 1:
+        raise cli.UserError("need num_samples >= 1, max_new_tokens >= 1, temperature >= 0, top_k >= 0 and "
+                            f"0 < top_p <= 1; got {num_samples}, {max_new_tokens}, {temperature}, {top_k}, {top_p}")
+    encoded = [[tokenizer.bos_id, *tokenizer.encode(p)] for p in prompts]
+    for i, ids in enumerate(encoded):
+        if len(ids) > model_config.max_len:
+            raise cli.UserError(f"prompt {i + 1} is {len(ids)} tokens (with BOS) but the model's context is "
+                                f"{model_config.max_len}; shorten the prompt")
+    rows = [ids for ids in encoded for _ in range(num_samples)]
+    width = bucket(max(len(r) for r in rows), model_config.max_len)
+    prompt = np.zeros((len(rows), width), np.int32)
+    for i, r in enumerate(rows):
+        prompt[i, width - len(r):] = r
+    lens = np.asarray([len(r) for r in rows], np.int32)
+    tokens, lengths = decode(model_apply(TransformerLM(model_config)), params, init_cache(model_config, len(rows)),
+                             jnp.asarray(prompt), jax.random.key(seed), max_new_tokens, temperature, top_k, top_p,
+                             jnp.asarray(lens), tokenizer.eos_id)
+    out = []
+    for i, (row, n) in enumerate(zip(np.asarray(tokens).tolist(), np.asarray(lengths).tolist(), strict=True)):
+        ids = row[:n]
+        reason = "eos" if n < max_new_tokens else "length"
+        cut = _until_stop(tokenizer, ids, stop) if stop else None
+        text, n = (cut[0], cut[1]) if cut else (tokenizer.decode(ids), n)
+        out.append({"prompt": prompts[i // num_samples], "sample": text, "tokens": n,
+                    "stop_reason": "stop" if cut else reason})
+    return out
+
+
+def _read_prompts(flag_prompts: Sequence[str], prompt_file: str) -> list[str]:
+    """--prompt values, then the lines of --prompt_file (plain text, or JSON objects with a 'prompt')."""
+    prompts = list(flag_prompts)
+    if prompt_file:
+        if not os.path.isfile(prompt_file):
+            raise cli.UserError(f"--prompt_file {prompt_file} does not exist")
+        with open(prompt_file, encoding="utf-8") as f:
+            for n, line in enumerate(f, 1):
+                if not line.strip():
+                    continue
+                if line.lstrip().startswith("{"):
+                    try:
+                        prompts.append(str(json.loads(line)["prompt"]))
+                    except (ValueError, KeyError, TypeError) as e:
+                        raise cli.UserError(f"{prompt_file} line {n} is not a JSON object with a 'prompt' "
+                                            f"field ({e})") from e
+                else:
+                    prompts.append(line.rstrip("\n"))
+    return prompts or [""]
+
+
 def main(argv: Sequence[str]) -> None:
     del argv
     f = flags.FLAGS
+    prompts = _read_prompts(f.prompt or [], f.prompt_file)
     ckpt, step, model_config, tokenizer, _ = open_run(f.workdir, f.step)
     tokenizer = require_tokenizer(tokenizer, f.workdir)
-    prompt = [tokenizer.bos_id, *tokenizer.encode(f.prompt)]
-    if len(prompt) > model_config.max_len:
-        raise cli.UserError(f"the prompt is {len(prompt)} tokens (with BOS) but the model's context is "
-                            f"{model_config.max_len}; shorten the prompt")
-    if f.num_samples < 1 or f.max_new_tokens < 1 or f.temperature < 0 or f.top_k < 0 or not 0 < f.top_p <= 1:
-        raise cli.UserError("need --num_samples >= 1, --max_new_tokens >= 1, --temperature >= 0, --top_k >= 0 "
-                            "and 0 < --top_p <= 1")
     layout = shd.make_layout({"data": 1, "fsdp": 1, "tensor": 1}, jax.devices()[:1])
-    model = TransformerLM(model_config)
-    params = ckpt.params(step, state_lib.abstract_params(model, layout))
-    prompts = jnp.asarray(np.tile(prompt, (f.num_samples, 1)), jnp.int32)
-    cache = init_cache(model_config, f.num_samples)
+    params = ckpt.params(step, state_lib.abstract_params(TransformerLM(model_config), layout))
     with layout.scope():
-        out = generate(model_apply(model), params, cache, prompts, jax.random.key(f.seed), f.max_new_tokens,
-                       f.temperature, f.top_k, f.top_p)
-    for i, row in enumerate(np.asarray(out)):
-        ids = row.tolist()
-        ids = ids[: ids.index(tokenizer.eos_id)] if tokenizer.eos_id in ids else ids
-        print(f"--- sample {i + 1} (step {step}) ---")
-        print(f.prompt + tokenizer.decode(ids), flush=True)
+        results = generate(params, model_config, tokenizer, prompts, max_new_tokens=f.max_new_tokens,
+                           temperature=f.temperature, top_k=f.top_k, top_p=f.top_p, num_samples=f.num_samples,
+                           seed=f.seed, stop=f.stop or ())
+    for i, r in enumerate(results):
+        if f.format == "jsonl":
+            print(json.dumps(r), flush=True)
+        else:
+            print(f"--- sample {i + 1} (step {step}, {r['tokens']} tokens, {r['stop_reason']}) ---")
+            print(r["prompt"] + r["sample"], flush=True)
 
 
 if __name__ == "__main__":
     flags.DEFINE_string("workdir", None, "Run directory holding checkpoints.", required=True)
     flags.DEFINE_integer("step", None, "Checkpoint step (default: the latest).")
-    flags.DEFINE_string("prompt", "", "Text to continue.")
+    flags.DEFINE_multi_string("prompt", None, "Text to continue (repeat the flag for several prompts).")
+    flags.DEFINE_string("prompt_file", "", "Prompts, one per line: plain text or JSON objects with a 'prompt'.")
     flags.DEFINE_integer("max_new_tokens", 200, "Tokens to generate per sample.")
     flags.DEFINE_float("temperature", 0.8, "Softmax temperature; 0 is greedy.")
     flags.DEFINE_integer("top_k", 50, "Sample among the k most likely tokens; 0 turns it off.")
     flags.DEFINE_float("top_p", 1.0, "Sample among the most likely tokens whose mass reaches p; 1 turns it off.")
-    flags.DEFINE_integer("num_samples", 1, "Samples to draw.")
+    flags.DEFINE_integer("num_samples", 1, "Samples per prompt.")
+    flags.DEFINE_multi_string("stop", None, "Stop a sample at this text (repeatable); the end-of-text id always stops.")
+    flags.DEFINE_enum("format", "text", ["text", "jsonl"], "Output: text, or one JSON object per sample.")
     flags.DEFINE_integer("seed", 0, "Random seed; the same seed gives the same samples.")
     cli.run(main)

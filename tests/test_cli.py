@@ -85,6 +85,21 @@ def test_evaluate_and_sample_from_a_workdir(tiny_run):
     assert len(samples) == 3 and len(set(samples)) == 3
 
 
+def test_sample_batches_prompts_from_flags_and_a_jsonl_file(tiny_run, tmp_path):
+    workdir, _ = tiny_run
+    prompts = tmp_path / "prompts.jsonl"
+    prompts.write_text('{"prompt": "KING:"}\n\nplain line\n')
+    result = _run("lm.sample", "--workdir", workdir, "--prompt", "ROMEO:", "--prompt", "JULIET:", "--prompt_file",
+                  str(prompts), "--num_samples", "2", "--max_new_tokens", "10", "--format", "jsonl")
+    assert result.returncode == 0, result.stderr
+    rows = [json.loads(line) for line in result.stdout.strip().splitlines()]
+    assert [r["prompt"] for r in rows] == [p for p in ("ROMEO:", "JULIET:", "KING:", "plain line") for _ in (0, 1)]
+    assert all(r["stop_reason"] in ("eos", "length") and 0 <= r["tokens"] <= 10 for r in rows)
+    _one_line_error(_run("lm.sample", "--workdir", workdir, "--top_p", "1.5"), "0 < top_p <= 1")
+    _one_line_error(_run("lm.sample", "--workdir", workdir, "--temperature", "-1"), "temperature >= 0")
+    _one_line_error(_run("lm.sample", "--workdir", str(tmp_path)), "holds no checkpoints")
+
+
 def test_bench_prints_its_figures_and_profile():
     result = _run("lm.bench", "--config", TINY, "--repeats", "1", "--depths", "1,2", "--profile")
     assert result.returncode == 0, result.stderr

@@ -9,7 +9,7 @@ import numpy as np
 
 from lm.config import ModelConfig
 from lm.model import TransformerLM, init_cache
-from lm.sample import generate, model_apply
+from lm.sample import decode, generate, model_apply
 from lm.state import boxed_params
 
 V = 20
@@ -24,7 +24,7 @@ def fake_apply(params, tokens, positions, segment_ids, cache):
 def _fake_generate(logits, steps=50, batch=16, seed=0, **kw):
     cache = {"index": jnp.zeros((), jnp.int32), "segment_ids": jnp.zeros((batch, 8), jnp.int32)}
     prompt = jnp.zeros((batch, 3), jnp.int32)
-    out = generate(fake_apply, jnp.asarray(logits, jnp.float32), cache, prompt, jax.random.key(seed), steps, **kw)
+    out, _ = decode(fake_apply, jnp.asarray(logits, jnp.float32), cache, prompt, jax.random.key(seed), steps, **kw)
     return np.asarray(out)
 
 
@@ -65,8 +65,8 @@ def test_greedy_decoding_of_a_real_model_matches_full_forward_passes():
     forward = jax.jit(functools.partial(model.apply, {"params": params}))
     prompt = [1, 5, 7]
     steps = 20
-    out = generate(model_apply(model), params, init_cache(cfg, 1), jnp.asarray([prompt]), jax.random.key(0), steps,
-                   temperature=0.0)
+    out, _ = decode(model_apply(model), params, init_cache(cfg, 1), jnp.asarray([prompt]), jax.random.key(0), steps,
+                    temperature=0.0)
     tokens, start = list(prompt), 0  # reference: the same context policy, recomputed from scratch each step
     for _ in range(steps):
         if len(tokens) - start > cfg.max_len:
@@ -75,3 +75,70 @@ def test_greedy_decoding_of_a_real_model_matches_full_forward_passes():
         logits = forward(ctx, np.arange(ctx.shape[1])[None], np.ones_like(ctx))
         tokens.append(int(np.argmax(logits[0, -1])))
     assert np.asarray(out)[0].tolist() == tokens[len(prompt):]
+
+
+def test_rows_stop_at_eos_and_the_loop_ends_when_all_have():
+    logits = np.zeros(V)
+    logits[3] = 1.0  # token 3 is likely but not certain: rows stop at different steps
+    cache = {"index": jnp.zeros((), jnp.int32), "segment_ids": jnp.zeros((16, 64), jnp.int32)}
+    out, lengths = decode(fake_apply, jnp.asarray(logits, jnp.float32), cache, jnp.zeros((16, 3), jnp.int32),
+                          jax.random.key(0), 40, 1.0, 0, 1.0, None, 3)
+    out, lengths = np.asarray(out), np.asarray(lengths)
+    for row, n in zip(out, lengths, strict=True):
+        assert 3 not in row[:n] and (row[n:] == 3).all()
+    assert len(set(lengths.tolist())) > 3 and lengths.max() < 40
+    greedy, stopped = decode(fake_apply, jnp.asarray(logits, jnp.float32), cache, jnp.zeros((16, 3), jnp.int32),
+                             jax.random.key(0), 40, 0.0, 0, 1.0, None, 3)
+    assert (np.asarray(stopped) == 0).all() and (np.asarray(greedy) == 3).all()
+
+
+def _tiny_model(max_len=32):
+    cfg = ModelConfig(vocab_size=30, max_len=max_len, num_layers=2, num_heads=2, embed_dim=16, mlp_dim=32)
+    return cfg, nn.unbox(boxed_params(TransformerLM(cfg), 1))
+
+
+def test_prompts_of_different_lengths_in_one_batch_decode_as_alone():
+    """Left padding is invisible: each row of a batch gives the tokens it gives alone, also past the context."""
+    cfg, params = _tiny_model(max_len=16)
+    apply = model_apply(TransformerLM(cfg))
+    prompts = [[1, 5, 7], [2, 9, 4, 4, 8, 1, 3], [6]]
+    width = 8
+    batch = np.zeros((3, width), np.int32)
+    for i, p in enumerate(prompts):
+        batch[i, width - len(p):] = p
+    lens = jnp.asarray([len(p) for p in prompts])
+    together, _ = decode(apply, params, init_cache(cfg, 3), jnp.asarray(batch), jax.random.key(0), 30, 0.0, 0, 1.0,
+                         lens)
+    for i, p in enumerate(prompts):
+        alone, _ = decode(apply, params, init_cache(cfg, 1), jnp.asarray([p]), jax.random.key(0), 30, 0.0)
+        assert np.asarray(together)[i].tolist() == np.asarray(alone)[0].tolist(), i
+
+
+class _Chars:
+    """Characters a..z, BOS 26, EOS 27 (other ids print as ?), for the library entry point."""
+
+    bos_id, eos_id = 26, 27
+
+    def encode(self, text):
+        return [ord(c) - 97 for c in text]
+
+    def decode(self, ids):
+        return "".join(chr(i + 97) if i < 26 else "?" for i in ids)
+
+
+def test_generate_compiles_once_per_bucket_and_reports_each_sample():
+    cfg, params = _tiny_model()
+    results = generate(params, cfg, _Chars(), ["abc", "hello"], max_new_tokens=20, temperature=1.0, num_samples=4)
+    compiled = decode._cache_size()
+    assert len(results) == 8 and [r["prompt"] for r in results] == ["abc"] * 4 + ["hello"] * 4
+    for r in results:
+        assert r["stop_reason"] in ("eos", "length") and len(r["sample"]) == r["tokens"] <= 20
+    again = generate(params, cfg, _Chars(), ["xy", "abcdefgh"], max_new_tokens=20, temperature=0.5, top_k=5,
+                     num_samples=4, seed=3)  # other lengths in the same bucket (16), other settings
+    assert decode._cache_size() == compiled and len(again) == 8
+    free = generate(params, cfg, _Chars(), ["abc"], max_new_tokens=20, temperature=0.0)[0]
+    assert len(free["sample"]) >= 3, free
+    stop = free["sample"][1:3]
+    cut = generate(params, cfg, _Chars(), ["abc"], max_new_tokens=20, temperature=0.0, stop=["zzzz", stop])[0]
+    k = free["sample"].index(stop)
+    assert cut == {"prompt": "abc", "sample": free["sample"][:k], "tokens": k + 2, "stop_reason": "stop"}

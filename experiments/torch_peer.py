@@ -17,7 +17,7 @@ from lm import config as config_lib
 from lm import optim
 from lm import sharding as shd
 from lm import state as state_lib
-from lm.bench import _batch
+from lm.bench import synthetic_batch
 from lm.model import TransformerLM
 from lm.train import make_train_step
 
@@ -49,7 +49,7 @@ def lm_step(cfg):
     model = TransformerLM(c)
     tx, lr = optim.optimizer(cfg.optim, cfg.train.steps)
     holder = [state_lib.create(model, tx, layout, 0)]
-    batch = _batch(layout, cfg.train.batch_size, c.max_len, c.vocab_size)
+    batch = synthetic_batch(layout, cfg.train.batch_size, c.max_len, c.vocab_size)
     step = jax.jit(make_train_step(model, tx, lr), donate_argnums=0)
 
     def run() -> None:

@@ -71,7 +71,8 @@ def flops_per_token(c: config_lib.ModelConfig, params: Any) -> float:
     return 6 * (total - lookups) + 12 * c.num_layers * c.embed_dim * c.max_len
 
 
-def _batch(layout: shd.Layout, batch: int, length: int, vocab: int) -> dict[str, jax.Array]:
+def synthetic_batch(layout: shd.Layout, batch: int, length: int, vocab: int) -> dict[str, jax.Array]:
+    """A global batch of `batch` random rows of `length` + 1 tokens, one document each."""
     tokens = np.random.default_rng(0).integers(0, vocab, (batch, length + 1)).astype(np.int32)
     local = {"tokens": tokens, "segment_ids": np.ones_like(tokens),
              "positions": np.tile(np.arange(length + 1, dtype=np.int32), (batch, 1))}
@@ -101,7 +102,7 @@ def bench(cfg: Any, repeats: int = 5, profile: bool = False) -> dict[str, Any]:
     model = TransformerLM(c)
     tx, lr = optim.optimizer(cfg.optim, cfg.train.steps)
     state = state_lib.create(model, tx, layout, cfg.seed)
-    batch = _batch(layout, cfg.train.batch_size, c.max_len, c.vocab_size)
+    batch = synthetic_batch(layout, cfg.train.batch_size, c.max_len, c.vocab_size)
     tokens = cfg.train.batch_size * c.max_len
     out = {"parameters": sum(x.size for x in jax.tree.leaves(state.params)),
            "compile_s": compile_seconds(cfg, c, layout)}

@@ -48,9 +48,12 @@ def filter_logits(logits: jax.Array, temperature: jax.Array, top_k: jax.Array, t
 def sample_token(
     logits: jax.Array, key: jax.Array, temperature: jax.Array, top_k: jax.Array, top_p: jax.Array
 ) -> jax.Array:
-    """One token per row of logits [B, V]: argmax if temperature is 0, else a draw from the filtered softmax."""
-    drawn = jax.random.categorical(key, filter_logits(logits, temperature, top_k, top_p), axis=-1)
-    return jnp.where(temperature > 0, drawn, jnp.argmax(logits, axis=-1)).astype(jnp.int32)
+    """One token per row of logits [B, V]: argmax if temperature is 0 (no sorting then), else a draw from the
+    filtered softmax."""
+    def draw() -> jax.Array:
+        return jax.random.categorical(key, filter_logits(logits, temperature, top_k, top_p), axis=-1).astype(jnp.int32)
+
+    return jax.lax.cond(temperature > 0, draw, lambda: jnp.argmax(logits, axis=-1).astype(jnp.int32))
 
 
 @functools.partial(jax.jit, static_argnames=("apply_fn", "max_new_tokens"))
@@ -141,7 +144,7 @@ def _until_stop(tokenizer: AnyTokenizer, ids: list[int], stop: Sequence[str]) ->
 
 
 def generate(params: Any, model_config: ModelConfig, tokenizer: AnyTokenizer, prompts: Sequence[str], *,
-             max_new_tokens: int = 200, temperature: float = 0.8, top_k: int = 0, top_p: float = 1.0,
+             max_new_tokens: int = 200, temperature: float = 0.8, top_k: int = 50, top_p: float = 1.0,
              num_samples: int = 1, seed: int = 0, stop: Sequence[str] = ()) -> list[dict[str, Any]]:
     """Samples `num_samples` continuations of each prompt in one batch: a list (prompt-major) of
     {'prompt', 'sample', 'tokens', 'stop_reason'}, stop_reason being 'eos', 'stop' (a stop string) or 'length'."""

@@ -66,8 +66,9 @@ def peak_flops_per_second() -> tuple[float, str]:
 def flops_per_token(c: config_lib.ModelConfig, params: Any) -> float:
     """Training FLOPs per token: 6 x matmul parameters + 12 x layers x width x context (attention)."""
     total = sum(x.size for x in jax.tree.leaves(params))
-    lookups = c.vocab_size * c.embed_dim * (0 if c.tie_embeddings else 1)  # untied input table: a gather
+    lookups = c.padded_vocab * c.embed_dim * (0 if c.tie_embeddings else 1)  # untied input table: a gather
     lookups += c.max_len * c.embed_dim if c.position == "learned" else 0
+    lookups += (c.padded_vocab - c.vocab_size) * c.embed_dim  # the head's padding columns are not model FLOPs
     return 6 * (total - lookups) + 12 * c.num_layers * c.embed_dim * c.max_len
 
 

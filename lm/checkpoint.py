@@ -123,6 +123,7 @@ def require_tokenizer(tokenizer: AnyTokenizer | None, workdir: str) -> AnyTokeni
 
 def check_compatible(saved: dict[str, Any], current: ModelConfig, workdir: str) -> None:
     """Stops with one line when a workdir's checkpoint holds a model of another shape."""
+    saved = ModelConfig.from_dict(saved).to_dict()  # older checkpoints: fields added since take their defaults
     if saved != current.to_dict():
         diff = ", ".join(f"{k}: saved {saved.get(k)}, config {v}" for k, v in current.to_dict().items()
                          if saved.get(k) != v)
@@ -131,7 +132,7 @@ def check_compatible(saved: dict[str, Any], current: ModelConfig, workdir: str) 
 
 
 # Model settings that change how the parameters are computed with or stored, not what they are.
-RUNTIME_FIELDS = ("attention", "scan_layers", "remat", "dtype", "param_dtype")
+RUNTIME_FIELDS = ("attention", "scan_layers", "remat", "dtype", "param_dtype", "vocab_multiple")
 
 
 def init_source(spec: str) -> tuple[Checkpointer, int, ModelConfig, AnyTokenizer, str]:
@@ -156,6 +157,20 @@ def _restack(params: dict[str, Any], c: ModelConfig) -> dict[str, Any]:
     return params
 
 
+def _repad(params: dict[str, Any], c: ModelConfig) -> dict[str, Any]:
+    """The vocabulary axes of the embedding table [V', D] and head [D, V'] cut or zero-padded to c.padded_vocab."""
+    def fit(x: jax.Array, axis: int) -> jax.Array:
+        x = jax.lax.slice_in_dim(x, 0, c.vocab_size, axis=axis)
+        pad = [(0, 0)] * x.ndim
+        pad[axis] = (0, c.padded_vocab - c.vocab_size)
+        return jnp.pad(x, pad)
+
+    params = dict(params, token_embedding=fit(params["token_embedding"], 0))
+    if "lm_head" in params:
+        params["lm_head"] = fit(params["lm_head"], 1)
+    return params
+
+
 def init_params(ckpt: Checkpointer, step: int, saved: ModelConfig, current: ModelConfig, layout: Layout,
                 source: str) -> Any:
     """Another run's parameters for a model of the same shape, placed on `layout` (scanned or not as `current`)."""
@@ -165,9 +180,13 @@ def init_params(ckpt: Checkpointer, step: int, saved: ModelConfig, current: Mode
     if diff:
         raise UserError(f"config.init_from={source} holds a model of another shape ({'; '.join(diff)}); set "
                         "those config keys to its values")
-    as_saved = dataclasses.replace(current, scan_layers=saved.scan_layers)
+    as_saved = dataclasses.replace(current, scan_layers=saved.scan_layers, vocab_multiple=saved.vocab_multiple)
     params = ckpt.params(step, abstract_params(TransformerLM(as_saved), layout))
-    if saved.scan_layers == current.scan_layers:
+    if as_saved == current:
         return params
+    if saved.scan_layers != current.scan_layers:
+        params = _restack(params, current)
+    if saved.padded_vocab != current.padded_vocab:
+        params = _repad(params, current)
     target = abstract_params(TransformerLM(current), layout)
-    return jax.device_put(_restack(params, current), jax.tree.map(lambda a: a.sharding, target))
+    return jax.device_put(params, jax.tree.map(lambda a: a.sharding, target))

@@ -27,7 +27,7 @@ REMATS = ("none", "full", "dots", "dots_no_batch")
 class ModelConfig:
     """Shape and numerics of a decoder-only Transformer: GPT-2 style by default, Llama style by options."""
 
-    vocab_size: int
+    vocab_size: int  # ids the tokenizer makes; logits cover exactly these
     max_len: int  # context length in tokens
     num_layers: int
     num_heads: int
@@ -41,6 +41,7 @@ class ModelConfig:
     mlp: str = "gelu"  # gelu (tanh approximation, as GPT-2) | swiglu
     use_bias: bool = True
     tie_embeddings: bool = True
+    vocab_multiple: int = 1  # embedding/head rows rounded up to a multiple of this (128: aligned GPU matmuls)
     qk_norm: bool = False
     attention: str = "auto"  # auto (cuDNN on NVIDIA GPUs, else XLA) | xla | cudnn | reference (einsum)
     scan_layers: bool = True  # one compiled layer, scanned: compile time does not grow with depth
@@ -57,6 +58,11 @@ class ModelConfig:
     @property
     def head_dim(self) -> int:
         return self.embed_dim // self.num_heads
+
+    @property
+    def padded_vocab(self) -> int:
+        """Rows of the embedding table and columns of the head: vocab_size rounded up to vocab_multiple."""
+        return -(-self.vocab_size // self.vocab_multiple) * self.vocab_multiple
 
     @property
     def kv_heads(self) -> int:
@@ -87,8 +93,8 @@ def defaults() -> ml_collections.ConfigDict:
     # See ModelConfig for what each key means.
     c.model = dict(num_layers=4, num_heads=4, embed_dim=128, mlp_dim=0, max_len=64, num_kv_heads=0,
                    position="learned", rope_theta=10000.0, norm="layernorm", norm_eps=1e-5, mlp="gelu",
-                   use_bias=True, tie_embeddings=True, qk_norm=False, attention="auto", scan_layers=True,
-                   remat="none", dtype="float32", param_dtype="float32")
+                   use_bias=True, tie_embeddings=True, vocab_multiple=1, qk_norm=False, attention="auto",
+                   scan_layers=True, remat="none", dtype="float32", param_dtype="float32")
     # eval_batches 0 evaluates the whole validation split; microbatches > 1 accumulates gradients over that
     # many slices of each batch; z_loss weighs log(Z)^2 of the softmax normalizer.
     c.train = dict(batch_size=12, steps=2000, log_every=100, eval_every=500, eval_batches=0, microbatches=1,
@@ -141,6 +147,7 @@ def validate(cfg: ml_collections.ConfigDict) -> None:
         "optim.lr", "checkpoint.every", "checkpoint.keep", "tokenizer.vocab_size",
     )
     m, o = cfg.model, cfg.optim
+    _check(m.vocab_multiple >= 1, f"config.model.vocab_multiple must be >= 1 (1: no padding), got {m.vocab_multiple}")
     _check(m.mlp_dim >= 0, f"config.model.mlp_dim must be >= 0 (0 means 4 * embed_dim), got {m.mlp_dim}")
     _check(
         m.embed_dim % m.num_heads == 0,

@@ -90,7 +90,7 @@ def gpt2_from_params(params: dict[str, Any], c: ModelConfig) -> dict[str, np.nda
     """The tensors of a Hugging Face GPT-2 `model.safetensors` from `lm` parameters."""
     params = jax.tree.map(np.asarray, params)
     d = c.embed_dim
-    out = {"transformer.wte.weight": params["token_embedding"],
+    out = {"transformer.wte.weight": params["token_embedding"][: c.vocab_size],  # without padding rows
            "transformer.wpe.weight": params["position_embedding"],
            "transformer.ln_f.weight": params["norm_final"]["scale"],
            "transformer.ln_f.bias": params["norm_final"]["bias"]}

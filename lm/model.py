@@ -80,7 +80,7 @@ class TransformerLM(nn.Module):
         c = self.config
         normal = nn.initializers.normal(0.02)
         wte = self.param("token_embedding", nn.with_logical_partitioning(normal, (shd.VOCAB, shd.EMBED)),
-                         (c.vocab_size, c.embed_dim), c.param_dtype)
+                         (c.padded_vocab, c.embed_dim), c.param_dtype)
         # Look-ups read whole rows: gather the tables' model dimension first (FSDP shards it).
         x = jnp.take(nn.with_logical_constraint(wte, (shd.VOCAB, None)), tokens, axis=0)  # [B, T, D]
         if c.position == "learned":
@@ -114,11 +114,12 @@ class TransformerLM(nn.Module):
 
         x = norm(c.norm, c.norm_eps, c.use_bias, c.dtype, c.param_dtype, "norm_final")(x)
         if c.tie_embeddings:
-            head = wte.T  # [D, V]
+            head = wte.T  # [D, V'] (V' = padded_vocab)
         else:
             head = self.param("lm_head", nn.with_logical_partitioning(normal, (shd.EMBED, shd.VOCAB)),
-                              (c.embed_dim, c.vocab_size), c.param_dtype)
-        logits = jnp.einsum("btd,dv->btv", x, head.astype(c.dtype), preferred_element_type=jnp.float32)
+                              (c.embed_dim, c.padded_vocab), c.param_dtype)
+        # The matmul's output is in the compute dtype so that its backward runs in it too; loss in float32.
+        logits = jnp.einsum("btd,dv->btv", x, head.astype(c.dtype))[..., :c.vocab_size].astype(jnp.float32)
         logits = nn.with_logical_constraint(logits, (shd.BATCH, shd.LENGTH, shd.ACT_VOCAB))
         if cache is None:
             return logits

@@ -53,19 +53,22 @@ def test_first_loss_of_a_fine_tune_is_the_source_loss_on_that_batch(tiny_run, ti
     assert not os.path.exists(tmp_path / "ft" / "tokenizer.model")  # none was trained
 
 
-def test_fine_tune_from_an_imported_gpt2_scanned_into_unrolled(tiny_config, tmp_path):
+def test_fine_tune_from_an_imported_gpt2_scanned_into_unrolled_and_padded(tiny_config, tmp_path):
     import_gpt2(GPT2_BPE, str(tmp_path / "gpt2"), scan_layers=True)
     cfg = tiny_config.copy_and_resolve_references()
     cfg.init_from = str(tmp_path / "gpt2") + ":0"
-    cfg.model.update(num_layers=2, num_heads=4, embed_dim=32, max_len=64, scan_layers=False)
+    # vocabulary 400 imported unpadded, trained with the table padded to 512 rows
+    cfg.model.update(num_layers=2, num_heads=4, embed_dim=32, max_len=64, scan_layers=False, vocab_multiple=128)
     cfg.train.update(steps=2, log_every=1, eval_every=1000, eval_batches=2)
     result = train(cfg, str(tmp_path / "ft"))
     first = _first_record(str(tmp_path / "ft"))
     assert first["loss"] == pytest.approx(_source_loss_on_first_batch(cfg, str(tmp_path / "gpt2")), rel=1e-5)
     assert np.isfinite(result["loss"]) and result["bits_per_byte"] > 0
-    _, _, c, tok, _ = checkpoint.open_run(str(tmp_path / "ft"))
+    ckpt, step, c, tok, _ = checkpoint.open_run(str(tmp_path / "ft"))
     expected = json.load(open(os.path.join(GPT2_BPE, "expected.json")))
     assert c.vocab_size == 400 and tok.encode(expected["texts"][0]) == expected["ids"][0]
+    params = ckpt.params(step, checkpoint.abstract_params(TransformerLM(c), shd.make_layout(cfg.mesh)))
+    assert params["token_embedding"].shape == (512, 32)
 
 
 def test_init_from_errors_are_one_line(tiny_run, tiny_config, tmp_path):

@@ -200,10 +200,15 @@ def _read_prompts(flag_prompts: Sequence[str], prompt_file: str) -> list[str]:
 def main(argv: Sequence[str]) -> None:
     del argv
     f = flags.FLAGS
+    if f.tensor < 1:
+        raise cli.UserError(f"--tensor must be >= 1 (devices to split the model over), got {f.tensor}")
+    shd.split_cpu({"cpu_devices": f.tensor}, 1)  # on a CPU host: one JAX device per model slice
     prompts = _read_prompts(f.prompt or [], f.prompt_file)
     ckpt, step, model_config, tokenizer, _ = open_run(f.workdir, f.step)
     tokenizer = require_tokenizer(tokenizer, f.workdir)
-    layout = shd.make_layout({"data": 1, "fsdp": 1, "tensor": 1}, jax.devices()[:1])
+    if f.tensor > jax.device_count():
+        raise cli.UserError(f"--tensor {f.tensor} needs that many devices; this host has {jax.device_count()}")
+    layout = shd.make_layout({"data": 1, "fsdp": 1, "tensor": f.tensor}, jax.devices()[: f.tensor])
     params = ckpt.params(step, state_lib.abstract_params(TransformerLM(model_config), layout))
     with layout.scope():
         results = generate(params, model_config, tokenizer, prompts, max_new_tokens=f.max_new_tokens,
@@ -230,4 +235,5 @@ if __name__ == "__main__":
     flags.DEFINE_multi_string("stop", None, "Stop a sample at this text (repeatable); the end-of-text id always stops.")
     flags.DEFINE_enum("format", "text", ["text", "jsonl"], "Output: text, or one JSON object per sample.")
     flags.DEFINE_integer("seed", 0, "Random seed; the same seed gives the same samples.")
+    flags.DEFINE_integer("tensor", 1, "Devices to split the model over (tensor parallel: heads, MLP, vocabulary).")
     cli.run(main)

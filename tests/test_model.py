@@ -1,9 +1,12 @@
 """The model: causality, packed documents kept apart, logical names on every parameter, cached decoding."""
 
+import dataclasses
+
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
 import numpy as np
+import pytest
 
 from lm.config import ModelConfig
 from lm.model import TransformerLM, init_cache
@@ -36,6 +39,18 @@ def test_logits_at_t_do_not_depend_on_later_tokens():
     assert np.abs(la[9:] - lb[9:]).max() > 1e-3  # later positions do see the change
 
 
+def test_padded_vocabulary_rows_change_no_logit():
+    """vocab_multiple pads the table to 64 rows; logits still cover exactly the 50 ids, whatever the pad rows hold."""
+    model, params = _setup()
+    padded = TransformerLM(dataclasses.replace(CFG, vocab_multiple=32))
+    pad_rows = np.random.default_rng(1).normal(size=(14, CFG.embed_dim)).astype(np.float32)
+    padded_params = dict(params, token_embedding=jnp.concatenate([params["token_embedding"], pad_rows]))
+    tokens = np.random.default_rng(0).integers(0, CFG.vocab_size, 16)
+    want, got = _logits(model, params, tokens), _logits(padded, padded_params, tokens)
+    assert padded.config.padded_vocab == 64 and got.shape == want.shape == (16, 50)
+    np.testing.assert_allclose(got, want, atol=1e-6)
+
+
 def test_packed_documents_never_attend_to_each_other():
     model, params = _setup()
     rng = np.random.default_rng(1)
@@ -59,12 +74,19 @@ def test_every_parameter_has_one_logical_name_per_dimension():
         assert len(box.names) == box.value.ndim, (box.names, box.value.shape)
 
 
-def test_cached_decoding_equals_full_forward():
-    model, params = _setup()
-    tokens = np.random.default_rng(2).integers(0, CFG.vocab_size, (2, 12))
+LLAMA = dataclasses.replace(CFG, num_heads=4, num_kv_heads=2, position="rope", norm="rmsnorm", mlp="swiglu",
+                            use_bias=False, tie_embeddings=False, qk_norm=True, vocab_multiple=16)
+
+
+@pytest.mark.parametrize("cfg", [CFG, LLAMA, dataclasses.replace(CFG, scan_layers=False)],
+                         ids=["gpt2", "llama_gqa", "gpt2_unrolled"])
+def test_cached_decoding_equals_full_forward(cfg):
+    """Prefill of 5 tokens, then one token at a time: the logits at every position equal the full forward's."""
+    model, params = _setup(cfg)
+    tokens = np.random.default_rng(2).integers(0, cfg.vocab_size, (2, 12))
     apply = jax.jit(model.apply)
     full = np.asarray(apply({"params": params}, tokens, np.tile(np.arange(12), (2, 1)), np.ones_like(tokens)))
-    cache = init_cache(CFG, 2)
+    cache = init_cache(cfg, 2)
     prefill, cache = apply({"params": params}, tokens[:, :5], np.tile(np.arange(5), (2, 1)),
                                  np.ones((2, 5), np.int32), cache)
     np.testing.assert_allclose(prefill, full[:, :5], atol=1e-5)

@@ -7,6 +7,8 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from lm import sharding as shd
+from lm import state as state_lib
 from lm.config import ModelConfig
 from lm.model import TransformerLM, init_cache
 from lm.sample import decode, generate, model_apply
@@ -142,3 +144,20 @@ def test_generate_compiles_once_per_bucket_and_reports_each_sample():
     cut = generate(params, cfg, _Chars(), ["abc"], max_new_tokens=20, temperature=0.0, stop=["zzzz", stop])[0]
     k = free["sample"].index(stop)
     assert cut == {"prompt": "abc", "sample": free["sample"][:k], "tokens": k + 2, "stop_reason": "stop"}
+
+
+def test_tensor_parallel_sampling_gives_the_tokens_of_one_device():
+    """Parameters split over 4 devices by the tensor axis (heads, MLP, vocabulary) sample what one device does."""
+    cfg = ModelConfig(vocab_size=30, max_len=32, num_layers=2, num_heads=4, num_kv_heads=4, embed_dim=32, mlp_dim=64,
+                      vocab_multiple=8)
+    params = nn.unbox(boxed_params(TransformerLM(cfg), 1))
+    layout = shd.make_layout({"data": 1, "fsdp": 1, "tensor": 4}, jax.devices()[:4])
+    target = state_lib.abstract_params(TransformerLM(cfg), layout)
+    split = jax.device_put(params, jax.tree.map(lambda a: a.sharding, target))
+    kernel = split["blocks"]["mlp"]["fc"]["kernel"]
+    assert len(kernel.sharding.device_set) == 4 and kernel.addressable_shards[0].data.shape[-1] == 64 // 4
+    kw = dict(max_new_tokens=24, num_samples=2, temperature=0.9, top_k=8, seed=5)
+    alone = generate(params, cfg, _Chars(), ["abc", "hello"], **kw)
+    with layout.scope():
+        sharded = generate(split, cfg, _Chars(), ["abc", "hello"], **kw)
+    assert sharded == alone and len({r["sample"] for r in alone}) > 1

@@ -44,6 +44,20 @@ def reference_attention(q: jax.Array, k: jax.Array, v: jax.Array, mask: jax.Arra
     return jnp.einsum("bkgts,bskh->btkgh", probs, v).reshape(b, t, n, h)
 
 
+def cached_attention(q: jax.Array, k: jax.Array, v: jax.Array, mask: jax.Array) -> jax.Array:
+    """Attention over a KV cache: q [B, T, N, H], k/v [B, K, S, H], mask [B, 1, T, S] -> [B, T, N, H].
+
+    Scores and softmax in float32.
+    """
+    b, t, n, h = q.shape
+    kv = k.shape[1]
+    q = q.reshape(b, t, kv, n // kv, h)  # [B, T, K, G, H]
+    scores = jnp.einsum("btkgh,bksh->bkgts", q, k, preferred_element_type=jnp.float32) / math.sqrt(h)
+    scores = jnp.where(mask[:, :, None], scores, NEG_INF)  # mask [B, 1, 1, T, S]
+    probs = jax.nn.softmax(scores, axis=-1).astype(v.dtype)
+    return jnp.einsum("bkgts,bksh->btkgh", probs, v).reshape(b, t, n, h)
+
+
 def implementation(kind: str, dtype: str) -> str:
     """The attention implementation that `kind` ('auto', 'xla', 'cudnn', 'reference') means here."""
     if kind == "auto":
@@ -60,7 +74,7 @@ def attend(q: jax.Array, k: jax.Array, v: jax.Array, mask: jax.Array, kind: str,
 
 
 class SelfAttention(nn.Module):
-    """Causal self-attention; with a layer cache {'k', 'v'} [B, S, K, H] it decodes incrementally."""
+    """Causal self-attention; with a layer cache {'k', 'v'} [B, K, S, H] it decodes incrementally."""
 
     config: ModelConfig
 
@@ -98,12 +112,15 @@ class SelfAttention(nn.Module):
             slots = jnp.arange(t)
             mask = attention_mask(slots, slots, segment_ids, segment_ids)
             out = attend(q, k, v, mask, kind, causal_hint=True)
-        else:
-            k = jax.lax.dynamic_update_slice_in_dim(cache["k"], k.astype(cache["k"].dtype), cache_index, axis=1)
-            v = jax.lax.dynamic_update_slice_in_dim(cache["v"], v.astype(cache["v"].dtype), cache_index, axis=1)
-            cache = {"k": k, "v": v}  # [B, S, K, H]
-            mask = attention_mask(cache_index + jnp.arange(t), jnp.arange(k.shape[1]), segment_ids, cache_segment_ids)
-            out = attend(q, k, v, mask, "reference" if kind == "reference" else "xla", causal_hint=False)
+        else:  # the cache holds [B, K, S, H]: the layout its attention matmuls read without a transposed copy
+            def write(name: str, new: jax.Array) -> jax.Array:  # new [B, T, K, H] into slots from cache_index
+                new = new.transpose(0, 2, 1, 3).astype(cache[name].dtype)
+                return jax.lax.dynamic_update_slice_in_dim(cache[name], new, cache_index, axis=2)
+
+            k, v = write("k", k), write("v", v)
+            cache = {"k": k, "v": v}
+            mask = attention_mask(cache_index + jnp.arange(t), jnp.arange(k.shape[2]), segment_ids, cache_segment_ids)
+            out = cached_attention(q, k, v, mask)
         out_proj = Projection(
             "btnh,nhd->btd", (n, h, d), (shd.HEADS, shd.HEAD_DIM, shd.EMBED),
             (shd.EMBED,) if c.use_bias else None, init_std=0.02 / math.sqrt(2 * c.num_layers), name="out", **kw,

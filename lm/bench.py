@@ -18,7 +18,7 @@ import numpy as np
 from absl import flags
 from ml_collections import config_flags
 
-from lm import cli, objective, optim, step_profile
+from lm import cli, decode_bench, objective, optim, step_profile
 from lm import config as config_lib
 from lm import sharding as shd
 from lm import state as state_lib
@@ -139,6 +139,15 @@ def main(argv: Sequence[str]) -> None:
         raise cli.UserError("usage: python -m lm.bench --config configs/NAME.py [--depths 12,48]")
     cfg = f.config
     config_lib.validate(cfg)
+    if f.decode:
+        c = config_lib.model_config(cfg, cfg.tokenizer.vocab_size)
+        params = state_lib.create(TransformerLM(c), optim.optimizer(cfg.optim, 1)[0], shd.make_layout(
+            {"data": 1, "fsdp": 1, "tensor": 1}, jax.devices()[:1]), cfg.seed).params
+        batches = [int(b) for b in f.decode_batches.split(",")]
+        rows = decode_bench.measure(c, params, batches, f.decode_formats.split(","), f.prompt_len, f.new_tokens,
+                                    f.repeats)
+        decode_bench.report(rows, f.prompt_len, f.new_tokens)
+        return
     shd.split_cpu(cfg.mesh, cfg.train.batch_size)
     r = bench(cfg, f.repeats, f.profile)
     b, t = cfg.train.batch_size, cfg.model.max_len
@@ -173,5 +182,10 @@ if __name__ == "__main__":
     config_flags.DEFINE_config_file("config", None, "Run config file, e.g. configs/gpt2_124m.py.")
     flags.DEFINE_integer("repeats", 5, "Timed steps (after one warm-up).")
     flags.DEFINE_bool("profile", False, "Also trace the step and print its op time by model part.")
+    flags.DEFINE_bool("decode", False, "Measure sampling (decode) speed instead of the train step.")
+    flags.DEFINE_string("decode_batches", "1,8", "Decode: batch sizes.")
+    flags.DEFINE_string("decode_formats", "none,bfloat16,int8", "Decode: weight formats (see lm.sample --quantize).")
+    flags.DEFINE_integer("prompt_len", 16, "Decode: prompt tokens.")
+    flags.DEFINE_integer("new_tokens", 128, "Decode: tokens generated per row.")
     flags.DEFINE_string("depths", "", "Also compare the step's compile time at these depths, e.g. 12,48.")
     cli.run(main)

@@ -18,7 +18,7 @@ from lm.attention import SelfAttention
 from lm.config import ModelConfig
 from lm.layers import Projection, norm
 
-Cache = dict[str, Any]  # {'index': [], 'segment_ids': [B, S], 'k' and 'v': [L, B, S, K, H]}
+Cache = dict[str, Any]  # {'index': [], 'segment_ids': [B, S], 'k' and 'v': [L, B, K, S, H] or L x [B, K, S, H]}
 
 REMAT_POLICIES = {
     "full": jax.checkpoint_policies.nothing_saveable,
@@ -93,7 +93,7 @@ class TransformerLM(nn.Module):
         if cache is not None:
             index = cache["index"]
             kv_segments = jax.lax.dynamic_update_slice_in_dim(cache["segment_ids"], segment_ids, index, axis=1)
-            layer_caches = {"k": cache["k"], "v": cache["v"]}  # [L, B, S, K, H]
+            layer_caches = {"k": cache["k"], "v": cache["v"]}  # [L, B, K, S, H], or L x [B, K, S, H] unrolled
         block = Block
         if c.remat != "none":
             block = nn.remat(Block, policy=REMAT_POLICIES[c.remat], prevent_cse=not c.scan_layers)
@@ -107,10 +107,11 @@ class TransformerLM(nn.Module):
         else:
             new = []
             for i in range(c.num_layers):
-                layer = None if cache is None else jax.tree.map(lambda a, i=i: a[i], layer_caches)
+                layer = None if cache is None else {"k": layer_caches["k"][i], "v": layer_caches["v"][i]}
                 x, layer = block(c, name=f"block_{i}")(x, positions, segment_ids, layer, index, kv_segments)
                 new.append(layer)
-            layer_caches = None if cache is None else jax.tree.map(lambda *a: jnp.stack(a), *new)
+            if cache is not None:  # one array per layer: each is updated in place, none is copied
+                layer_caches = {"k": tuple(a["k"] for a in new), "v": tuple(a["v"] for a in new)}
 
         x = norm(c.norm, c.norm_eps, c.use_bias, c.dtype, c.param_dtype, "norm_final")(x)
         if c.tie_embeddings:
@@ -127,12 +128,12 @@ class TransformerLM(nn.Module):
 
 
 def init_cache(config: ModelConfig, batch: int, length: int | None = None) -> Cache:
-    """An empty KV cache of `length` slots (default: the context length)."""
+    """An empty KV cache of `length` slots (default: the context length): keys and values [L, B, K, S, H] for
+    scanned layers, a tuple of L arrays [B, K, S, H] for unrolled ones."""
     length = length or config.max_len
-    shape = (config.num_layers, batch, length, config.kv_heads, config.head_dim)
-    return {
-        "index": jnp.zeros((), jnp.int32),
-        "segment_ids": jnp.zeros((batch, length), jnp.int32),
-        "k": jnp.zeros(shape, config.dtype),
-        "v": jnp.zeros(shape, config.dtype),
-    }
+    shape = (batch, config.kv_heads, length, config.head_dim)
+    if config.scan_layers:
+        k = v = jnp.zeros((config.num_layers, *shape), config.dtype)
+    else:
+        k = v = tuple(jnp.zeros(shape, config.dtype) for _ in range(config.num_layers))
+    return {"index": jnp.zeros((), jnp.int32), "segment_ids": jnp.zeros((batch, length), jnp.int32), "k": k, "v": v}

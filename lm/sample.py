@@ -19,7 +19,7 @@ import jax.numpy as jnp
 import numpy as np
 from absl import flags
 
-from lm import cli
+from lm import cli, quantize
 from lm import sharding as shd
 from lm import state as state_lib
 from lm.checkpoint import open_run, require_tokenizer
@@ -82,35 +82,42 @@ def decode(
     # offset: cache slot minus position of each row's tokens (its padding; after a refill, what is left of it)
     carry = (0, buf, logits[:, -1], cache, done, jnp.zeros((b,), jnp.int32), pad)
 
-    def body(carry):
+    def advance(carry, feed):
+        """Samples token i from the last logits, records it, and `feed`s it to the model (extend or refill)."""
         i, buf, last, cache, done, lengths, offset = carry
         token = sample_token(last, jax.random.fold_in(key, i), temperature, top_k, top_p)  # [B]
         token = jnp.where(done, eos_id, token)
         buf = buf.at[:, p + i].set(token)
         lengths = jnp.where(done | (token == eos_id), lengths, i + 1)
         done = done | (token == eos_id)
-
-        def extend(cache: Cache, offset: jax.Array) -> tuple[jax.Array, Cache, jax.Array]:
-            positions = (cache["index"] - offset)[:, None]
-            out, cache = apply_fn(params, token[:, None], positions, jnp.ones((b, 1), jnp.int32), cache)
-            return out[:, -1], cache, offset
-
-        def refill(cache: Cache, offset: jax.Array) -> tuple[jax.Array, Cache, jax.Array]:
-            first = p + i + 1 - window  # buffer index of the window's first token
-            recent = jax.lax.dynamic_slice_in_dim(buf, first, window, axis=1)
-            offset = jnp.maximum(pad - first, 0)  # padding still inside the window
-            w = jnp.arange(window)[None, :]
-            segs = (w >= offset[:, None]).astype(jnp.int32)
-            out, cache = apply_fn(params, recent, jnp.maximum(w - offset[:, None], 0), segs, empty)
-            return out[:, -1], cache, offset
-
-        last, cache, offset = jax.lax.cond(cache["index"] >= slots, refill, extend, cache, offset)
+        last, cache, offset = feed(token, i, buf, cache, offset)
         return i + 1, buf, last, cache, done, lengths, offset
+
+    def extend(token, i, buf, cache, offset):
+        positions = (cache["index"] - offset)[:, None]
+        out, cache = apply_fn(params, token[:, None], positions, jnp.ones((b, 1), jnp.int32), cache)
+        return out[:, -1], cache, offset
+
+    def refill(token, i, buf, cache, offset):
+        first = p + i + 1 - window  # buffer index of the window's first token
+        recent = jax.lax.dynamic_slice_in_dim(buf, first, window, axis=1)
+        offset = jnp.maximum(pad - first, 0)  # padding still inside the window
+        w = jnp.arange(window)[None, :]
+        segs = (w >= offset[:, None]).astype(jnp.int32)
+        out, cache = apply_fn(params, recent, jnp.maximum(w - offset[:, None], 0), segs, empty)
+        return out[:, -1], cache, offset
 
     def running(carry) -> jax.Array:
         return (carry[0] < max_new_tokens) & ~jnp.all(carry[4])
 
-    _, buf, _, _, _, lengths, _ = jax.lax.while_loop(running, body, carry)
+    def chunk(carry):
+        """A refill if the cache is full, then one token per step until it is full again (or all rows stop):
+        the inner loop has no branch, so its cache is updated in place."""
+        carry = jax.lax.cond(carry[3]["index"] >= slots, lambda c: advance(c, refill), lambda c: c, carry)
+        return jax.lax.while_loop(lambda c: running(c) & (c[3]["index"] < slots), lambda c: advance(c, extend),
+                                  carry)
+
+    _, buf, _, _, _, lengths, _ = jax.lax.while_loop(running, chunk, carry)
     kept = jnp.arange(max_new_tokens)[None, :] < lengths[:, None]  # a row that never stopped keeps all
     return jnp.where(kept, buf[:, p:], eos_id), lengths
 
@@ -120,6 +127,7 @@ def model_apply(model: TransformerLM) -> ApplyFn:
     """The model's cached forward pass in the form `decode` takes (one per model, so jit caches on it)."""
 
     def apply(params: Any, tokens: jax.Array, positions: jax.Array, segment_ids: jax.Array, cache: Cache):
+        params = quantize.dequantize(params, model.config.dtype)  # int8 weights back to the compute dtype
         return model.apply({"params": params}, tokens, positions, segment_ids, cache)
 
     return apply
@@ -162,7 +170,9 @@ def generate(params: Any, model_config: ModelConfig, tokenizer: AnyTokenizer, pr
     for i, r in enumerate(rows):
         prompt[i, width - len(r):] = r
     lens = np.asarray([len(r) for r in rows], np.int32)
-    tokens, lengths = decode(model_apply(TransformerLM(model_config)), params, init_cache(model_config, len(rows)),
+    slots = bucket(width + max_new_tokens, model_config.max_len)  # a cache no longer than the sample needs
+    tokens, lengths = decode(model_apply(TransformerLM(model_config)), params,
+                             init_cache(model_config, len(rows), slots),
                              jnp.asarray(prompt), jax.random.key(seed), max_new_tokens, temperature, top_k, top_p,
                              jnp.asarray(lens), tokenizer.eos_id)
     out = []
@@ -211,6 +221,7 @@ def main(argv: Sequence[str]) -> None:
     layout = shd.make_layout({"data": 1, "fsdp": 1, "tensor": f.tensor}, jax.devices()[: f.tensor])
     params = ckpt.params(step, state_lib.abstract_params(TransformerLM(model_config), layout))
     with layout.scope():
+        params = quantize.convert(params, f.quantize)
         results = generate(params, model_config, tokenizer, prompts, max_new_tokens=f.max_new_tokens,
                            temperature=f.temperature, top_k=f.top_k, top_p=f.top_p, num_samples=f.num_samples,
                            seed=f.seed, stop=f.stop or ())
@@ -235,5 +246,7 @@ if __name__ == "__main__":
     flags.DEFINE_multi_string("stop", None, "Stop a sample at this text (repeatable); the end-of-text id always stops.")
     flags.DEFINE_enum("format", "text", ["text", "jsonl"], "Output: text, or one JSON object per sample.")
     flags.DEFINE_integer("seed", 0, "Random seed; the same seed gives the same samples.")
+    flags.DEFINE_enum("quantize", "none", list(quantize.FORMATS),
+                      "Weights for sampling: as saved, bfloat16, or int8 (weight-only, a scale per output channel).")
     flags.DEFINE_integer("tensor", 1, "Devices to split the model over (tensor parallel: heads, MLP, vocabulary).")
     cli.run(main)

@@ -100,6 +100,18 @@ def test_sample_batches_prompts_from_flags_and_a_jsonl_file(tiny_run, tmp_path):
     _one_line_error(_run("lm.sample", "--workdir", str(tmp_path)), "holds no checkpoints")
 
 
+def test_sample_split_over_devices_or_from_int8_weights(tiny_run):
+    workdir, _ = tiny_run
+    args = ("lm.sample", "--workdir", workdir, "--prompt", "ROMEO:", "--prompt", "KING:", "--max_new_tokens", "30",
+            "--temperature", "0", "--format", "jsonl")
+    one, split, int8 = _run(*args), _run(*args, "--tensor", "2"), _run(*args, "--quantize", "int8")
+    for result in (one, split, int8):
+        assert result.returncode == 0, result.stderr
+    assert split.stdout == one.stdout  # two devices, the same greedy text
+    assert [json.loads(line)["prompt"] for line in int8.stdout.strip().splitlines()] == ["ROMEO:", "KING:"]
+    _one_line_error(_run(*args, "--tensor", "3"), "is not divisible by mesh")
+
+
 def test_bench_prints_its_figures_and_profile():
     result = _run("lm.bench", "--config", TINY, "--repeats", "1", "--depths", "1,2", "--profile")
     assert result.returncode == 0, result.stderr

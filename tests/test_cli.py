@@ -123,6 +123,18 @@ def test_bench_prints_its_figures_and_profile():
     assert abs(sum(float(share) for _, share in shares) - 100) < 1, result.stdout
 
 
+def test_bench_times_decoding_per_weight_format():
+    result = _run("lm.bench", "--config", TINY, "--decode", "--decode_batches", "1,2", "--new_tokens", "8",
+                  "--repeats", "1")
+    assert result.returncode == 0, result.stderr
+    rows = re.findall(r"^  batch +(\d+) lm (\w+) +([\d.]+) tokens/s .* ([\d.]+)% of the bandwidth bound", result.stdout,
+                      re.M)
+    want = [(b, f) for b in "12" for f in ("none", "bfloat16", "int8")]
+    assert [(b, f) for b, f, _, _ in rows] == want, result.stdout
+    assert all(float(t) > 0 and float(p) > 0 for _, _, t, p in rows)
+    assert "of greedy tokens equal" in result.stdout and "copy bandwidth" in result.stdout
+
+
 def test_sigkill_then_rerun_resumes_and_finishes(tmp_path, cache_dir):
     workdir = tmp_path / "run"
     cmd = [sys.executable, "-m", "lm.train", "--config", TINY, "--workdir", str(workdir),

@@ -18,7 +18,8 @@ from lm.bpe import GPT2Tokenizer
 from lm.checkpoint import open_run
 from lm.cli import UserError
 from lm.convert import export_gpt2, gpt2_model_config, import_gpt2
-from lm.model import TransformerLM
+from lm.model import TransformerLM, init_cache
+from lm.sample import decode, model_apply
 
 FIXTURE = os.path.join(os.path.dirname(__file__), "fixtures", "gpt2_tiny")
 BPE_FIXTURE = os.path.join(os.path.dirname(__file__), "fixtures", "gpt2_bpe")
@@ -55,6 +56,26 @@ def test_export_round_trips_the_safetensors(tmp_path):
         np.testing.assert_array_equal(v, original[k])
     configs = [json.load(open(p)) for p in (tmp_path / "hf" / "config.json", os.path.join(FIXTURE, "config.json"))]
     assert gpt2_model_config(configs[0]) == gpt2_model_config(configs[1])
+
+
+@pytest.mark.parametrize("fixture", ["gpt2_tiny", "gpt2_bpe"])
+def test_greedy_decoding_gives_the_tokens_of_transformers_generate(fixture, tmp_path):
+    """lm's cached decode loop, token for token against `generate(do_sample=False)` of the saved model: two rows of
+    6 random ids + 20 tokens (gpt2_tiny), a text prompt after <|endoftext|> + 16 tokens (gpt2_bpe)."""
+    folder = os.path.join(os.path.dirname(__file__), "fixtures", fixture)
+    import_gpt2(folder, str(tmp_path / "w"))
+    ckpt, step, c, _, _ = open_run(str(tmp_path / "w"))
+    params = ckpt.params(step, state_lib.abstract_params(TransformerLM(c), shd.make_layout(
+        {"data": 1, "fsdp": 1, "tensor": 1}, jax.devices()[:1])))
+    if fixture == "gpt2_tiny":
+        greedy = np.load(os.path.join(folder, "greedy.npy"))
+        prompt, want = greedy[:, :6], greedy[:, 6:]
+    else:
+        expected = json.load(open(os.path.join(folder, "expected.json")))
+        prompt, want = np.asarray([expected["prompt_ids"]]), np.asarray([expected["greedy"]])
+    got, _ = decode(model_apply(TransformerLM(c)), params, init_cache(c, len(prompt)), prompt, jax.random.key(0),
+                    want.shape[1], 0.0)
+    assert np.asarray(got).tolist() == want.tolist()
 
 
 def test_convert_cli_and_its_errors(tmp_path):

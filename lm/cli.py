@@ -15,6 +15,14 @@ class UserError(Exception):
 EXIT_USER_ERROR = 2
 
 
+class Stopped(Exception):
+    """The program stopped early on purpose (e.g. preempted after saving): its message and exit status."""
+
+    def __init__(self, message: str, status: int):
+        super().__init__(message)
+        self.status = status
+
+
 def _flag_for(argv: Sequence[str], name: str) -> str:
     """The command-line flag (without its value) that mentions `name`, or `name` itself."""
     for arg in argv:
@@ -64,5 +72,8 @@ def run(main: Callable[[Sequence[str]], None]) -> None:
             main(argv)
         except UserError as e:
             _die(str(e))
+        except Stopped as e:
+            print(str(e), file=sys.stderr, flush=True)
+            sys.exit(e.status)
 
     app.run(guarded, flags_parser=_parse)

@@ -6,6 +6,7 @@ shardings and donated. Metrics go to the console and to WORKDIR/metrics.jsonl.
 
 import json
 import os
+import signal
 import time
 from collections.abc import Callable, Sequence
 from typing import Any
@@ -17,7 +18,7 @@ import optax
 from absl import flags
 from ml_collections import config_flags
 
-from lm import checkpoint, cli, data, objective, optim, tokenizer
+from lm import checkpoint, cli, data, objective, optim, preemption, tokenizer
 from lm import config as config_lib
 from lm import sharding as shd
 from lm import state as state_lib
@@ -180,7 +181,7 @@ def train(cfg: ml_collections.ConfigDict, workdir: str) -> dict[str, float]:
     t_start = t_last = time.time()
     last_logged = start
     previous = None
-    with layout.scope():
+    with layout.scope(), preemption.StopSignal() as stop:
         for step in range(start + 1, cfg.train.steps + 1):
             state, metrics = step_fn(state, layout.global_batch(next(batches)))
             # At most two steps in flight: the next batch is read while a step runs, and queues of many
@@ -197,8 +198,18 @@ def train(cfg: ml_collections.ConfigDict, workdir: str) -> dict[str, float]:
                           f"grad norm {m['grad_norm']:.3f} | {tps:,.0f} tok/s | {now - t_start:.1f}s")
             if step % cfg.train.eval_every == 0 or step == cfg.train.steps:
                 result = run_eval(step)
-            if ckpt.due(step) or step == cfg.train.steps:
+            saved = ckpt.due(step) or step == cfg.train.steps
+            if saved:
                 ckpt.save(step, state, batches.global_state(), meta)
+            signum = stop.agreed()
+            if signum and step < cfg.train.steps:
+                if not saved:
+                    ckpt.save(step, state, batches.global_state(), meta)
+                ckpt.wait()
+                ckpt.close()
+                name = signal.Signals(signum).name
+                raise cli.Stopped(f"stopped by {name} after step {step}; checkpoint {step} saved in {workdir}; "
+                                  "rerun the same command to resume", 128 + signum)
     if not result:  # resumed a finished run: report its final evaluation
         result = run_eval(start, record=False)
     ckpt.wait()

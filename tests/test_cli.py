@@ -135,6 +135,30 @@ def test_bench_times_decoding_per_weight_format():
     assert "of greedy tokens equal" in result.stdout and "copy bandwidth" in result.stdout
 
 
+def test_sigterm_saves_the_current_step_and_exits_143_then_the_run_resumes_there(tmp_path, cache_dir):
+    workdir = tmp_path / "run"
+    cmd = [sys.executable, "-m", "lm.train", "--config", TINY, "--workdir", str(workdir),
+           "--config.train.steps=300", "--config.checkpoint.every=1000", "--config.train.eval_every=1000",
+           "--config.train.log_every=10", f"--config.data.cache_dir={cache_dir}"]
+    env = {k: v for k, v in os.environ.items() if k != "XLA_FLAGS"}
+    proc = subprocess.Popen(cmd, cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    deadline = time.time() + 240
+    while not (workdir / "metrics.jsonl").is_file() or not (workdir / "metrics.jsonl").read_text().strip():
+        assert proc.poll() is None and time.time() < deadline, proc.stderr.read() if proc.poll() is not None else ""
+        time.sleep(0.1)
+    sent = time.time()
+    proc.send_signal(signal.SIGTERM)
+    _, stderr = proc.communicate(timeout=60)
+    print(f"stopped {time.time() - sent:.1f} s after SIGTERM: {stderr.strip().splitlines()[-1]}")
+    assert proc.returncode == 143, stderr
+    stopped_at = int(re.search(r"stopped by SIGTERM after step (\d+); checkpoint \1 saved", stderr).group(1))
+    saved = [int(p.name) for p in (workdir / "checkpoints").iterdir() if p.name.isdigit()]
+    assert 10 <= stopped_at < 300 and max(saved) == stopped_at  # a step no save interval asked for
+    result = subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True, timeout=300)
+    assert result.returncode == 0, result.stderr
+    assert f"resuming at step {stopped_at}" in result.stdout
+
+
 def test_sigkill_then_rerun_resumes_and_finishes(tmp_path, cache_dir):
     workdir = tmp_path / "run"
     cmd = [sys.executable, "-m", "lm.train", "--config", TINY, "--workdir", str(workdir),

@@ -18,7 +18,7 @@ from lm import tokenizer as tokenizer_lib
 from lm.cli import UserError
 from lm.config import ModelConfig
 from lm.model import TransformerLM
-from lm.sharding import Layout
+from lm.sharding import Layout, sync
 from lm.state import TrainState, abstract_params
 from lm.tokenizer import AnyTokenizer
 
@@ -36,7 +36,7 @@ class Checkpointer:
     """Asynchronous saves every `every` steps, keeping the newest `keep`; exact restores."""
 
     def __init__(self, workdir: str, every: int = 1, keep: int = 3, read_only: bool = False):
-        path = os.path.join(os.path.abspath(workdir), CHECKPOINTS)
+        path = self.path = os.path.join(os.path.abspath(workdir), CHECKPOINTS)
         if read_only:
             options = ocp.CheckpointManagerOptions(read_only=True, create=False, save_interval_steps=0,
                                                    max_to_keep=None)
@@ -79,6 +79,27 @@ class Checkpointer:
         ))
         state = TrainState(step=out.opt_state["step"], params=out.params, opt_state=out.opt_state["opt_state"])
         return state, out.data
+
+    def restore_newest_good(self, newest: int, abstract_state: TrainState
+                            ) -> tuple[int, TrainState, dict[str, Any], list[str]]:
+        """The newest checkpoint at or before `newest` that restores whole: (step, state, data state, the
+        damaged ones skipped, each 'STEP (what failed)'). Damaged checkpoints are moved aside as damaged-STEP."""
+        damaged = []
+        for step in sorted((s for s in self.all_steps() if s <= newest), reverse=True):
+            try:
+                state, data_state = self.restore(step, abstract_state)
+            except Exception as e:  # noqa: BLE001 (truncated or missing files fail in orbax or tensorstore)
+                damaged.append((step, f"{type(e).__name__}: {str(e).strip().splitlines()[0][:120]}"))
+                continue
+            if damaged:
+                if jax.process_index() == 0:
+                    for bad, _ in damaged:
+                        os.replace(os.path.join(self.path, str(bad)), os.path.join(self.path, f"damaged-{bad}"))
+                sync("checkpoint.damaged")
+                self.manager.reload()
+            return step, state, data_state, [f"{bad} ({why})" for bad, why in damaged]
+        raise UserError(f"no checkpoint in {self.path} restores ({'; '.join(f'{b}: {w}' for b, w in damaged)}); "
+                        "start a new --workdir")
 
     def meta(self, step: int) -> dict[str, Any]:
         return self.manager.restore(step, args=ocp.args.Composite(meta=ocp.args.JsonRestore())).meta

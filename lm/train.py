@@ -7,6 +7,7 @@ shardings and donated. Metrics go to the console and to WORKDIR/metrics.jsonl.
 import json
 import os
 import signal
+import sys
 import time
 from collections.abc import Callable, Sequence
 from typing import Any
@@ -136,7 +137,10 @@ def train(cfg: ml_collections.ConfigDict, workdir: str) -> dict[str, float]:
 
     if start:
         checkpoint.check_compatible(saved["model"], model_config, workdir)
-        state, data_state = ckpt.restore(start, state_lib.abstract(model, tx, layout))
+        start, state, data_state, damaged = ckpt.restore_newest_good(start, state_lib.abstract(model, tx, layout))
+        if damaged and process == 0:
+            print(f"warning: checkpoint {', '.join(damaged)} is damaged and was moved aside as damaged-STEP; "
+                  f"resuming from checkpoint {start} instead", file=sys.stderr, flush=True)
         shards = d.shards or data_state["shards"]
     else:
         if cfg.init_from:

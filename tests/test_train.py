@@ -52,6 +52,26 @@ def test_resumed_run_equals_uninterrupted_run(tiny_run, tiny_config, tmp_path):
     assert losses(resumed) == losses(workdir)
 
 
+def test_a_damaged_latest_checkpoint_is_set_aside_and_the_previous_one_resumes(tiny_run, tiny_config, tmp_path,
+                                                                             capsys):
+    workdir, final = tiny_run
+    damaged = str(tmp_path / "damaged")
+    shutil.copytree(workdir, damaged)
+    data_files = [os.path.join(d, f) for d, _, fs in os.walk(os.path.join(damaged, "checkpoints", "20", "params"))
+                  for f in fs if os.path.basename(d) == "d"]  # the arrays' bytes
+    for path in data_files:  # as if the disk filled up halfway through writing them
+        with open(path, "r+b") as f:
+            f.truncate(os.path.getsize(path) // 2)
+    again = train(tiny_config, damaged)
+    err = capsys.readouterr().err
+    assert "warning: checkpoint 20 (" in err and "resuming from checkpoint 10 instead" in err, err
+    assert os.path.isdir(os.path.join(damaged, "checkpoints", "damaged-20"))
+    assert again == final  # steps 11-20 ran again, exactly as the first time
+    a, b = _restored_params(workdir, 20), _restored_params(damaged, 20)
+    for x, y in zip(jax.tree.leaves(a), jax.tree.leaves(b), strict=True):
+        np.testing.assert_array_equal(np.asarray(x), np.asarray(y))
+
+
 def test_checkpoint_round_trip_restores_the_saved_state(tiny_config, tmp_path, cache_dir):
     cfg = tiny_config
     corpus = data.build("", "\n\n", 0.1, cache_dir)

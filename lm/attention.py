@@ -31,24 +31,13 @@ def attention_mask(q_slots: jax.Array, kv_slots: jax.Array, q_segments: jax.Arra
 
 
 def reference_attention(q: jax.Array, k: jax.Array, v: jax.Array, mask: jax.Array) -> jax.Array:
-    """Plain einsum attention: q [B, T, N, H], k/v [B, S, K, H], mask [B, 1, T, S] -> [B, T, N, H].
-
-    Scores and softmax in float32.
-    """
-    b, t, n, h = q.shape
-    kv = k.shape[2]
-    q = q.reshape(b, t, kv, n // kv, h)  # [B, T, K, G, H]
-    scores = jnp.einsum("btkgh,bskh->bkgts", q, k, preferred_element_type=jnp.float32) / math.sqrt(h)
-    scores = jnp.where(mask[:, :, None], scores, NEG_INF)  # mask [B, 1, 1, T, S]
-    probs = jax.nn.softmax(scores, axis=-1).astype(v.dtype)
-    return jnp.einsum("bkgts,bskh->btkgh", probs, v).reshape(b, t, n, h)
+    """Plain einsum attention: q [B, T, N, H], k/v [B, S, K, H], mask [B, 1, T, S] -> [B, T, N, H]."""
+    return cached_attention(q, k.transpose(0, 2, 1, 3), v.transpose(0, 2, 1, 3), mask)
 
 
 def cached_attention(q: jax.Array, k: jax.Array, v: jax.Array, mask: jax.Array) -> jax.Array:
-    """Attention over a KV cache: q [B, T, N, H], k/v [B, K, S, H], mask [B, 1, T, S] -> [B, T, N, H].
-
-    Scores and softmax in float32.
-    """
+    """Einsum attention over keys and values laid out as a KV cache: q [B, T, N, H], k/v [B, K, S, H],
+    mask [B, 1, T, S] -> [B, T, N, H]. Scores and softmax in float32."""
     b, t, n, h = q.shape
     kv = k.shape[1]
     q = q.reshape(b, t, kv, n // kv, h)  # [B, T, K, G, H]

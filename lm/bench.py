@@ -12,6 +12,7 @@ import time
 from collections.abc import Callable, Sequence
 from typing import Any
 
+import flax.linen as nn
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -141,8 +142,7 @@ def main(argv: Sequence[str]) -> None:
     config_lib.validate(cfg)
     if f.decode:
         c = config_lib.model_config(cfg, cfg.tokenizer.vocab_size)
-        params = state_lib.create(TransformerLM(c), optim.optimizer(cfg.optim, 1)[0], shd.make_layout(
-            {"data": 1, "fsdp": 1, "tensor": 1}, jax.devices()[:1]), cfg.seed).params
+        params = jax.jit(lambda: nn.unbox(state_lib.boxed_params(TransformerLM(c), cfg.seed)))()
         batches = [int(b) for b in f.decode_batches.split(",")]
         rows = decode_bench.measure(c, params, batches, f.decode_formats.split(","), f.prompt_len, f.new_tokens,
                                     f.repeats)

@@ -135,17 +135,25 @@ def test_bench_times_decoding_per_weight_format():
     assert "of greedy tokens equal" in result.stdout and "copy bandwidth" in result.stdout
 
 
-def test_sigterm_saves_the_current_step_and_exits_143_then_the_run_resumes_there(tmp_path, cache_dir):
-    workdir = tmp_path / "run"
+def _start_training(workdir, cache_dir, ready, *overrides):
+    """`python -m lm.train` on the tiny config in a subprocess, once `ready()`: (process, command, env)."""
     cmd = [sys.executable, "-m", "lm.train", "--config", TINY, "--workdir", str(workdir),
-           "--config.train.steps=300", "--config.checkpoint.every=1000", "--config.train.eval_every=1000",
-           "--config.train.log_every=10", f"--config.data.cache_dir={cache_dir}"]
+           "--config.train.eval_every=1000", f"--config.data.cache_dir={cache_dir}", *overrides]
     env = {k: v for k, v in os.environ.items() if k != "XLA_FLAGS"}
     proc = subprocess.Popen(cmd, cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     deadline = time.time() + 240
-    while not (workdir / "metrics.jsonl").is_file() or not (workdir / "metrics.jsonl").read_text().strip():
+    while not ready():
         assert proc.poll() is None and time.time() < deadline, proc.stderr.read() if proc.poll() is not None else ""
         time.sleep(0.1)
+    return proc, cmd, env
+
+
+def test_sigterm_saves_the_current_step_and_exits_143_then_the_run_resumes_there(tmp_path, cache_dir):
+    workdir = tmp_path / "run"
+    metrics = workdir / "metrics.jsonl"
+    proc, cmd, env = _start_training(workdir, cache_dir, lambda: metrics.is_file() and metrics.read_text().strip(),
+                                     "--config.train.steps=300", "--config.checkpoint.every=1000",
+                                     "--config.train.log_every=10")
     sent = time.time()
     proc.send_signal(signal.SIGTERM)
     _, stderr = proc.communicate(timeout=60)
@@ -161,15 +169,9 @@ def test_sigterm_saves_the_current_step_and_exits_143_then_the_run_resumes_there
 
 def test_sigkill_then_rerun_resumes_and_finishes(tmp_path, cache_dir):
     workdir = tmp_path / "run"
-    cmd = [sys.executable, "-m", "lm.train", "--config", TINY, "--workdir", str(workdir),
-           "--config.train.steps=400", "--config.checkpoint.every=50", "--config.train.eval_every=1000",
-           "--config.train.log_every=50", f"--config.data.cache_dir={cache_dir}"]
-    env = {k: v for k, v in os.environ.items() if k != "XLA_FLAGS"}
-    proc = subprocess.Popen(cmd, cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
-    deadline = time.time() + 240
-    while not (workdir / "checkpoints" / "100").is_dir():
-        assert proc.poll() is None and time.time() < deadline, proc.stdout.read() if proc.poll() is not None else ""
-        time.sleep(0.2)
+    proc, cmd, env = _start_training(workdir, cache_dir, lambda: (workdir / "checkpoints" / "100").is_dir(),
+                                     "--config.train.steps=400", "--config.checkpoint.every=50",
+                                     "--config.train.log_every=50")
     proc.send_signal(signal.SIGKILL)
     proc.wait()
     killed_at = max(json.loads(line)["step"] for line in open(workdir / "metrics.jsonl"))

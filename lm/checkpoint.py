@@ -41,8 +41,9 @@ class Checkpointer:
             options = ocp.CheckpointManagerOptions(read_only=True, create=False, save_interval_steps=0,
                                                    max_to_keep=None)
         else:
+            # cleanup_tmp_directories: writes that a killed run left unfinished are removed on start.
             options = ocp.CheckpointManagerOptions(max_to_keep=keep, save_interval_steps=every,
-                                                   enable_async_checkpointing=True)
+                                                   enable_async_checkpointing=True, cleanup_tmp_directories=True)
         self.manager = ocp.CheckpointManager(path, options=options)
 
     def latest_step(self) -> int | None:

@@ -77,8 +77,9 @@ class MetricsLog:
         if self.active and os.path.exists(self.path):
             with open(self.path) as f:
                 kept = [line for line in f if line.strip() and json.loads(line)["step"] <= resume_step]
-            with open(self.path, "w") as f:
+            with open(self.path + ".tmp", "w") as f:
                 f.writelines(kept)
+            os.replace(self.path + ".tmp", self.path)  # a kill during the rewrite loses no records
 
     def write(self, record: dict[str, Any] | None, line: str) -> None:
         if self.active:

@@ -1,14 +1,34 @@
-"""Test setup: 8 fake CPU devices (set before jax is imported), a shared dataset cache, a trained tiny run."""
+"""Test setup: 8 fake CPU devices (set before jax is imported), a shared dataset cache, a trained tiny run, and
+helpers that run the command-line tools as a user does."""
 
 import importlib.util
 import os
+import subprocess
+import sys
 
 os.environ["XLA_FLAGS"] = os.environ.get("XLA_FLAGS", "") + " --xla_force_host_platform_device_count=8"
 os.environ.setdefault("JAX_PLATFORMS", "cpu")
 
 import pytest  # noqa: E402
 
-TINY = os.path.join(os.path.dirname(__file__), "..", "configs", "tiny.py")
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+TINY = os.path.join(ROOT, "configs", "tiny.py")
+USER_ENV = {k: v for k, v in os.environ.items() if k != "XLA_FLAGS"}  # one CPU device, as a user has
+
+
+def run_module(*args: str, timeout: float = 300) -> subprocess.CompletedProcess:
+    """`python -m ARGS` as a user runs it, from the repository root."""
+    return subprocess.run([sys.executable, "-m", *args], cwd=ROOT, env=USER_ENV, capture_output=True, text=True,
+                          timeout=timeout)
+
+
+def one_line_error(result: subprocess.CompletedProcess, *fragments: str) -> None:
+    """The command failed with exit status 2 and one line on stderr that contains every fragment."""
+    assert result.returncode == 2, result.stderr
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("error: "), result.stderr
+    for fragment in fragments:
+        assert fragment in lines[0], lines[0]
 
 
 def load_config(path: str = TINY):

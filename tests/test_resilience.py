@@ -1,0 +1,136 @@
+"""Runs that survive SIGKILL, SIGTERM and full disks: a resumed run is bitwise the run that was not interrupted."""
+
+import json
+import os
+import re
+import signal
+import subprocess
+import sys
+import time
+
+import jax
+import ml_collections
+import numpy as np
+from conftest import ROOT, TINY, USER_ENV
+
+from lm import checkpoint, optim
+from lm import sharding as shd
+from lm import state as state_lib
+from lm.model import TransformerLM
+
+
+def _train_command(workdir, cache_dir, *overrides):
+    return [sys.executable, "-m", "lm.train", "--config", TINY, "--workdir", str(workdir),
+            "--config.train.eval_every=1000", f"--config.data.cache_dir={cache_dir}", *overrides]
+
+
+def _start_training(workdir, cache_dir, ready, *overrides, poll=0.1):
+    """`python -m lm.train` on the tiny config in a subprocess, returned once `ready(its stdout so far)`:
+    (process, command, stdout file)."""
+    cmd = _train_command(workdir, cache_dir, *overrides)
+    out = f"{workdir}.{time.time_ns()}.out"
+    with open(out, "w") as stdout:
+        proc = subprocess.Popen(cmd, cwd=ROOT, env=USER_ENV, stdout=stdout, stderr=subprocess.PIPE, text=True)
+    deadline = time.time() + 240
+    while not ready(open(out).read()):
+        if proc.poll() is not None or time.time() > deadline:
+            proc.kill()
+            raise AssertionError(f"training ended before the point it was to be killed at: {proc.communicate()[1]}")
+        time.sleep(poll)
+    return proc, cmd, out
+
+
+def _losses(workdir):
+    """{step: loss} of the train records in a workdir's metrics.jsonl."""
+    with open(os.path.join(workdir, "metrics.jsonl")) as f:
+        return {r["step"]: r["loss"] for r in map(json.loads, f) if "loss" in r}
+
+
+def _steps(directory):
+    return sorted(int(p) for p in os.listdir(directory) if p.isdigit()) if os.path.isdir(directory) else []
+
+
+def _unfinished(directory):
+    """Checkpoints being written: orbax writes STEP.orbax-checkpoint-tmp and renames it to STEP to commit."""
+    return [p for p in os.listdir(directory) if "tmp" in p] if os.path.isdir(directory) else []
+
+
+def _final_state(workdir, step):
+    ckpt, _, model_config, _, run_config = checkpoint.open_run(str(workdir), step)
+    tx, _ = optim.optimizer(ml_collections.ConfigDict(run_config["optim"]), run_config["train"]["steps"])
+    layout = shd.make_layout({"data": -1, "fsdp": 1, "tensor": 1})
+    state, data_state = ckpt.restore(step, state_lib.abstract(TransformerLM(model_config), tx, layout))
+    return jax.device_get(state), data_state
+
+
+def test_killed_three_times_the_run_ends_bitwise_equal_to_an_uninterrupted_one(tmp_path, cache_dir):
+    steps = 60
+    overrides = (f"--config.train.steps={steps}", "--config.checkpoint.every=10", "--config.train.log_every=1")
+    reference = tmp_path / "reference"
+    result = subprocess.run(_train_command(reference, cache_dir, *overrides), cwd=ROOT, env=USER_ENV,
+                            capture_output=True, text=True, timeout=300)
+    assert result.returncode == 0, result.stderr
+    want = _losses(reference)
+    assert sorted(want) == list(range(1, steps + 1))
+
+    workdir = tmp_path / "killed"
+    checkpoints = workdir / "checkpoints"
+    logged = lambda: max(_losses(workdir), default=0) if (workdir / "metrics.jsonl").is_file() else 0  # noqa: E731
+    killed_at = []  # (point, step resumed from, newest checkpoint when killed, newest step logged)
+
+    def run_and_kill(point, ready, poll=0.1):
+        """Starts (or resumes) the run, SIGKILLs it once `ready()`, and checks what it logged; returns the command."""
+        newest = max(_steps(checkpoints), default=0)
+        proc, cmd, out = _start_training(workdir, cache_dir, ready, *overrides, poll=poll)
+        proc.send_signal(signal.SIGKILL)
+        proc.communicate()
+        out = open(out).read()
+        assert (f"resuming at step {newest}" if newest else "starting at step 0") in out, out
+        seen = _losses(workdir)
+        for step, loss in seen.items():  # every step logged so far, before and after each resume, is the reference's
+            assert loss == want[step], (point, step, loss, want[step])
+        killed_at.append((point, newest, max(_steps(checkpoints), default=None), max(seen, default=0)))
+        return cmd
+
+    # 1. Between two checkpoints: the steps since the last one are lost and run again.
+    run_and_kill("between checkpoints", lambda out: 10 in _steps(checkpoints) and logged() >= 15)
+    # 2. While a checkpoint is being written (the unfinished one must never be taken for the latest).
+    for _ in range(5):
+        run_and_kill("during a checkpoint write", lambda out: "resuming" in out and _unfinished(checkpoints),
+                     poll=0.001)
+        if _unfinished(checkpoints):  # the kill landed before the write committed
+            break
+    assert _unfinished(checkpoints), "no kill landed inside a checkpoint write in five tries"
+    # 3. Just after a checkpoint commits, while the next steps run.
+    committed = max(_steps(checkpoints)) + 10
+    cmd = run_and_kill("after a checkpoint commits", lambda out: committed in _steps(checkpoints), poll=0.001)
+
+    result = subprocess.run(cmd, cwd=ROOT, env=USER_ENV, capture_output=True, text=True, timeout=300)
+    assert result.returncode == 0, result.stderr
+    print("killed at (point, resumed from, newest checkpoint, newest step logged):", killed_at)
+    resumed_from = int(re.search(r"resuming at step (\d+)", result.stdout).group(1))
+    assert resumed_from >= committed and "rules: embed->fsdp" in result.stdout and "MiB per device" in result.stdout
+    assert _losses(workdir) == want  # every step once, each with the loss of the uninterrupted run
+    assert not _unfinished(checkpoints)
+    (a, a_data), (b, b_data) = _final_state(reference, steps), _final_state(workdir, steps)
+    assert a_data == b_data
+    for x, y in zip(jax.tree.leaves(a), jax.tree.leaves(b), strict=True):  # parameters, Adam moments, step
+        np.testing.assert_array_equal(x, y)
+
+
+def test_sigterm_saves_the_current_step_and_exits_143_then_the_run_resumes_there(tmp_path, cache_dir):
+    workdir = tmp_path / "run"
+    metrics = workdir / "metrics.jsonl"
+    proc, cmd, _ = _start_training(workdir, cache_dir, lambda out: metrics.is_file() and metrics.read_text().strip(),
+                                "--config.train.steps=300", "--config.checkpoint.every=1000",
+                                "--config.train.log_every=10")
+    sent = time.time()
+    proc.send_signal(signal.SIGTERM)
+    _, stderr = proc.communicate(timeout=60)
+    print(f"stopped {time.time() - sent:.1f} s after SIGTERM: {stderr.strip().splitlines()[-1]}")
+    assert proc.returncode == 143, stderr
+    stopped_at = int(re.search(r"stopped by SIGTERM after step (\d+); checkpoint \1 saved", stderr).group(1))
+    assert 10 <= stopped_at < 300 and _steps(workdir / "checkpoints")[-1] == stopped_at  # no save interval asked
+    result = subprocess.run(cmd, cwd=ROOT, env=USER_ENV, capture_output=True, text=True, timeout=300)
+    assert result.returncode == 0, result.stderr
+    assert f"resuming at step {stopped_at}" in result.stdout

@@ -21,6 +21,7 @@ NORMS = ("layernorm", "rmsnorm")
 MLPS = ("gelu", "swiglu")
 ATTENTIONS = ("auto", "xla", "cudnn", "reference")
 REMATS = ("none", "full", "dots", "dots_no_batch")
+NONFINITE_POLICIES = ("stop", "skip")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -97,8 +98,10 @@ def defaults() -> ml_collections.ConfigDict:
                    scan_layers=True, remat="none", dtype="float32", param_dtype="float32")
     # eval_batches 0 evaluates the whole validation split; microbatches > 1 accumulates gradients over that
     # many slices of each batch; z_loss weighs log(Z)^2 of the softmax normalizer.
+    # nonfinite: what a step with a NaN or infinite loss or gradient does (lm/nonfinite.py): 'stop' the run, or
+    # 'skip' its update (stopping after max_skips in a row); nan_steps: steps made NaN on purpose, to try that.
     c.train = dict(batch_size=12, steps=2000, log_every=100, eval_every=500, eval_batches=0, microbatches=1,
-                   z_loss=0.0)
+                   z_loss=0.0, nonfinite="stop", max_skips=10, nan_steps=())
     c.optim = dict(lr=1e-3, min_lr=1e-4, warmup_steps=100, b1=0.9, b2=0.99, weight_decay=0.1, grad_clip=1.0)
     c.checkpoint = dict(every=250, keep=3)
     # Axis sizes (one may be -1: the rest of the devices) and the logical-axis rules (lm/sharding.py).
@@ -164,6 +167,11 @@ def validate(cfg: ml_collections.ConfigDict) -> None:
     b, mb = cfg.train.batch_size, cfg.train.microbatches
     _check(mb >= 1 and b % mb == 0, f"config.train.microbatches={mb} must divide config.train.batch_size={b}")
     _check(cfg.train.z_loss >= 0, f"config.train.z_loss must be >= 0, got {cfg.train.z_loss}")
+    _check(cfg.train.nonfinite in NONFINITE_POLICIES,
+           f"config.train.nonfinite must be one of {NONFINITE_POLICIES}, got {cfg.train.nonfinite!r}")
+    _check(cfg.train.max_skips >= 1, f"config.train.max_skips must be >= 1, got {cfg.train.max_skips}")
+    _check(all(isinstance(s, int) and s > 0 for s in cfg.train.nan_steps),
+           f"config.train.nan_steps must be a tuple of positive steps, e.g. '(5, 6)', got {cfg.train.nan_steps!r}")
     _check(
         cfg.tokenizer.type in TOKENIZER_TYPES,
         f"config.tokenizer.type must be one of {TOKENIZER_TYPES}, got {cfg.tokenizer.type!r}",

@@ -19,7 +19,7 @@ import optax
 from absl import flags
 from ml_collections import config_flags
 
-from lm import checkpoint, cli, data, objective, optim, preemption, tokenizer
+from lm import checkpoint, cli, data, nonfinite, objective, optim, preemption, tokenizer
 from lm import config as config_lib
 from lm import sharding as shd
 from lm import state as state_lib
@@ -55,15 +55,23 @@ def loss_and_grads(model: TransformerLM, params: Any, batch: dict[str, jax.Array
 
 
 def make_train_step(model: TransformerLM, tx: optax.GradientTransformation, lr: optax.Schedule,
-                    microbatches: int = 1, z_loss: float = 0.0) -> Callable:
-    """The pure train step: one optimizer update on the next-token objective of a global batch."""
+                    microbatches: int = 1, z_loss: float = 0.0, nan_steps: Sequence[int] = ()) -> Callable:
+    """The pure train step: one optimizer update on the next-token objective of a global batch, dropped if its
+    loss or gradients are not finite. `nan_steps` (for tests of that) are steps whose gradients become NaN."""
 
     def train_step(state: state_lib.TrainState, batch: dict[str, jax.Array]) -> tuple[state_lib.TrainState, dict]:
         loss, grads = loss_and_grads(model, state.params, batch, microbatches, z_loss)
+        if nan_steps:
+            poisoned = jnp.isin(state.step + 1, jnp.asarray(nan_steps))
+            grads = jax.tree.map(lambda g: jnp.where(poisoned, jnp.nan, g), grads)
+        grad_norm = optax.tree.norm(grads)
+        finite = jnp.isfinite(loss) & jnp.isfinite(grad_norm)
         updates, opt_state = tx.update(grads, state.opt_state, state.params)
-        new_state = state.replace(step=state.step + 1, params=optax.apply_updates(state.params, updates),
-                                  opt_state=opt_state)
-        return new_state, {"loss": loss, "grad_norm": optax.tree.norm(grads), "lr": lr(state.step)}
+        new_state = state.replace(
+            step=state.step + 1,
+            params=nonfinite.keep_if_finite(finite, optax.apply_updates(state.params, updates), state.params),
+            opt_state=nonfinite.keep_if_finite(finite, opt_state, state.opt_state))
+        return new_state, {"loss": loss, "grad_norm": grad_norm, "lr": lr(state.step), "finite": finite}
 
     return train_step
 
@@ -158,6 +166,9 @@ def train(cfg: ml_collections.ConfigDict, workdir: str) -> dict[str, float]:
     run_config = cfg.to_dict()
     run_config["data"]["shards"] = shards
     meta = checkpoint.make_meta(model_config, tok, run_config)
+    steps_guard = nonfinite.NonFiniteSteps(cfg.train.nonfinite, cfg.train.max_skips)
+    if start:
+        steps_guard.set_state(data_state.get("nonfinite"))
     log = MetricsLog(workdir, start)
     if log.active:
         print(_start_up_lines(layout, state, model_config, start), flush=True)
@@ -165,7 +176,7 @@ def train(cfg: ml_collections.ConfigDict, workdir: str) -> dict[str, float]:
             print(f"parameters and tokenizer from {cfg.init_from} (step {source_step})", flush=True)
 
     shardings = jax.tree.map(lambda x: x.sharding, state)
-    train_step = make_train_step(model, tx, lr, cfg.train.microbatches, cfg.train.z_loss)
+    train_step = make_train_step(model, tx, lr, cfg.train.microbatches, cfg.train.z_loss, cfg.train.nan_steps)
     step_fn = jax.jit(train_step, in_shardings=(shardings, layout.batch_sharding()),
                       out_shardings=(shardings, None), donate_argnums=0)
     eval_step = make_eval_step(model, tok.token_bytes(len(d.separator.encode())), layout)
@@ -186,30 +197,50 @@ def train(cfg: ml_collections.ConfigDict, workdir: str) -> dict[str, float]:
     t_start = t_last = time.time()
     last_logged = start
     previous = None
+
+    def stop_if(reason: str | None) -> None:
+        """Stops the run, once pending saves commit, if a non-finite step gave a reason to."""
+        if reason:
+            ckpt.wait()
+            last = ckpt.latest_step()
+            ckpt.close()
+            kept = f"checkpoint {last} is the last good state" if last else "no checkpoint was written before it"
+            raise cli.Stopped(f"error: {reason}; {kept}", nonfinite.EXIT_NONFINITE)
+
+    def save(step: int, step_metrics: dict[str, jax.Array]) -> None:
+        stop_if(steps_guard.observe(step, bool(step_metrics["finite"])))  # never a checkpoint after a bad step
+        ckpt.save(step, state, {**batches.global_state(), "nonfinite": steps_guard.state()}, meta)
+
     with layout.scope(), preemption.StopSignal() as stop:
         for step in range(start + 1, cfg.train.steps + 1):
             state, metrics = step_fn(state, layout.global_batch(next(batches)))
             # At most two steps in flight: the next batch is read while a step runs, and queues of many
             # steps with collectives cannot stall XLA's CPU devices (seen with one device per core).
             jax.block_until_ready(previous)
+            if previous is not None:
+                stop_if(steps_guard.observe(step - 1, bool(previous["finite"])))
             previous = metrics
             if step % cfg.train.log_every == 0 or step == cfg.train.steps:
                 m = {k: float(v) for k, v in jax.device_get(metrics).items()}
+                reason = steps_guard.observe(step, bool(m.pop("finite")))
                 now = time.time()
                 tps = tokens_per_step * (step - last_logged) / (now - t_last)
                 t_last, last_logged = now, step
-                log.write({"step": step, **m, "tokens_per_sec": tps, "wall_time": now - t_start},
+                skipped = f" | skipped {steps_guard.skipped}" if steps_guard.skipped else ""
+                log.write({"step": step, **m, "skipped": steps_guard.skipped, "tokens_per_sec": tps,
+                           "wall_time": now - t_start},
                           f"step {step:>6}/{cfg.train.steps} | loss {m['loss']:.4f} | lr {m['lr']:.2e} | "
-                          f"grad norm {m['grad_norm']:.3f} | {tps:,.0f} tok/s | {now - t_start:.1f}s")
+                          f"grad norm {m['grad_norm']:.3f} | {tps:,.0f} tok/s | {now - t_start:.1f}s{skipped}")
+                stop_if(reason)
             if step % cfg.train.eval_every == 0 or step == cfg.train.steps:
                 result = run_eval(step)
             saved = ckpt.due(step) or step == cfg.train.steps
             if saved:
-                ckpt.save(step, state, batches.global_state(), meta)
+                save(step, metrics)
             signum = stop.agreed()
             if signum and step < cfg.train.steps:
                 if not saved:
-                    ckpt.save(step, state, batches.global_state(), meta)
+                    save(step, metrics)
                 ckpt.wait()
                 ckpt.close()
                 name = signal.Signals(signum).name

@@ -134,3 +134,38 @@ def test_sigterm_saves_the_current_step_and_exits_143_then_the_run_resumes_there
     result = subprocess.run(cmd, cwd=ROOT, env=USER_ENV, capture_output=True, text=True, timeout=300)
     assert result.returncode == 0, result.stderr
     assert f"resuming at step {stopped_at}" in result.stdout
+
+
+def _adam_count(state):
+    """How many updates the optimizer's moments have taken (the `count` leaf of its state)."""
+    counts = {int(leaf) for path, leaf in jax.tree_util.tree_flatten_with_path(state.opt_state)[0]
+              if "count" in jax.tree_util.keystr(path)}
+    assert len(counts) == 1, counts
+    return counts.pop()
+
+
+def test_a_nan_step_stops_the_run_or_is_skipped_as_configured(tmp_path, cache_dir):
+    common = ("--config.train.log_every=1", "--config.train.eval_every=1000")
+    stopped = subprocess.run(_train_command(tmp_path / "stop", cache_dir, *common, "--config.train.nan_steps=(12,)"),
+                             cwd=ROOT, env=USER_ENV, capture_output=True, text=True, timeout=300)
+    assert stopped.returncode == 3, stopped.stderr
+    assert stopped.stderr.strip().splitlines() == [
+        "error: the loss or gradients are not finite at step 12 (config.train.nonfinite='stop'); lower "
+        "config.optim.lr, or set --config.train.nonfinite=skip to skip such steps; checkpoint 10 is the last good "
+        "state"]
+    assert _steps(tmp_path / "stop" / "checkpoints") == [1, 10] and max(_losses(tmp_path / "stop")) == 12
+
+    # skip: step 5 and then 12, 13 are skipped; the third in a row (14) is more than max_skips=2.
+    skipped = subprocess.run(_train_command(tmp_path / "skip", cache_dir, *common, "--config.train.nonfinite=skip",
+                                            "--config.train.max_skips=2", "--config.train.nan_steps=(5, 12, 13, 14)"),
+                             cwd=ROOT, env=USER_ENV, capture_output=True, text=True, timeout=300)
+    assert skipped.returncode == 3, skipped.stderr
+    assert "not finite at 3 steps in a row (steps 12-14), more than config.train.max_skips=2" in skipped.stderr
+    assert "checkpoint 10 is the last good state" in skipped.stderr
+    with open(tmp_path / "skip" / "metrics.jsonl") as f:
+        records = {r["step"]: r for r in map(json.loads, f)}
+    assert [records[s]["skipped"] for s in range(1, 15)] == [0] * 4 + [1] * 7 + [2, 3, 4]
+    assert all(np.isfinite(records[s]["loss"]) for s in range(1, 12))  # the loss after the skipped step is fine
+    state, data_state = _final_state(tmp_path / "skip", 10)
+    assert int(state.step) == 10 and _adam_count(state) == 9  # step 5's batch was used, its update was not
+    assert data_state["nonfinite"] == {"skipped": 1, "in_a_row": 0}

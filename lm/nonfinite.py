@@ -1,0 +1,58 @@
+"""Non-finite steps: the train step never applies an update whose loss or gradient norm is NaN or infinite
+(`keep_if_finite`); `NonFiniteSteps` decides on the host what the run does then (`config.train.nonfinite`):
+
+- "stop" (the default): the run stops at the first such step with exit status 3, naming the step; no checkpoint
+  is written after it, so the newest checkpoint is the last good state.
+- "skip": the step's update is dropped (the batch is consumed; the optimizer's moments and step count do not
+  move), `skipped` counts such steps in the metrics, and the run stops as above after
+  `config.train.max_skips` of them in a row.
+"""
+
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+
+EXIT_NONFINITE = 3
+
+
+def keep_if_finite(finite: jax.Array, new: Any, old: Any) -> Any:
+    """`new` where `finite` (a scalar bool) holds, else `old`, leaf by leaf (fused into the update by XLA)."""
+    return jax.tree.map(lambda n, o: jnp.where(finite, n, o), new, old)
+
+
+class NonFiniteSteps:
+    """Counts non-finite steps in the order they ran; says when the run must stop."""
+
+    def __init__(self, policy: str, max_skips: int):
+        self.policy, self.max_skips = policy, max_skips
+        self.skipped = 0  # in the whole run
+        self.in_a_row = 0
+        self.seen = 0  # the last step observed
+
+    def state(self) -> dict[str, int]:
+        """What a checkpoint keeps, so that a resumed run counts on where it stopped."""
+        return {"skipped": self.skipped, "in_a_row": self.in_a_row}
+
+    def set_state(self, state: dict[str, int] | None) -> None:
+        state = state or {}  # checkpoints written before counts were kept
+        self.skipped, self.in_a_row = state.get("skipped", 0), state.get("in_a_row", 0)
+
+    def observe(self, step: int, finite: bool) -> str | None:
+        """Records whether `step` was finite (steps seen before are ignored); the reason to stop, if any."""
+        if step <= self.seen:
+            return None
+        self.seen = step
+        if finite:
+            self.in_a_row = 0
+            return None
+        if self.policy == "stop":
+            return (f"the loss or gradients are not finite at step {step} (config.train.nonfinite='stop'); lower "
+                    "config.optim.lr, or set --config.train.nonfinite=skip to skip such steps")
+        self.skipped += 1
+        self.in_a_row += 1
+        if self.in_a_row > self.max_skips:
+            return (f"the loss or gradients are not finite at {self.in_a_row} steps in a row (steps "
+                    f"{step - self.in_a_row + 1}-{step}), more than config.train.max_skips={self.max_skips}; "
+                    "lower config.optim.lr")
+        return None

@@ -6,8 +6,12 @@ the tokenizer and the run config) are written once. A checkpoint is all the samp
 need; they restore `params` alone, onto their own shardings, on any mesh.
 """
 
+import contextlib
 import dataclasses
+import errno
 import os
+import shutil
+from collections.abc import Iterator
 from typing import Any
 
 import jax
@@ -15,10 +19,10 @@ import jax.numpy as jnp
 import orbax.checkpoint as ocp
 
 from lm import tokenizer as tokenizer_lib
-from lm.cli import UserError
+from lm.cli import DiskFull, UserError
 from lm.config import ModelConfig
 from lm.model import TransformerLM
-from lm.sharding import Layout, sync
+from lm.sharding import Layout, global_max, sync
 from lm.state import TrainState, abstract_params
 from lm.tokenizer import AnyTokenizer
 
@@ -45,6 +49,7 @@ class Checkpointer:
             options = ocp.CheckpointManagerOptions(max_to_keep=keep, save_interval_steps=every,
                                                    enable_async_checkpointing=True, cleanup_tmp_directories=True)
         self.manager = ocp.CheckpointManager(path, options=options)
+        self._pending = -1  # the step of the save in flight, if any
 
     def latest_step(self) -> int | None:
         return self.manager.latest_step()
@@ -57,14 +62,44 @@ class Checkpointer:
         return self.manager.should_save(step)
 
     def save(self, step: int, state: TrainState, data_state: dict[str, Any], meta: dict[str, Any]) -> None:
-        """Starts an asynchronous save at `step` (every process calls it, with the same `data_state`)."""
+        """Starts an asynchronous save at `step` (every process calls it, with the same `data_state`).
+
+        A save that would not fit on the disk is not started: the run stops with one line instead, and the
+        previous checkpoint stays the newest."""
+        self.wait()  # the previous save (orbax waits for it anyway): its errors, then the space it took
+        need = sum(s.data.nbytes for x in jax.tree.leaves(state) for s in x.addressable_shards if s.replica_id == 0)
+        need = int(need * 1.1) + 2**20  # this process's share of the arrays, plus room for metadata
+        free = shutil.disk_usage(self.path).free
+        if global_max(int(free < need)):
+            raise UserError(f"the disk is too full to save checkpoint {step}: it needs about {need / 2**20:.1f} MiB in "
+                            f"{self.path}, {free / 2**20:.1f} MiB are free; free some space and rerun the same command "
+                            f"to resume from {self._newest()}")
         args = ocp.args.Composite(
             params=ocp.args.StandardSave(state.params),
             opt_state=ocp.args.StandardSave({"step": state.step, "opt_state": state.opt_state}),
             data=ocp.args.JsonSave(data_state),
             meta=ocp.args.JsonSave(meta),
         )
-        self.manager.save(step, args=args, force=True)
+        self._pending = step
+        with self._disk_full_is_one_line():
+            self.manager.save(step, args=args, force=True)
+
+    def _newest(self) -> str:
+        """The newest committed checkpoint, in words."""
+        steps = [s for s in self.all_steps() if s != self._pending]
+        return f"checkpoint {steps[-1]}" if steps else "the start (no checkpoint was committed)"
+
+    @contextlib.contextmanager
+    def _disk_full_is_one_line(self) -> Iterator[None]:
+        """Turns a full disk met while writing the pending save (e.g. out of inodes) into one line; the
+        unfinished write never becomes a checkpoint, and the next start removes it."""
+        try:
+            yield
+        except Exception as e:  # orbax and tensorstore wrap the OSError in their own errors
+            if "No space left on device" not in str(e) and getattr(e, "errno", None) != errno.ENOSPC:
+                raise
+            raise DiskFull(f"the disk filled up while writing checkpoint {self._pending} in {self.path}; free some "
+                           f"space and rerun the same command to resume from {self._newest()}") from None
 
     def save_params(self, step: int, params: Any, meta: dict[str, Any]) -> None:
         """A checkpoint of parameters alone (e.g. imported weights): enough to sample, evaluate or fine-tune."""
@@ -111,7 +146,9 @@ class Checkpointer:
         return self.manager.restore(step, args=args).params
 
     def wait(self) -> None:
-        self.manager.wait_until_finished()
+        with self._disk_full_is_one_line():
+            self.manager.wait_until_finished()
+        self._pending = -1
 
     def close(self) -> None:
         self.manager.close()
@@ -143,14 +180,20 @@ def require_tokenizer(tokenizer: AnyTokenizer | None, workdir: str) -> AnyTokeni
     return tokenizer
 
 
-def check_compatible(saved: dict[str, Any], current: ModelConfig, workdir: str) -> None:
-    """Stops with one line when a workdir's checkpoint holds a model of another shape."""
-    saved = ModelConfig.from_dict(saved).to_dict()  # older checkpoints: fields added since take their defaults
-    if saved != current.to_dict():
-        diff = ", ".join(f"{k}: saved {saved.get(k)}, config {v}" for k, v in current.to_dict().items()
-                         if saved.get(k) != v)
+def check_compatible(saved: dict[str, Any], current: ModelConfig, tokenizer: dict[str, Any], workdir: str) -> None:
+    """Stops with one line when a workdir's checkpoint (its meta) holds a model of another shape, or was trained
+    with other tokenizer settings than `tokenizer` (config.tokenizer)."""
+    model = ModelConfig.from_dict(saved["model"]).to_dict()  # older checkpoints: fields added since take defaults
+    if model != current.to_dict():
+        diff = ", ".join(f"{k}: saved {model.get(k)}, config {v}" for k, v in current.to_dict().items()
+                         if model.get(k) != v)
         raise UserError(f"{workdir} holds a checkpoint of another model ({diff}); use a new --workdir or the saved "
                         "settings")
+    was = saved.get("config", {}).get("tokenizer")
+    if was and was != tokenizer:
+        diff = ", ".join(f"{k}: saved {was.get(k)!r}, config {v!r}" for k, v in tokenizer.items() if was.get(k) != v)
+        raise UserError(f"{workdir} holds a run trained with another tokenizer ({diff}); use a new --workdir or the "
+                        "saved settings")
 
 
 # Model settings that change how the parameters are computed with or stored, not what they are.

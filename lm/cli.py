@@ -1,9 +1,11 @@
 """Command-line plumbing shared by every `python -m lm.<tool>`: flag parsing and one-line errors."""
 
+import logging as std_logging
 import os
 import re
 import sys
 from collections.abc import Callable, Sequence
+from typing import Any
 
 from absl import app, flags, logging
 
@@ -13,6 +15,10 @@ class UserError(Exception):
 
 
 EXIT_USER_ERROR = 2
+
+
+class DiskFull(UserError):
+    """The disk filled up while a checkpoint was being written; printed as one line, exit status 2."""
 
 
 class Stopped(Exception):
@@ -62,14 +68,39 @@ def _die(message: str) -> None:
     sys.exit(EXIT_USER_ERROR)
 
 
+def _not_disk_full(record: std_logging.LogRecord) -> bool:
+    """False for log records of a full disk (orbax's and asyncio's, with tracebacks): the command says it in one
+    line."""
+    text = record.getMessage() + (str(record.exc_info[1]) if record.exc_info else "")
+    return "No space left on device" not in text
+
+
+def _without_closed_loop(hook: Callable) -> Callable:
+    """sys.unraisablehook minus 'Event loop is closed': tensorstore's writer threads report that, with a
+    traceback, when their orbax save has already failed (the failure is reported in one line) or ended."""
+
+    def unraisablehook(unraisable: Any) -> None:
+        value = unraisable.exc_value
+        if not (isinstance(value, RuntimeError) and str(value) == "Event loop is closed"):
+            hook(unraisable)
+
+    return unraisablehook
+
+
 def run(main: Callable[[Sequence[str]], None]) -> None:
     """Runs an absl `main`; a UserError anywhere in it ends the program with one line and status 2."""
 
     def guarded(argv: Sequence[str]) -> None:
         if not flags.FLAGS["verbosity"].present:  # orbax and TFDS are chatty; --verbosity=0 shows it all
             logging.set_verbosity(logging.ERROR)
+            logging.get_absl_handler().addFilter(_not_disk_full)
+            sys.unraisablehook = _without_closed_loop(sys.unraisablehook)
         try:
             main(argv)
+        except DiskFull as e:  # exit at once: the failing writer threads would print tracebacks at shutdown
+            print(f"error: {e}", file=sys.stderr, flush=True)
+            sys.stdout.flush()
+            os._exit(EXIT_USER_ERROR)
         except UserError as e:
             _die(str(e))
         except Stopped as e:

@@ -22,6 +22,7 @@ MLPS = ("gelu", "swiglu")
 ATTENTIONS = ("auto", "xla", "cudnn", "reference")
 REMATS = ("none", "full", "dots", "dots_no_batch")
 NONFINITE_POLICIES = ("stop", "skip")
+DECODE_ERRORS = ("strict", "replace")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -88,7 +89,9 @@ def defaults() -> ml_collections.ConfigDict:
     # `separator`; cache_dir holds the built TFDS datasets ('' = ~/.cache/lm/tfds).
     # shards: independent pipelines the global batch is drawn from, split among the processes (0 = one per
     # process); runs with the same shards see the same batches whatever the process count.
-    c.data = dict(path="", separator="\n\n", validation_fraction=0.1, cache_dir="", shards=0)
+    # decode_errors: what bytes that are not UTF-8 do: 'strict' stops with the file and offset, 'replace' reads
+    # them as U+FFFD (and says how many).
+    c.data = dict(path="", separator="\n\n", validation_fraction=0.1, cache_dir="", shards=0, decode_errors="strict")
     c.tokenizer = dict(type="char", vocab_size=256)  # type: char, bpe or unigram
     # mlp_dim 0 means 4 * embed_dim; max_len is the context length in tokens.
     # See ModelConfig for what each key means.
@@ -184,5 +187,7 @@ def validate(cfg: ml_collections.ConfigDict) -> None:
     _check(cfg.mesh.cpu_devices >= 0,
            f"config.mesh.cpu_devices must be >= 0 (0: one per core), got {cfg.mesh.cpu_devices}")
     _check(cfg.data.shards >= 0, f"config.data.shards must be >= 0 (0: one per process), got {cfg.data.shards}")
+    _check(cfg.data.decode_errors in DECODE_ERRORS,
+           f"config.data.decode_errors must be one of {DECODE_ERRORS}, got {cfg.data.decode_errors!r}")
     f = cfg.data.validation_fraction
     _check(0 < f < 1, f"config.data.validation_fraction must be in (0, 1), got {f}")

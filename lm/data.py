@@ -18,6 +18,7 @@ import importlib.resources
 import itertools
 import json
 import os
+import sys
 from collections.abc import Iterator
 from typing import Any
 
@@ -58,6 +59,25 @@ def corpus_files(path: str) -> list[str]:
     return files
 
 
+def read_text(path: str, decode_errors: str = "strict") -> str:
+    """A UTF-8 file's text. Undecodable bytes stop with one line ('strict'), or each undecodable sequence is read
+    as U+FFFD, with one warning line that counts them ('replace')."""
+    with open(path, "rb") as f:
+        raw = f.read()
+    try:
+        return raw.decode("utf-8")
+    except UnicodeDecodeError as e:
+        if decode_errors == "strict":
+            raise UserError(f"{path} is not UTF-8 text: byte {e.start} (0x{raw[e.start]:02x}) cannot be decoded; "
+                            "convert the file to UTF-8, or set --config.data.decode_errors=replace to read "
+                            "undecodable bytes as U+FFFD") from None
+        text = raw.decode("utf-8", errors="replace")
+        bad = text.count("\ufffd") - raw.count("\ufffd".encode())
+        print(f"warning: {path}: {bad} undecodable byte sequence(s), the first at byte {e.start}, read as U+FFFD "
+              "(config.data.decode_errors=replace)", file=sys.stderr, flush=True)
+        return text
+
+
 def split_documents(text: str, separator: str, validation_fraction: float) -> dict[str, list[str]]:
     """First (1 - fraction) of the characters -> train, the rest -> validation; each cut into documents."""
     cut = int(len(text) * (1 - validation_fraction))
@@ -70,12 +90,15 @@ class TextCorpus(tfds.core.GeneratorBasedBuilder):
 
     VERSION = tfds.core.Version("1.0.0")
 
-    def __init__(self, *, files: list[str], separator: str, validation_fraction: float, **kwargs: Any):
+    def __init__(self, *, files: list[str], separator: str, validation_fraction: float, decode_errors: str,
+                 **kwargs: Any):
         self._files, self._separator, self._fraction = files, separator, validation_fraction
+        self._decode_errors = decode_errors
         settings = {
             "files": [(os.path.abspath(f), os.path.getsize(f), os.stat(f).st_mtime_ns) for f in files],
             "separator": separator,
             "validation_fraction": validation_fraction,
+            "decode_errors": decode_errors,
         }
         key = hashlib.sha256(json.dumps(settings).encode()).hexdigest()[:16]
         stem = os.path.splitext(os.path.basename(files[0]))[0] if len(files) == 1 else "folder"
@@ -86,10 +109,7 @@ class TextCorpus(tfds.core.GeneratorBasedBuilder):
         return tfds.core.DatasetInfo(builder=self, features=tfds.features.FeaturesDict({"text": tfds.features.Text()}))
 
     def _split_generators(self, dl_manager: Any) -> dict[str, Any]:
-        texts = []
-        for f in self._files:
-            with open(f, "rb") as fh:
-                texts.append(fh.read().decode("utf-8", errors="replace"))  # undecodable bytes become U+FFFD
+        texts = [read_text(f, self._decode_errors) for f in self._files]
         text = (self._separator or "\n").join(texts)
         if not text.strip():
             raise UserError(f"corpus {', '.join(self._files)} is empty; point --config.data.path at text")
@@ -105,8 +125,10 @@ class TextCorpus(tfds.core.GeneratorBasedBuilder):
             yield i, {"text": doc}
 
 
-def build(path: str, separator: str, validation_fraction: float, cache_dir: str) -> TextCorpus:
-    """The corpus at `path` as a prepared TFDS dataset under `cache_dir` (built on first use)."""
+def build(path: str, separator: str, validation_fraction: float, cache_dir: str,
+          decode_errors: str = "strict") -> TextCorpus:
+    """The corpus at `path` as a prepared TFDS dataset under `cache_dir` (built on first use); `decode_errors`:
+    what undecodable bytes do (see `read_text`)."""
     files = corpus_files(path)
     root = os.path.expanduser(cache_dir or "~/.cache/lm/tfds")
     os.makedirs(root, exist_ok=True)
@@ -116,7 +138,7 @@ def build(path: str, separator: str, validation_fraction: float, cache_dir: str)
         with open(os.path.join(root, ".build.lock"), "w") as lock:
             fcntl.flock(lock, fcntl.LOCK_EX)  # processes sharing a cache build once, one at a time
             builder = TextCorpus(files=files, separator=separator, validation_fraction=validation_fraction,
-                                 data_dir=root, file_format="array_record")
+                                 decode_errors=decode_errors, data_dir=root, file_format="array_record")
             if not builder.is_prepared():
                 print(f"building dataset from {files[0]}{' and more' if len(files) > 1 else ''} in "
                       f"{builder.data_dir}", flush=True)

@@ -119,7 +119,7 @@ def train(cfg: ml_collections.ConfigDict, workdir: str) -> dict[str, float]:
         raise cli.UserError(f"config.train.batch_size={batch} is not divisible by the data-parallel size "
                             f"{layout.data_parallel} (mesh data x fsdp)")
     d = cfg.data
-    corpus = data.build(d.path, d.separator, d.validation_fraction, d.cache_dir)
+    corpus = data.build(d.path, d.separator, d.validation_fraction, d.cache_dir, d.decode_errors)
     ckpt = checkpoint.Checkpointer(workdir, cfg.checkpoint.every, cfg.checkpoint.keep)
     start = ckpt.latest_step()
     if start == 0:
@@ -145,7 +145,7 @@ def train(cfg: ml_collections.ConfigDict, workdir: str) -> dict[str, float]:
     tx, lr = optim.optimizer(cfg.optim, cfg.train.steps)
 
     if start:
-        checkpoint.check_compatible(saved["model"], model_config, workdir)
+        checkpoint.check_compatible(saved, model_config, cfg.tokenizer.to_dict(), workdir)
         start, state, data_state, damaged = ckpt.restore_newest_good(start, state_lib.abstract(model, tx, layout))
         if damaged and process == 0:
             print(f"warning: checkpoint {', '.join(damaged)} is damaged and was moved aside as damaged-STEP; "

@@ -12,14 +12,41 @@ def test_config_key_typo_names_the_key(tmp_path, cache_dir):
     one_line_error(result, "config.model.num_layer", "num_layers")
 
 
-@pytest.mark.parametrize("flag,message", [
-    ("--config.model.num_heads=3", "not divisible"),
-    ("--config.model.num_layers=abc", "num_layers"),
-    ("--config.tokenizer.type=word", "tokenizer.type"),
-    ("--config.mesh.data=3", "config.mesh (data=3, fsdp=1, tensor=1) needs 3 devices but 1 are present"),
+@pytest.mark.parametrize("flags,message", [
+    (["--config.model.num_heads=3"], "config.model.embed_dim=32 is not divisible by config.model.num_heads=3"),
+    (["--config.model.num_layers=abc"], "flag --config.model.num_layers=abc: invalid literal for int()"),  # type
+    (["--config.optim.lr=-0.1"], "config.optim.lr must be positive, got -0.1"),  # range
+    (["--config.tokenizer.type=word"], "config.tokenizer.type must be one of ('char', 'bpe', 'unigram'), got 'word'"),
+    (["--config.mesh.data=3"], "config.mesh (data=3, fsdp=1, tensor=1) needs 3 devices but 1 are present"),
+    (["--config.mesh.cpu_devices=2", "--config.mesh.tensor=2", "--config.model.num_heads=1"],  # the model
+     "model.num_heads=1 is not divisible by mesh tensor=2"),
 ])
-def test_bad_config_values_are_one_line(flag, message, tmp_path):
-    one_line_error(run_module("lm.train", "--config", TINY, "--workdir", str(tmp_path), flag), message)
+def test_bad_config_values_are_one_line(flags, message, tmp_path, cache_dir):
+    one_line_error(run_module("lm.train", "--config", TINY, "--workdir", str(tmp_path),
+                              f"--config.data.cache_dir={cache_dir}", *flags), message)
+
+
+def test_a_workdir_of_another_model_or_tokenizer_is_one_line(tiny_run, cache_dir):
+    workdir, _ = tiny_run
+    train = ("lm.train", "--config", TINY, "--workdir", workdir, f"--config.data.cache_dir={cache_dir}")
+    one_line_error(run_module(*train, "--config.model.num_layers=3"),
+                   f"{workdir} holds a checkpoint of another model (num_layers: saved 2, config 3)")
+    one_line_error(run_module(*train, "--config.tokenizer.type=bpe"),
+                   f"{workdir} holds a run trained with another tokenizer (type: saved 'char', config 'bpe')")
+
+
+def test_undecodable_bytes_stop_the_run_or_are_read_as_replacement_characters(tmp_path, cache_dir):
+    corpus = tmp_path / "latin1.txt"
+    corpus.write_bytes("Caf\u00e9 au lait, s'il vous pla\u00eet.\n\n".encode("latin-1") * 200)
+    train = ("lm.train", "--config", TINY, f"--config.data.path={corpus}", f"--config.data.cache_dir={cache_dir}",
+             "--config.train.steps=2")
+    one_line_error(run_module(*train, "--workdir", str(tmp_path / "strict")),
+                   f"{corpus} is not UTF-8 text: byte 3 (0xe9) cannot be decoded; convert the file to UTF-8, or set "
+                   "--config.data.decode_errors=replace")
+    replaced = run_module(*train, "--workdir", str(tmp_path / "replace"), "--config.data.decode_errors=replace")
+    assert replaced.returncode == 0, replaced.stderr
+    assert replaced.stderr.splitlines() == [f"warning: {corpus}: 400 undecodable byte sequence(s), the first at byte "
+                                            "3, read as U+FFFD (config.data.decode_errors=replace)"]
 
 
 def test_cpu_devices_split_the_host_into_a_data_parallel_mesh(tmp_path, cache_dir):

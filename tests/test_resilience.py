@@ -169,3 +169,44 @@ def test_a_nan_step_stops_the_run_or_is_skipped_as_configured(tmp_path, cache_di
     state, data_state = _final_state(tmp_path / "skip", 10)
     assert int(state.step) == 10 and _adam_count(state) == 9  # step 5's batch was used, its update was not
     assert data_state["nonfinite"] == {"skipped": 1, "in_a_row": 0}
+
+
+def test_a_full_disk_stops_the_run_with_one_line_and_the_previous_checkpoint_resumes(tmp_path, cache_dir):
+    """A real full disk: a size-limited tmpfs in a private mount namespace (unshare, no privileges needed).
+    Too few bytes are caught before a save starts; too few inodes (not foreseen) while orbax writes."""
+    disk, run = tmp_path / "disk", tmp_path / "disk" / "run"
+    train = " ".join(_train_command(run, cache_dir, "--config.train.steps=12"))
+    script = tmp_path / "full_disk.sh"
+    script.write_text(f"""set -u
+mkdir -p {disk}
+cd {ROOT}
+O={tmp_path}
+attempt() {{ {train} > $O/out$1 2> $O/err$1; echo $? > $O/rc$1; ls {run}/checkpoints > $O/ls$1; }}
+mount -t tmpfs -o size=1800k tmpfs {disk}
+attempt 1
+mount -o remount,size=16m {disk}
+attempt 2
+umount {disk}
+mount -t tmpfs -o size=16m,nr_inodes=100 tmpfs {disk}
+attempt 3
+mount -o remount,nr_inodes=10000 {disk}
+attempt 4
+""")
+    done = subprocess.run(["unshare", "--user", "--map-root-user", "--mount", "bash", str(script)], env=USER_ENV,
+                          capture_output=True, text=True, timeout=600)
+    assert done.returncode == 0, done.stderr
+    out = {i: {k: (tmp_path / f"{k}{i}").read_text() for k in ("rc", "out", "err", "ls")} for i in (1, 2, 3, 4)}
+    checkpoints = str(run / "checkpoints")
+    assert out[1]["rc"].strip() == "2" and re.fullmatch(
+        rf"error: the disk is too full to save checkpoint 10: it needs about [\d.]+ MiB in {re.escape(checkpoints)}, "
+        r"[\d.]+ MiB are free; free some space and rerun the same command to resume from checkpoint 1\n",
+        out[1]["err"]), out[1]["err"]
+    assert out[1]["ls"].split() == ["1"]  # nothing of the save that did not fit was written
+    assert out[3]["rc"].strip() == "2" and out[3]["err"].splitlines() == [
+        f"error: the disk filled up while writing checkpoint 10 in {checkpoints}; free some space and rerun the same "
+        "command to resume from checkpoint 1"], out[3]["err"]
+    assert out[3]["ls"].split() == ["1", "10.orbax-checkpoint-tmp"]
+    for i in (2, 4):  # with room again, the same command resumes from the checkpoint before the full disk
+        assert out[i]["rc"].strip() == "0", out[i]["err"]
+        assert "resuming at step 1" in out[i]["out"] and "step     12/12" in out[i]["out"]
+        assert out[i]["ls"].split() == ["10", "12"]

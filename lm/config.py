@@ -23,6 +23,7 @@ ATTENTIONS = ("auto", "xla", "cudnn", "reference")
 REMATS = ("none", "full", "dots", "dots_no_batch")
 NONFINITE_POLICIES = ("stop", "skip")
 DECODE_ERRORS = ("strict", "replace")
+DATA_FORMATS = ("auto", "text", "jsonl")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -85,13 +86,16 @@ def defaults() -> ml_collections.ConfigDict:
     # init_from: 'WORKDIR' or 'WORKDIR:STEP' of another run (or an imported GPT-2) whose parameters and
     # tokenizer a new run starts from (not its optimizer state or step), e.g. to fine-tune; '' = from scratch.
     c.init_from = ""
-    # path: a text file or a folder of .txt files ('' = the bundled tiny Shakespeare); documents are cut at
-    # `separator`; cache_dir holds the built TFDS datasets ('' = ~/.cache/lm/tfds).
+    # path: a text or JSONL file, or a folder of .txt and .jsonl files ('' = the bundled tiny Shakespeare);
+    # format: auto (by extension), text or jsonl. Text is cut into documents at `separator`; a JSONL row is a
+    # document: its text_key field, after its prompt_key field if set (the loss skips the prompt's tokens).
+    # cache_dir holds the built TFDS datasets ('' = ~/.cache/lm/tfds).
     # shards: independent pipelines the global batch is drawn from, split among the processes (0 = one per
     # process); runs with the same shards see the same batches whatever the process count.
     # decode_errors: what bytes that are not UTF-8 do: 'strict' stops with the file and offset, 'replace' reads
     # them as U+FFFD (and says how many).
-    c.data = dict(path="", separator="\n\n", validation_fraction=0.1, cache_dir="", shards=0, decode_errors="strict")
+    c.data = dict(path="", format="auto", text_key="text", prompt_key="", separator="\n\n", validation_fraction=0.1,
+                  cache_dir="", shards=0, decode_errors="strict")
     c.tokenizer = dict(type="char", vocab_size=256)  # type: char, bpe or unigram
     # mlp_dim 0 means 4 * embed_dim; max_len is the context length in tokens.
     # See ModelConfig for what each key means.
@@ -187,6 +191,9 @@ def validate(cfg: ml_collections.ConfigDict) -> None:
     _check(cfg.mesh.cpu_devices >= 0,
            f"config.mesh.cpu_devices must be >= 0 (0: one per core), got {cfg.mesh.cpu_devices}")
     _check(cfg.data.shards >= 0, f"config.data.shards must be >= 0 (0: one per process), got {cfg.data.shards}")
+    _check(cfg.data.format in DATA_FORMATS,
+           f"config.data.format must be one of {DATA_FORMATS}, got {cfg.data.format!r}")
+    _check(bool(cfg.data.text_key), "config.data.text_key must name the JSONL field that holds the text")
     _check(cfg.data.decode_errors in DECODE_ERRORS,
            f"config.data.decode_errors must be one of {DECODE_ERRORS}, got {cfg.data.decode_errors!r}")
     f = cfg.data.validation_fraction

@@ -1,10 +1,12 @@
 """Corpus -> TFDS dataset (array_record) -> grain pipeline -> packed, shuffled, per-process batches.
 
-A corpus (the bundled tiny Shakespeare, a text file, or a folder of .txt files) is split 90/10 by characters
-into train and validation text, each cut into documents at `separator`, and written once as a TFDS dataset in
-a cache folder keyed by the source and the settings. Training reads it through a TFDS data source: documents
-are shuffled per epoch with a seed, tokenized as [BOS] doc [EOS], concatenated and split into rows of
-`max_len + 1` tokens with segment ids and positions, and batched.
+A corpus (the bundled tiny Shakespeare, a text or JSONL file, or a folder of .txt and .jsonl files) becomes
+train and validation documents: text is split 90/10 by characters and cut into documents at `separator`; JSONL
+rows are documents (their `text_key` field, and a `prompt_key` field for supervised fine-tuning), the last 10%
+of them for validation. They are written once as a TFDS dataset in a cache folder keyed by the files and the
+settings. Training reads it through a TFDS data source: documents are shuffled per epoch with a seed, tokenized
+as [BOS] prompt text [EOS] with a loss mask that is 0 over BOS and the prompt, concatenated and split into rows
+of `max_len + 1` tokens with segment ids and positions, and batched.
 
 A global batch is drawn from `shards` independent pipelines (shard s reads documents s, s + shards, ...) that
 are split among the processes, so each process reads only its own rows, and runs with the same `shards` see
@@ -19,6 +21,7 @@ import itertools
 import json
 import os
 import sys
+import time
 from collections.abc import Iterator
 from typing import Any
 
@@ -41,22 +44,56 @@ def bundled_corpus() -> str:
     return str(importlib.resources.files("lm") / "data" / BUNDLED)
 
 
-def corpus_files(path: str) -> list[str]:
-    """The text files of a corpus: `path` itself, or every .txt file under the folder `path`, sorted."""
+FORMATS = {".txt": "text", ".jsonl": "jsonl"}  # file extension -> format
+
+
+def corpus_files(path: str, data_format: str = "auto") -> list[str]:
+    """The files of a corpus: `path` itself, or the files under the folder `path` (sorted) that hold
+    `data_format` ('text': .txt, 'jsonl': .jsonl, 'auto': both)."""
     path = path or bundled_corpus()
     if os.path.isfile(path):
         return [path]
     if not os.path.isdir(path):
         raise UserError(f"data path {path} does not exist; set --config.data.path to a text file or folder")
+    wanted = [ext for ext, f in FORMATS.items() if data_format in ("auto", f)]
     files = sorted(
         os.path.join(root, name)
         for root, _, names in os.walk(path)
         for name in names
-        if name.endswith(".txt") and not name.startswith(".")
+        if os.path.splitext(name)[1] in wanted and not name.startswith(".")
     )
     if not files:
-        raise UserError(f"data folder {path} holds no .txt files; add some or point --config.data.path elsewhere")
+        raise UserError(f"data folder {path} holds no {' or '.join(wanted)} files; add some or point "
+                        "--config.data.path elsewhere")
     return files
+
+
+def file_format(path: str, data_format: str) -> str:
+    """'text' or 'jsonl': `data_format`, or if 'auto', what the file's extension says (text unless .jsonl)."""
+    return data_format if data_format != "auto" else FORMATS.get(os.path.splitext(path)[1], "text")
+
+
+def read_jsonl(path: str, text_key: str, prompt_key: str = "") -> list[tuple[str, str]]:
+    """(prompt, text) of each non-blank line of a JSONL file (prompt '' unless `prompt_key`); a bad row stops
+    with one line naming the file and line."""
+    rows = []
+    with open(path, "rb") as f:
+        for n, line in enumerate(f, 1):
+            if not line.strip():
+                continue
+            try:
+                row = json.loads(line)
+            except ValueError as e:  # not JSON, or not UTF-8
+                raise UserError(f"{path} line {n} is not a JSON object ({e}); fix or remove that line") from None
+            fields = [k for k in (prompt_key, text_key) if k]
+            for key in fields:
+                if not isinstance(row, dict) or not isinstance(row.get(key), str):
+                    what = "has no" if not isinstance(row, dict) or key not in row else "has a non-string"
+                    name = "config.data.prompt_key" if key == prompt_key else "config.data.text_key"
+                    raise UserError(f"{path} line {n} {what} '{key}' field ({name}); fix the row, or set {name} to "
+                                    "the field that holds the text")
+            rows.append((row[prompt_key] if prompt_key else "", row[text_key]))
+    return rows
 
 
 def read_text(path: str, decode_errors: str = "strict") -> str:
@@ -85,20 +122,40 @@ def split_documents(text: str, separator: str, validation_fraction: float) -> di
     return {k: [d for d in (v.split(separator) if separator else [v]) if d] for k, v in parts.items()}
 
 
-class TextCorpus(tfds.core.GeneratorBasedBuilder):
-    """TFDS builder over local text files: splits 'train' and 'validation' of {'text': document}."""
+class _Progress:
+    """One console line, rewritten at most twice a second, while a dataset is built."""
 
-    VERSION = tfds.core.Version("1.0.0")
+    def __init__(self, total_bytes: int):
+        self.total, self.done, self.shown = total_bytes, 0, 0.0
+
+    def advance(self, nbytes: int, label: str) -> None:
+        self.done += nbytes
+        if time.time() - self.shown > 0.5 or self.done == self.total:
+            self.shown = time.time()
+            print(f"\r  read {self.done / 2**20:,.1f} of {self.total / 2**20:,.1f} MiB ({label})", end="",
+                  flush=True)
+
+
+class TextCorpus(tfds.core.GeneratorBasedBuilder):
+    """TFDS builder over local text or JSONL files: splits 'train' and 'validation' of {'prompt', 'text'}
+    documents ('prompt' is empty unless JSONL rows have a prompt field; the loss skips its tokens)."""
+
+    VERSION = tfds.core.Version("1.1.0")
+    RELEASE_NOTES = {"1.1.0": "JSONL sources and a prompt feature", "1.0.0": "Text files"}
 
     def __init__(self, *, files: list[str], separator: str, validation_fraction: float, decode_errors: str,
-                 **kwargs: Any):
+                 data_format: str, text_key: str, prompt_key: str, **kwargs: Any):
         self._files, self._separator, self._fraction = files, separator, validation_fraction
-        self._decode_errors = decode_errors
+        self._decode_errors, self._format, self._text_key, self._prompt_key = (decode_errors, data_format, text_key,
+                                                                               prompt_key)
         settings = {
             "files": [(os.path.abspath(f), os.path.getsize(f), os.stat(f).st_mtime_ns) for f in files],
             "separator": separator,
             "validation_fraction": validation_fraction,
             "decode_errors": decode_errors,
+            "format": data_format,
+            "text_key": text_key,
+            "prompt_key": prompt_key,
         }
         key = hashlib.sha256(json.dumps(settings).encode()).hexdigest()[:16]
         stem = os.path.splitext(os.path.basename(files[0]))[0] if len(files) == 1 else "folder"
@@ -106,30 +163,45 @@ class TextCorpus(tfds.core.GeneratorBasedBuilder):
         super().__init__(config=config, **kwargs)
 
     def _info(self) -> tfds.core.DatasetInfo:
-        return tfds.core.DatasetInfo(builder=self, features=tfds.features.FeaturesDict({"text": tfds.features.Text()}))
+        features = tfds.features.FeaturesDict({"prompt": tfds.features.Text(), "text": tfds.features.Text()})
+        return tfds.core.DatasetInfo(builder=self, features=features)
 
     def _split_generators(self, dl_manager: Any) -> dict[str, Any]:
-        texts = [read_text(f, self._decode_errors) for f in self._files]
+        progress = _Progress(sum(os.path.getsize(f) for f in self._files))
+        texts, rows = [], []  # text files are cut by characters, JSONL files by rows
+        for i, f in enumerate(self._files):
+            if file_format(f, self._format) == "jsonl":
+                rows.extend(read_jsonl(f, self._text_key, self._prompt_key))
+            else:
+                texts.append(read_text(f, self._decode_errors))
+            progress.advance(os.path.getsize(f), f"{i + 1} of {len(self._files)} files")
+        print(flush=True)
+        names = ", ".join(self._files[:3]) + (f" and {len(self._files) - 3} more" if len(self._files) > 3 else "")
         text = (self._separator or "\n").join(texts)
-        if not text.strip():
-            raise UserError(f"corpus {', '.join(self._files)} is empty; point --config.data.path at text")
-        docs = split_documents(text, self._separator, self._fraction)
+        if not text.strip() and not rows:
+            raise UserError(f"corpus {names} is empty; point --config.data.path at text")
+        docs = {split: [("", d) for d in part] for split, part in
+                split_documents(text, self._separator, self._fraction).items()} if text.strip() else \
+            {"train": [], "validation": []}
+        cut = len(rows) - int(round(len(rows) * self._fraction))
+        docs["train"] += rows[:cut]
+        docs["validation"] += rows[cut:]
         for split, d in docs.items():
             if not d:
-                raise UserError(f"corpus {', '.join(self._files)} has no {split} text after a "
+                raise UserError(f"corpus {names} has no {split} text after a "
                                 f"{1 - self._fraction:.0%}/{self._fraction:.0%} split; use a larger corpus")
         return {split: self._generate_examples(d) for split, d in docs.items()}
 
-    def _generate_examples(self, docs: list[str]) -> Iterator[tuple[int, dict[str, str]]]:
-        for i, doc in enumerate(docs):
-            yield i, {"text": doc}
+    def _generate_examples(self, docs: list[tuple[str, str]]) -> Iterator[tuple[int, dict[str, str]]]:
+        for i, (prompt, text) in enumerate(docs):
+            yield i, {"prompt": prompt, "text": text}
 
 
-def build(path: str, separator: str, validation_fraction: float, cache_dir: str,
-          decode_errors: str = "strict") -> TextCorpus:
-    """The corpus at `path` as a prepared TFDS dataset under `cache_dir` (built on first use); `decode_errors`:
-    what undecodable bytes do (see `read_text`)."""
-    files = corpus_files(path)
+def build(path: str, separator: str, validation_fraction: float, cache_dir: str, *, decode_errors: str = "strict",
+          data_format: str = "auto", text_key: str = "text", prompt_key: str = "") -> TextCorpus:
+    """The corpus at `path` as a prepared TFDS dataset under `cache_dir` (built on first use, rebuilt when the
+    files or settings change). See `config.data` in lm/config.py for what each setting means."""
+    files = corpus_files(path, data_format)
     root = os.path.expanduser(cache_dir or "~/.cache/lm/tfds")
     os.makedirs(root, exist_ok=True)
     verbosity = absl_logging.get_verbosity()
@@ -138,7 +210,8 @@ def build(path: str, separator: str, validation_fraction: float, cache_dir: str,
         with open(os.path.join(root, ".build.lock"), "w") as lock:
             fcntl.flock(lock, fcntl.LOCK_EX)  # processes sharing a cache build once, one at a time
             builder = TextCorpus(files=files, separator=separator, validation_fraction=validation_fraction,
-                                 decode_errors=decode_errors, data_dir=root, file_format="array_record")
+                                 decode_errors=decode_errors, data_format=data_format, text_key=text_key,
+                                 prompt_key=prompt_key, data_dir=root, file_format="array_record")
             if not builder.is_prepared():
                 print(f"building dataset from {files[0]}{' and more' if len(files) > 1 else ''} in "
                       f"{builder.data_dir}", flush=True)
@@ -150,33 +223,40 @@ def build(path: str, separator: str, validation_fraction: float, cache_dir: str,
 
 
 def texts(builder: TextCorpus, split: str) -> Iterator[str]:
-    """Every document of a split, as text (e.g. to train the tokenizer on)."""
+    """Every document of a split, as text: its prompt (if any) and text (e.g. to train the tokenizer on)."""
     source = builder.as_data_source(split=split)
     for i in range(len(source)):
-        yield source[i]["text"].decode("utf-8")
+        yield (source[i]["prompt"] + source[i]["text"]).decode("utf-8")
 
 
 class _Tokenize(grain.transforms.Map):
+    """[BOS] prompt text [EOS] -> tokens and loss_mask (1 where the token is a target the loss counts: the
+    text's tokens and EOS, not BOS or the prompt's)."""
+
     def __init__(self, tokenizer: AnyTokenizer):
         self.tokenizer = tokenizer
 
     def map(self, record: dict[str, bytes]) -> dict[str, np.ndarray]:
         t = self.tokenizer
-        ids = [t.bos_id, *t.encode(record["text"].decode("utf-8")), t.eos_id]
-        return {"tokens": np.asarray(ids, np.int32)}
+        prompt = t.encode(record["prompt"].decode("utf-8")) if record["prompt"] else []
+        text = t.encode(record["text"].decode("utf-8"))
+        ids = [t.bos_id, *prompt, *text, t.eos_id]
+        mask = np.ones(len(ids), np.int32)
+        mask[:1 + len(prompt)] = 0
+        return {"tokens": np.asarray(ids, np.int32), "loss_mask": mask}
 
 
 def _rows(builder: TextCorpus, split: str, tokenizer: AnyTokenizer, row_len: int, shard: int, shards: int,
           seed: int | None) -> grain.IterDataset:
-    """Packed rows {'tokens', 'segment_ids', 'positions'} [row_len] of one shard; endless and shuffled if seeded."""
+    """Packed rows {'tokens', 'segment_ids', 'positions', 'loss_mask'} [row_len] of one shard; endless and shuffled
+    if seeded."""
     docs = grain.MapDataset.source(builder.as_data_source(split=split))[shard::shards]
     if seed is not None:
         docs = docs.shuffle(seed=seed).repeat(None)
     docs = docs.map(_Tokenize(tokenizer)).to_iter_dataset(grain.ReadOptions(num_threads=0, prefetch_buffer_size=0))
-    packed = grain_exp.ConcatThenSplitIterDataset(docs, length_struct={"tokens": row_len})
-    return packed.map(
-        lambda r: {"tokens": r["tokens"], "segment_ids": r["tokens_segment_ids"], "positions": r["tokens_positions"]}
-    )
+    packed = grain_exp.ConcatThenSplitIterDataset(docs, length_struct={"tokens": row_len, "loss_mask": row_len})
+    return packed.map(lambda r: {"tokens": r["tokens"], "segment_ids": r["tokens_segment_ids"],
+                                 "positions": r["tokens_positions"], "loss_mask": r["loss_mask"]})
 
 
 def local_shards(shards: int, global_batch: int, process_index: int, process_count: int) -> range:
@@ -237,7 +317,7 @@ def eval_batches(builder: TextCorpus, tokenizer: AnyTokenizer, row_len: int, glo
     per_shard = [list(itertools.islice(_rows(builder, split, tokenizer, row_len, s, shards, None), limit))
                  for s in local]
     count = sharding.global_max(max(-(-len(r) // rows) for r in per_shard))
-    empty = {k: np.zeros(row_len, np.int32) for k in ("tokens", "segment_ids", "positions")}
+    empty = {k: np.zeros(row_len, np.int32) for k in ("tokens", "segment_ids", "positions", "loss_mask")}
     batches = []
     for b in range(count):
         chunk = [r[b * rows:(b + 1) * rows] for r in per_shard]

@@ -12,11 +12,14 @@ def token_nll(model: TransformerLM, params: Any, batch: dict[str, jax.Array]) ->
     """Per-token negative log-likelihood [B, T], log-normalizer log Z [B, T], mask [B, T] and targets [B, T].
 
     Rows in `batch` hold T + 1 tokens: inputs are the first T, targets the last T. A target counts only if
-    it continues the document of its input (same segment, not padding). All in float32.
+    it continues the document of its input (same segment, not padding) and, if the batch has a `loss_mask`,
+    where that is 1 (0 over prompts, for supervised fine-tuning). All in float32.
     """
     tokens, segments, positions = batch["tokens"], batch["segment_ids"], batch["positions"]
     inputs, targets = tokens[:, :-1], tokens[:, 1:]
     mask = (segments[:, 1:] == segments[:, :-1]) & (segments[:, 1:] > 0)
+    if "loss_mask" in batch:
+        mask &= batch["loss_mask"][:, 1:] > 0
     logits = model.apply({"params": params}, inputs, positions[:, :-1], segments[:, :-1])  # [B, T, V] float32
     log_z = jax.nn.logsumexp(logits, axis=-1)
     nll = log_z - jnp.take_along_axis(logits, targets[..., None], axis=-1)[..., 0]

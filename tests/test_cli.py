@@ -1,6 +1,7 @@
 """The command-line tools as a user runs them: one-line errors, evaluate, sample and bench."""
 
 import json
+import os
 import re
 
 import pytest
@@ -59,16 +60,41 @@ def test_cpu_devices_split_the_host_into_a_data_parallel_mesh(tmp_path, cache_di
                    "config.mesh.cpu_devices must be >= 0")
 
 
-def test_missing_and_empty_data_are_one_line(tmp_path, cache_dir):
+def test_missing_empty_or_malformed_data_is_one_line(tmp_path, cache_dir):
+    train = ("lm.train", "--config", TINY, "--workdir", str(tmp_path / "w"), f"--config.data.cache_dir={cache_dir}")
     missing = tmp_path / "missing.txt"
-    result = run_module("lm.train", "--config", TINY, "--workdir", str(tmp_path / "w1"),
-                        f"--config.data.path={missing}", f"--config.data.cache_dir={cache_dir}")
-    one_line_error(result, str(missing), "does not exist")
+    one_line_error(run_module(*train, f"--config.data.path={missing}"), f"data path {missing} does not exist")
     empty = tmp_path / "empty.txt"
     empty.write_text("")
-    result = run_module("lm.train", "--config", TINY, "--workdir", str(tmp_path / "w2"),
-                        f"--config.data.path={empty}", f"--config.data.cache_dir={cache_dir}")
-    one_line_error(result, "is empty")
+    one_line_error(run_module(*train, f"--config.data.path={empty}"), f"corpus {empty} is empty")
+    rows = tmp_path / "rows.jsonl"
+    rows.write_text('{"text": "a row"}\n{"body": "a row without the text field"}\n')
+    one_line_error(run_module(*train, f"--config.data.path={rows}"),
+                   f"{rows} line 2 has no 'text' field (config.data.text_key)")
+
+
+def test_train_on_a_folder_of_text_and_on_jsonl_building_each_dataset_once(tmp_path):
+    cache = tmp_path / "cache"
+    folder = tmp_path / "folder"
+    folder.mkdir()
+    for i in range(3):
+        (folder / f"{i}.txt").write_text(f"Text file {i}. " * 200 + "\n\n" + "Another document. " * 200)
+    rows = tmp_path / "rows.jsonl"
+    rows.write_text("".join(json.dumps({"text": f"Row {i}: " + "words in a row. " * 20}) + "\n" for i in range(100)))
+
+    def train(source, name):
+        result = run_module("lm.train", "--config", TINY, "--workdir", str(tmp_path / name), "--config.train.steps=2",
+                            f"--config.data.path={source}", f"--config.data.cache_dir={cache}")
+        assert result.returncode == 0 and "val loss" in result.stdout, result.stderr
+        return "building dataset" in result.stdout
+
+    for source, change in ((folder, lambda: (folder / "3.txt").write_text("A new file. " * 100)),
+                           (rows, lambda: rows.write_text(rows.read_text() + '{"text": "One more row."}\n'))):
+        assert train(source, f"{source.name}-1")  # built
+        assert not train(source, f"{source.name}-2")  # reused
+        change()
+        assert train(source, f"{source.name}-3")  # the source changed: built again
+    assert len(os.listdir(cache / "text_corpus")) == 4
 
 
 def test_prompt_longer_than_the_context_is_one_line(tiny_run):

@@ -27,7 +27,9 @@ def corpus(cache_dir):
 def test_batches_are_packed_rows_of_documents(corpus):
     builder, tok = corpus
     batch = next(data.TrainBatches(builder, tok, 33, 4, seed=0))
-    assert {k: v.shape for k, v in batch.items()} == {k: (4, 33) for k in ("tokens", "segment_ids", "positions")}
+    assert {k: v.shape for k, v in batch.items()} == {k: (4, 33) for k in ("tokens", "segment_ids", "positions",
+                                                                          "loss_mask")}
+    assert (batch["loss_mask"] == (batch["tokens"] != tok.bos_id)).all()  # plain text: every target but BOS
     for tokens, segs, pos in zip(batch["tokens"], batch["segment_ids"], batch["positions"], strict=True):
         assert (segs >= 1).all() and (np.diff(segs) >= 0).all()
         starts = np.flatnonzero(np.diff(segs)) + 1  # a new document starts at position 0 with BOS
@@ -82,7 +84,7 @@ def test_missing_and_empty_data_are_one_line_errors(tmp_path, cache_dir):
     with pytest.raises(UserError, match="is empty"):
         data.build(str(tmp_path / "empty.txt"), "\n\n", 0.1, cache_dir)
     (tmp_path / "folder").mkdir()
-    with pytest.raises(UserError, match="no .txt files"):
+    with pytest.raises(UserError, match="no .txt or .jsonl files"):
         data.build(str(tmp_path / "folder"), "\n\n", 0.1, cache_dir)
 
 
@@ -92,3 +94,34 @@ def test_folder_of_files_is_one_corpus(tmp_path, cache_dir):
     builder = data.build(str(tmp_path), "\n\n", 0.2, cache_dir)
     docs = list(data.texts(builder, "train")) + list(data.texts(builder, "validation"))
     assert sum(len(d) for d in docs) > 0 and any("document 2" in d for d in docs)
+
+
+def test_jsonl_rows_are_documents_and_a_bad_row_is_named(tmp_path, cache_dir):
+    rows = tmp_path / "rows.jsonl"
+    rows.write_text("".join(json.dumps({"id": i, "text": f"row {i} " * 10}) + "\n\n" for i in range(20)))
+    builder = data.build(str(rows), "\n\n", 0.1, cache_dir)
+    assert sorted(data.texts(builder, "train")) == sorted(f"row {i} " * 10 for i in range(18))  # TFDS reorders
+    assert sorted(data.texts(builder, "validation")) == [f"row {i} " * 10 for i in (18, 19)]
+    bad = tmp_path / "bad.jsonl"
+    bad.write_text('{"text": "fine"}\n{"body": "no text field"}\n')
+    with pytest.raises(UserError, match=rf"^{bad} line 2 has no 'text' field \(config.data.text_key\); fix the row"):
+        data.build(str(bad), "\n\n", 0.5, cache_dir)
+    bad.write_text('{"text": "fine"}\n{"text": "ok"\n')
+    with pytest.raises(UserError, match=rf"^{bad} line 2 is not a JSON object"):
+        data.build(str(bad), "\n\n", 0.5, cache_dir)
+
+
+def test_prompt_tokens_are_masked_out_of_the_loss(tmp_path, cache_dir):
+    pairs = tmp_path / "sft.jsonl"
+    pairs.write_text("".join(json.dumps({"q": f"Q{i}?", "a": f" answer {i}."}) + "\n" for i in range(40)))
+    builder = data.build(str(pairs), "\n\n", 0.1, cache_dir, prompt_key="q", text_key="a")
+    tok = tokenizer.train(data.texts(builder, "train"), "char", 256)
+    batch = next(data.TrainBatches(builder, tok, 40, 4, seed=0))
+    for tokens, segments, mask in zip(batch["tokens"], batch["segment_ids"], batch["loss_mask"], strict=True):
+        for seg in set(segments[1:]) - {segments[0]}:  # whole documents (the first may have begun in the row before)
+            doc = np.flatnonzero(segments == seg)
+            if doc[-1] == len(tokens) - 1:  # continues in the next row
+                continue
+            prompt = tok.decode(tokens[doc][mask[doc] == 0][1:])  # after BOS
+            answer = tokens[doc][mask[doc] == 1]
+            assert answer[-1] == tok.eos_id and tok.decode(answer[:-1]) == f" answer {prompt[1:-1]}."

@@ -4,7 +4,9 @@ import json
 import os
 import shutil
 
+import flax.linen as nn
 import jax
+import jax.numpy as jnp
 import numpy as np
 import pytest
 
@@ -14,7 +16,7 @@ from lm import sharding as shd
 from lm import state as state_lib
 from lm.cli import UserError
 from lm.model import TransformerLM
-from lm.train import METRICS, train
+from lm.train import METRICS, loss_and_grads, train
 
 
 def _records(workdir):
@@ -108,3 +110,30 @@ def test_unknown_key_in_a_config_file_is_named(tiny_config):
     cfg.model.num_layer = 3
     with pytest.raises(UserError, match=r"config\.model\.num_layer \(did you mean 'num_layers'\?\)"):
         config_lib.validate(cfg)
+
+
+def test_prompt_targets_add_nothing_to_the_loss_or_the_gradients():
+    """Two packed documents, [BOS] prompt answer [EOS] each: the loss and its gradients are those of the answers'
+    and EOS's next-token terms alone, computed here straight from the logits."""
+    model = TransformerLM(config_lib.ModelConfig(vocab_size=50, max_len=15, num_layers=2, num_heads=2,
+                                                 embed_dim=16, mlp_dim=32))
+    params = jax.jit(lambda: nn.unbox(state_lib.boxed_params(model, 0)))()
+    tokens = jnp.array([[1, 7, 8, 9, 20, 21, 2, 1, 10, 11, 30, 31, 32, 2, 0, 0]])  # BOS=1, EOS=2, then padding
+    segments = jnp.array([[1] * 7 + [2] * 7 + [0, 0]])
+    positions = jnp.array([[0, 1, 2, 3, 4, 5, 6, 0, 1, 2, 3, 4, 5, 6, 0, 0]])
+    loss_mask = jnp.array([[0, 0, 0, 0, 1, 1, 1, 0, 0, 0, 1, 1, 1, 1, 0, 0]])  # answers and EOS
+    batch = {"tokens": tokens, "segment_ids": segments, "positions": positions, "loss_mask": loss_mask}
+    counted = [3, 4, 5, 9, 10, 11, 12]  # inputs whose next token is an answer token or EOS
+
+    def reference(p):
+        logits = model.apply({"params": p}, tokens[:, :-1], positions[:, :-1], segments[:, :-1])[0]
+        nll = -jnp.take_along_axis(jax.nn.log_softmax(logits), tokens[0, 1:, None], axis=-1)[:, 0]
+        return nll[jnp.array(counted)].mean()
+
+    loss, grads = loss_and_grads(model, params, batch)
+    want_loss, want_grads = jax.value_and_grad(reference)(params)
+    np.testing.assert_allclose(loss, want_loss, rtol=1e-6)
+    for g, w in zip(jax.tree.leaves(grads), jax.tree.leaves(want_grads), strict=True):
+        np.testing.assert_allclose(g, w, rtol=1e-5, atol=1e-7)
+    unmasked, _ = loss_and_grads(model, params, {k: v for k, v in batch.items() if k != "loss_mask"})
+    assert abs(float(unmasked) - float(loss)) > 1e-3  # the mask made a difference

@@ -45,9 +45,12 @@ class Checkpointer:
             options = ocp.CheckpointManagerOptions(read_only=True, create=False, save_interval_steps=0,
                                                    max_to_keep=None)
         else:
-            # cleanup_tmp_directories: writes that a killed run left unfinished are removed on start.
             options = ocp.CheckpointManagerOptions(max_to_keep=keep, save_interval_steps=every,
-                                                   enable_async_checkpointing=True, cleanup_tmp_directories=True)
+                                                   enable_async_checkpointing=True)
+            if jax.process_index() == 0 and os.path.isdir(path):  # writes that a killed run left unfinished
+                for name in os.listdir(path):
+                    if ".orbax-checkpoint-tmp" in name:
+                        shutil.rmtree(os.path.join(path, name), ignore_errors=True)
         self.manager = ocp.CheckpointManager(path, options=options)
         self._pending = -1  # the step of the save in flight, if any
 
@@ -189,9 +192,9 @@ def check_compatible(saved: dict[str, Any], current: ModelConfig, tokenizer: dic
                          if model.get(k) != v)
         raise UserError(f"{workdir} holds a checkpoint of another model ({diff}); use a new --workdir or the saved "
                         "settings")
-    was = saved.get("config", {}).get("tokenizer")
-    if was and was != tokenizer:
-        diff = ", ".join(f"{k}: saved {was.get(k)!r}, config {v!r}" for k, v in tokenizer.items() if was.get(k) != v)
+    was = saved.get("config", {}).get("tokenizer") or {}
+    diff = ", ".join(f"{k}: saved {was[k]!r}, config {v!r}" for k, v in tokenizer.items() if k in was and was[k] != v)
+    if diff:  # (settings added since an older checkpoint was written are not compared)
         raise UserError(f"{workdir} holds a run trained with another tokenizer ({diff}); use a new --workdir or the "
                         "saved settings")
 

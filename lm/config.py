@@ -96,7 +96,9 @@ def defaults() -> ml_collections.ConfigDict:
     # them as U+FFFD (and says how many).
     c.data = dict(path="", format="auto", text_key="text", prompt_key="", separator="\n\n", validation_fraction=0.1,
                   cache_dir="", shards=0, decode_errors="strict")
-    c.tokenizer = dict(type="char", vocab_size=256)  # type: char, bpe or unigram
+    # type: char, bpe or unigram, trained on the first sample_chars characters of the (shuffled) training
+    # documents (0: all); or path: an existing SentencePiece .model file, used as it is.
+    c.tokenizer = dict(type="char", vocab_size=256, sample_chars=20_000_000, path="")
     # mlp_dim 0 means 4 * embed_dim; max_len is the context length in tokens.
     # See ModelConfig for what each key means.
     c.model = dict(num_layers=4, num_heads=4, embed_dim=128, mlp_dim=0, max_len=64, num_kv_heads=0,
@@ -179,6 +181,8 @@ def validate(cfg: ml_collections.ConfigDict) -> None:
     _check(cfg.train.max_skips >= 1, f"config.train.max_skips must be >= 1, got {cfg.train.max_skips}")
     _check(all(isinstance(s, int) and s > 0 for s in cfg.train.nan_steps),
            f"config.train.nan_steps must be a tuple of positive steps, e.g. '(5, 6)', got {cfg.train.nan_steps!r}")
+    _check(cfg.tokenizer.sample_chars >= 0,
+           f"config.tokenizer.sample_chars must be >= 0 (0: all), got {cfg.tokenizer.sample_chars}")
     _check(
         cfg.tokenizer.type in TOKENIZER_TYPES,
         f"config.tokenizer.type must be one of {TOKENIZER_TYPES}, got {cfg.tokenizer.type!r}",

@@ -21,7 +21,6 @@ import itertools
 import json
 import os
 import sys
-import time
 from collections.abc import Iterator
 from typing import Any
 
@@ -33,6 +32,7 @@ from grain import experimental as grain_exp
 
 from lm import sharding
 from lm.cli import UserError
+from lm.progress import Progress
 from lm.tokenizer import AnyTokenizer
 
 BUNDLED = "tinyshakespeare.txt"
@@ -122,20 +122,6 @@ def split_documents(text: str, separator: str, validation_fraction: float) -> di
     return {k: [d for d in (v.split(separator) if separator else [v]) if d] for k, v in parts.items()}
 
 
-class _Progress:
-    """One console line, rewritten at most twice a second, while a dataset is built."""
-
-    def __init__(self, total_bytes: int):
-        self.total, self.done, self.shown = total_bytes, 0, 0.0
-
-    def advance(self, nbytes: int, label: str) -> None:
-        self.done += nbytes
-        if time.time() - self.shown > 0.5 or self.done == self.total:
-            self.shown = time.time()
-            print(f"\r  read {self.done / 2**20:,.1f} of {self.total / 2**20:,.1f} MiB ({label})", end="",
-                  flush=True)
-
-
 class TextCorpus(tfds.core.GeneratorBasedBuilder):
     """TFDS builder over local text or JSONL files: splits 'train' and 'validation' of {'prompt', 'text'}
     documents ('prompt' is empty unless JSONL rows have a prompt field; the loss skips its tokens)."""
@@ -167,7 +153,7 @@ class TextCorpus(tfds.core.GeneratorBasedBuilder):
         return tfds.core.DatasetInfo(builder=self, features=features)
 
     def _split_generators(self, dl_manager: Any) -> dict[str, Any]:
-        progress = _Progress(sum(os.path.getsize(f) for f in self._files))
+        progress = Progress("reading", sum(os.path.getsize(f) for f in self._files))
         texts, rows = [], []  # text files are cut by characters, JSONL files by rows
         for i, f in enumerate(self._files):
             if file_format(f, self._format) == "jsonl":
@@ -175,7 +161,7 @@ class TextCorpus(tfds.core.GeneratorBasedBuilder):
             else:
                 texts.append(read_text(f, self._decode_errors))
             progress.advance(os.path.getsize(f), f"{i + 1} of {len(self._files)} files")
-        print(flush=True)
+        progress.close()
         names = ", ".join(self._files[:3]) + (f" and {len(self._files) - 3} more" if len(self._files) > 3 else "")
         text = (self._separator or "\n").join(texts)
         if not text.strip() and not rows:

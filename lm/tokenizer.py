@@ -15,6 +15,7 @@ import sentencepiece as spm
 
 from lm.bpe import GPT2Tokenizer
 from lm.cli import UserError
+from lm.progress import Progress
 
 MODEL_FILE = "tokenizer.model"
 
@@ -59,14 +60,16 @@ class Tokenizer:
             f.write(self.proto)
 
     @classmethod
-    def load(cls, path: str) -> "Tokenizer":
+    def load(cls, path: str, fix: str = "delete it to retrain") -> "Tokenizer":
+        """The SentencePiece model file at `path`; one line saying what to do (`fix`) if it does not load."""
+        if not os.path.isfile(path):
+            raise UserError(f"tokenizer file {path} does not exist; {fix}")
         with open(path, "rb") as f:
             proto = f.read()
         try:
             return cls(proto)
-        except (RuntimeError, OSError) as e:
-            raise UserError(f"tokenizer {path} does not load as a SentencePiece model ({e}); delete it to retrain"
-                            ) from e
+        except (RuntimeError, OSError):
+            raise UserError(f"tokenizer {path} is not a SentencePiece model file; {fix}") from None
 
 
 AnyTokenizer = Tokenizer | GPT2Tokenizer  # what a run can hold: trained SentencePiece, or GPT-2's imported BPE
@@ -83,17 +86,29 @@ def from_json(saved: dict[str, Any] | str | None) -> AnyTokenizer | None:
     return Tokenizer(base64.b64decode(saved["model"]))
 
 
-def _lines(texts: Iterable[str]) -> Iterator[str]:
+def _lines(texts: Iterable[str], sample_chars: int = 0) -> Iterator[str]:
+    """The lines of `texts`, up to `sample_chars` characters in all (0: all), with a progress line."""
+    progress = Progress("text for the tokenizer", sample_chars, at_most=True) if sample_chars else None
+    taken = 0
     for text in texts:
+        if sample_chars:
+            text = text[:sample_chars - taken]
+            taken += len(text)
+            progress.advance(len(text))  # characters, counted as bytes
         yield from text.split("\n")
+        if sample_chars and taken >= sample_chars:
+            break
+    if progress:
+        progress.close()
 
 
-def train(texts: Iterable[str], model_type: str, vocab_size: int) -> Tokenizer:
-    """Trains a SentencePiece model of `model_type` ('char', 'bpe', 'unigram') on `texts`."""
+def train(texts: Iterable[str], model_type: str, vocab_size: int, sample_chars: int = 0) -> Tokenizer:
+    """Trains a SentencePiece model of `model_type` ('char', 'bpe', 'unigram') on the first `sample_chars`
+    characters of `texts` (0: all of them)."""
     out = io.BytesIO()
     try:
         spm.SentencePieceTrainer.train(
-            sentence_iterator=_lines(texts),
+            sentence_iterator=_lines(texts, sample_chars),
             model_writer=out,
             model_type=model_type,
             vocab_size=vocab_size,
@@ -115,14 +130,19 @@ def train(texts: Iterable[str], model_type: str, vocab_size: int) -> Tokenizer:
     return Tokenizer(out.getvalue())
 
 
-def load_or_train(workdir: str, model_type: str, vocab_size: int, texts: Iterable[str]) -> Tokenizer:
-    """The workdir's tokenizer if it has one (resume), else a new one trained on `texts` and saved there."""
-    path = os.path.join(workdir, MODEL_FILE)
-    if os.path.exists(path):
-        return Tokenizer.load(path)
-    tok = train(texts, model_type, vocab_size)
+def load_or_train(workdir: str, model_type: str, vocab_size: int, texts: Iterable[str], path: str = "",
+                  sample_chars: int = 0) -> Tokenizer:
+    """The workdir's tokenizer if it has one (resume); else the SentencePiece model file `path` if given, else
+    one trained on (a sample of) `texts`; saved in the workdir."""
+    saved = os.path.join(workdir, MODEL_FILE)
+    if os.path.exists(saved):
+        return Tokenizer.load(saved)
+    if path:
+        tok = Tokenizer.load(path, "set config.tokenizer.path to a .model file written by SentencePiece")
+    else:
+        tok = train(texts, model_type, vocab_size, sample_chars)
     os.makedirs(workdir, exist_ok=True)
-    tmp = path + ".tmp"
+    tmp = saved + ".tmp"
     tok.save(tmp)
-    os.replace(tmp, path)
+    os.replace(tmp, saved)
     return tok

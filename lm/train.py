@@ -136,7 +136,8 @@ def train(cfg: ml_collections.ConfigDict, workdir: str) -> dict[str, float]:
     else:
         if process == 0:
             texts = data.texts(corpus, "train")
-            tok = tokenizer.load_or_train(workdir, cfg.tokenizer.type, cfg.tokenizer.vocab_size, texts)
+            t = cfg.tokenizer
+            tok = tokenizer.load_or_train(workdir, t.type, t.vocab_size, texts, t.path, t.sample_chars)
         shd.sync("tokenizer")
         if process != 0:
             tok = tokenizer.Tokenizer.load(os.path.join(workdir, tokenizer.MODEL_FILE))

@@ -71,6 +71,11 @@ def test_missing_empty_or_malformed_data_is_one_line(tmp_path, cache_dir):
     rows.write_text('{"text": "a row"}\n{"body": "a row without the text field"}\n')
     one_line_error(run_module(*train, f"--config.data.path={rows}"),
                    f"{rows} line 2 has no 'text' field (config.data.text_key)")
+    not_a_model = tmp_path / "tokenizer.model"
+    not_a_model.write_text("not a SentencePiece model")
+    one_line_error(run_module(*train, f"--config.tokenizer.path={not_a_model}"),
+                   f"tokenizer {not_a_model} is not a SentencePiece model file; set config.tokenizer.path to a .model "
+                   "file written by SentencePiece")
 
 
 def test_train_on_a_folder_of_text_and_on_jsonl_building_each_dataset_once(tmp_path):

@@ -3,6 +3,7 @@
 import pytest
 
 from lm import data, tokenizer
+from lm.cli import UserError
 
 TEXT = open(data.bundled_corpus(), encoding="utf-8").read()[:200_000]
 ODD = "Ünïcödé — 字 and emoji 🙂\n\n  two  spaces,\ttab\nend"
@@ -31,3 +32,17 @@ def test_workdir_tokenizer_is_reused(tmp_path):
     first = tokenizer.load_or_train(str(tmp_path), "bpe", 400, [TEXT])
     second = tokenizer.load_or_train(str(tmp_path), "bpe", 400, ["something else entirely"])
     assert first.proto == second.proto
+
+
+def test_trained_on_a_sample_or_loaded_from_a_model_file(tmp_path):
+    texts = ["abc " * 100, "xyz " * 100]
+    whole, sampled = tokenizer.train(texts, "char", 256), tokenizer.train(texts, "char", 256, sample_chars=400)
+    assert sampled.vocab_size == whole.vocab_size - 3  # x, y and z are past the sample
+    tokenizer.load_or_train(str(tmp_path / "source"), "bpe", 400, [TEXT])
+    source = str(tmp_path / "source" / tokenizer.MODEL_FILE)
+    given = tokenizer.load_or_train(str(tmp_path / "run"), "char", 256, [], path=source)
+    assert given.proto == tokenizer.Tokenizer.load(str(tmp_path / "run" / tokenizer.MODEL_FILE)).proto
+    assert given.vocab_size > 256  # the BPE model file, not a char model trained anew
+    (tmp_path / "broken.model").write_bytes(b"not a model")
+    with pytest.raises(UserError, match=r"broken.model is not a SentencePiece model file; set config.tokenizer.path"):
+        tokenizer.load_or_train(str(tmp_path / "other"), "char", 256, [], path=str(tmp_path / "broken.model"))

@@ -90,12 +90,16 @@ def defaults() -> ml_collections.ConfigDict:
     # format: auto (by extension), text or jsonl. Text is cut into documents at `separator`; a JSONL row is a
     # document: its text_key field, after its prompt_key field if set (the loss skips the prompt's tokens).
     # cache_dir holds the built TFDS datasets ('' = ~/.cache/lm/tfds).
+    # tfds_name: a TFDS catalog dataset instead (e.g. 'lm1b'), prepared as array_record in tfds_data_dir
+    # ('' = ~/tensorflow_datasets; downloaded and prepared first if tfds_download), its text in the text_key
+    # feature; validation reads tfds_validation_split ('' = 'validation', else 'test').
     # shards: independent pipelines the global batch is drawn from, split among the processes (0 = one per
     # process); runs with the same shards see the same batches whatever the process count.
     # decode_errors: what bytes that are not UTF-8 do: 'strict' stops with the file and offset, 'replace' reads
     # them as U+FFFD (and says how many).
     c.data = dict(path="", format="auto", text_key="text", prompt_key="", separator="\n\n", validation_fraction=0.1,
-                  cache_dir="", shards=0, decode_errors="strict")
+                  cache_dir="", shards=0, decode_errors="strict", tfds_name="", tfds_data_dir="",
+                  tfds_validation_split="", tfds_download=False)
     # type: char, bpe or unigram, trained on the first sample_chars characters of the (shuffled) training
     # documents (0: all); or path: an existing SentencePiece .model file, used as it is.
     c.tokenizer = dict(type="char", vocab_size=256, sample_chars=20_000_000, path="")
@@ -198,6 +202,8 @@ def validate(cfg: ml_collections.ConfigDict) -> None:
     _check(cfg.data.format in DATA_FORMATS,
            f"config.data.format must be one of {DATA_FORMATS}, got {cfg.data.format!r}")
     _check(bool(cfg.data.text_key), "config.data.text_key must name the JSONL field that holds the text")
+    _check(not (cfg.data.path and cfg.data.tfds_name),
+           "set config.data.path (local files) or config.data.tfds_name (a TFDS dataset), not both")
     _check(cfg.data.decode_errors in DECODE_ERRORS,
            f"config.data.decode_errors must be one of {DECODE_ERRORS}, got {cfg.data.decode_errors!r}")
     f = cfg.data.validation_fraction

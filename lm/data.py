@@ -14,6 +14,7 @@ the same batches whatever the number of processes. The pipelines' state is a sma
 with every checkpoint, so resume replays exactly the batches that came next, on any process count.
 """
 
+import difflib
 import fcntl
 import hashlib
 import importlib.resources
@@ -182,6 +183,78 @@ class TextCorpus(tfds.core.GeneratorBasedBuilder):
         for i, (prompt, text) in enumerate(docs):
             yield i, {"prompt": prompt, "text": text}
 
+    def documents(self, split: str) -> grain.MapDataset:
+        """The split's documents, {'prompt': bytes, 'text': bytes}, by index."""
+        return grain.MapDataset.source(self.as_data_source(split=split))
+
+
+class CatalogCorpus:
+    """A TFDS catalog dataset (e.g. lm1b) prepared as array_record: its `text_key` feature, document by
+    document; 'validation' reads `validation_split` (default: 'validation' if the dataset has it, else 'test')."""
+
+    def __init__(self, name: str, data_dir: str, text_key: str, validation_split: str = "", download: bool = False):
+        data_dir = os.path.expanduser(data_dir or "~/tensorflow_datasets")
+        try:
+            self.builder = tfds.builder(name, data_dir=data_dir, file_format="array_record")
+        except tfds.core.registered.DatasetNotFoundError:
+            known = tfds.list_builders(with_community_datasets=False)  # (community ones would look them up online)
+            close = difflib.get_close_matches(name.split(":")[0].split("/")[0], known, n=3)
+            hint = f" (did you mean {', '.join(close)}?)" if close else ""
+            raise UserError(f"config.data.tfds_name={name} is not a TFDS dataset{hint}, nor prepared in {data_dir}; "
+                            "see tfds.list_builders()") from None
+        if not self.builder.is_prepared():
+            how = (f"prepare it where there is network: tfds.builder('{name}', data_dir='{data_dir}', "
+                   "file_format='array_record').download_and_prepare()")
+            if not download:
+                raise UserError(f"TFDS dataset {name} is not prepared in {data_dir}; {how}, or set "
+                                "--config.data.tfds_download=True")
+            try:
+                self.builder.download_and_prepare()
+            except Exception as e:  # noqa: BLE001 (network, checksum or disk errors of every kind)
+                raise UserError(f"TFDS dataset {name} could not be downloaded to {data_dir} "
+                                f"({type(e).__name__}: {str(e).strip().splitlines()[0][:200]}); {how}") from None
+        splits = list(self.builder.info.splits)
+        self.splits = {"train": "train",
+                       "validation": validation_split or ("validation" if "validation" in splits else "test")}
+        for split in self.splits.values():
+            if split not in splits:
+                raise UserError(f"TFDS dataset {name} has no split '{split}' (it has {', '.join(splits)}); set "
+                                "config.data.tfds_validation_split")
+        features = sorted(self.builder.info.features.keys())
+        if text_key not in features:
+            raise UserError(f"TFDS dataset {name} has no feature '{text_key}' (it has {', '.join(features)}); set "
+                            "config.data.text_key")
+        self.name, self.text_key = name, text_key
+
+    def documents(self, split: str) -> grain.MapDataset:
+        """The split's documents, {'prompt': b'', 'text': bytes}, by index."""
+        try:
+            source = self.builder.as_data_source(split=self.splits[split])
+        except NotImplementedError as e:  # prepared as tfrecord, which has no random access
+            raise UserError(f"TFDS dataset {self.name} is prepared as tfrecord, not array_record ({e}); prepare it "
+                            "again with file_format='array_record'") from None
+        key = self.text_key
+        return grain.MapDataset.source(source).map(lambda r: {"prompt": b"", "text": _as_bytes(r[key])})
+
+
+def _as_bytes(text: bytes | str) -> bytes:
+    return text.encode("utf-8") if isinstance(text, str) else bytes(text)
+
+
+Corpus = TextCorpus | CatalogCorpus
+
+
+def open_corpus(d: Any) -> Corpus:
+    """The corpus that `config.data` (or a saved run's copy of it) names: a TFDS catalog dataset if it sets
+    tfds_name, else local files built into the cache."""
+    if d.get("tfds_name"):
+        return CatalogCorpus(d["tfds_name"], d.get("tfds_data_dir", ""), d.get("text_key", "text"),
+                             d.get("tfds_validation_split", ""), d.get("tfds_download", False))
+    return build(d["path"], d["separator"], d["validation_fraction"], d["cache_dir"],
+                 decode_errors=d.get("decode_errors", "replace"),  # runs saved before the setting replaced bytes
+                 data_format=d.get("format", "auto"), text_key=d.get("text_key", "text"),
+                 prompt_key=d.get("prompt_key", ""))
+
 
 def build(path: str, separator: str, validation_fraction: float, cache_dir: str, *, decode_errors: str = "strict",
           data_format: str = "auto", text_key: str = "text", prompt_key: str = "") -> TextCorpus:
@@ -208,11 +281,10 @@ def build(path: str, separator: str, validation_fraction: float, cache_dir: str,
     return builder
 
 
-def texts(builder: TextCorpus, split: str) -> Iterator[str]:
+def texts(corpus: Corpus, split: str) -> Iterator[str]:
     """Every document of a split, as text: its prompt (if any) and text (e.g. to train the tokenizer on)."""
-    source = builder.as_data_source(split=split)
-    for i in range(len(source)):
-        yield (source[i]["prompt"] + source[i]["text"]).decode("utf-8")
+    for doc in corpus.documents(split):
+        yield (doc["prompt"] + doc["text"]).decode("utf-8")
 
 
 class _Tokenize(grain.transforms.Map):
@@ -232,11 +304,11 @@ class _Tokenize(grain.transforms.Map):
         return {"tokens": np.asarray(ids, np.int32), "loss_mask": mask}
 
 
-def _rows(builder: TextCorpus, split: str, tokenizer: AnyTokenizer, row_len: int, shard: int, shards: int,
+def _rows(corpus: Corpus, split: str, tokenizer: AnyTokenizer, row_len: int, shard: int, shards: int,
           seed: int | None) -> grain.IterDataset:
     """Packed rows {'tokens', 'segment_ids', 'positions', 'loss_mask'} [row_len] of one shard; endless and shuffled
     if seeded."""
-    docs = grain.MapDataset.source(builder.as_data_source(split=split))[shard::shards]
+    docs = corpus.documents(split)[shard::shards]
     if seed is not None:
         docs = docs.shuffle(seed=seed).repeat(None)
     docs = docs.map(_Tokenize(tokenizer)).to_iter_dataset(grain.ReadOptions(num_threads=0, prefetch_buffer_size=0))
@@ -257,11 +329,11 @@ def local_shards(shards: int, global_batch: int, process_index: int, process_cou
 class TrainBatches:
     """Endless iterator of this process's rows of each global training batch: dicts of [local rows, row_len]."""
 
-    def __init__(self, builder: TextCorpus, tokenizer: AnyTokenizer, row_len: int, global_batch: int, seed: int,
+    def __init__(self, corpus: Corpus, tokenizer: AnyTokenizer, row_len: int, global_batch: int, seed: int,
                  shards: int = 1, process_index: int = 0, process_count: int = 1):
         self.shards, self.rows = shards, global_batch // shards
         self.local = local_shards(shards, global_batch, process_index, process_count)
-        self._iters = {s: iter(_rows(builder, "train", tokenizer, row_len, s, shards, seed).batch(self.rows))
+        self._iters = {s: iter(_rows(corpus, "train", tokenizer, row_len, s, shards, seed).batch(self.rows))
                        for s in self.local}
 
     def __iter__(self) -> "TrainBatches":
@@ -290,7 +362,7 @@ class TrainBatches:
             self._iters[s].set_state(state["positions"][str(s)])
 
 
-def eval_batches(builder: TextCorpus, tokenizer: AnyTokenizer, row_len: int, global_batch: int, shards: int = 1,
+def eval_batches(corpus: Corpus, tokenizer: AnyTokenizer, row_len: int, global_batch: int, shards: int = 1,
                  process_index: int = 0, process_count: int = 1, split: str = "validation",
                  max_batches: int = 0) -> list[dict[str, np.ndarray]]:
     """This process's rows of each batch of one ordered pass over a split (at most `max_batches` if positive).
@@ -300,7 +372,7 @@ def eval_batches(builder: TextCorpus, tokenizer: AnyTokenizer, row_len: int, glo
     rows = global_batch // shards
     local = local_shards(shards, global_batch, process_index, process_count)
     limit = max_batches * rows if max_batches else None
-    per_shard = [list(itertools.islice(_rows(builder, split, tokenizer, row_len, s, shards, None), limit))
+    per_shard = [list(itertools.islice(_rows(corpus, split, tokenizer, row_len, s, shards, None), limit))
                  for s in local]
     count = sharding.global_max(max(-(-len(r) // rows) for r in per_shard))
     empty = {k: np.zeros(row_len, np.int32) for k in ("tokens", "segment_ids", "positions", "loss_mask")}

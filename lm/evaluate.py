@@ -68,10 +68,7 @@ def main(argv: Sequence[str]) -> None:
     model = TransformerLM(model_config)
     params = ckpt.params(step, state_lib.abstract_params(model, layout))
     d = run["data"]
-    corpus = data.build(d["path"], d["separator"], d["validation_fraction"], d["cache_dir"],
-                        decode_errors=d.get("decode_errors", "replace"),  # runs saved before it existed replaced
-                        data_format=d.get("format", "auto"), text_key=d.get("text_key", "text"),
-                        prompt_key=d.get("prompt_key", ""))
+    corpus = data.open_corpus(d)
     eval_step = make_eval_step(model, tokenizer.token_bytes(len(d["separator"].encode())), layout)
     rows = data.eval_batches(corpus, tokenizer, model_config.max_len + 1, run["train"]["batch_size"], d["shards"],
                              jax.process_index(), jax.process_count(), f.split)

@@ -119,8 +119,7 @@ def train(cfg: ml_collections.ConfigDict, workdir: str) -> dict[str, float]:
         raise cli.UserError(f"config.train.batch_size={batch} is not divisible by the data-parallel size "
                             f"{layout.data_parallel} (mesh data x fsdp)")
     d = cfg.data
-    corpus = data.build(d.path, d.separator, d.validation_fraction, d.cache_dir, decode_errors=d.decode_errors,
-                        data_format=d.format, text_key=d.text_key, prompt_key=d.prompt_key)
+    corpus = data.open_corpus(d)
     ckpt = checkpoint.Checkpointer(workdir, cfg.checkpoint.every, cfg.checkpoint.keep)
     start = ckpt.latest_step()
     if start == 0:

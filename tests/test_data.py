@@ -4,6 +4,8 @@ import json
 
 import numpy as np
 import pytest
+import tensorflow_datasets as tfds
+from conftest import TINY, one_line_error, run_module
 
 from lm import data, tokenizer
 from lm.cli import UserError
@@ -125,3 +127,38 @@ def test_prompt_tokens_are_masked_out_of_the_loss(tmp_path, cache_dir):
             prompt = tok.decode(tokens[doc][mask[doc] == 0][1:])  # after BOS
             answer = tokens[doc][mask[doc] == 1]
             assert answer[-1] == tok.eos_id and tok.decode(answer[:-1]) == f" answer {prompt[1:-1]}."
+
+
+class LmTestQuotes(tfds.core.GeneratorBasedBuilder):
+    """A TFDS dataset like a catalog one (lm1b: a text feature, train and test splits), built from code."""
+
+    VERSION = tfds.core.Version("1.0.0")
+
+    def _info(self):
+        features = tfds.features.FeaturesDict({"sentence": tfds.features.Text(), "id": np.int32})
+        return tfds.core.DatasetInfo(builder=self, features=features)
+
+    def _split_generators(self, dl_manager):
+        return {"train": self._generate_examples(range(300)), "test": self._generate_examples(range(300, 330))}
+
+    def _generate_examples(self, ids):
+        for i in ids:
+            yield i, {"sentence": f"Quote {i}: to be or not to be, that is the question.", "id": i}
+
+
+def test_a_tfds_dataset_prepared_as_array_record_trains_by_name(tmp_path):
+    data_dir = str(tmp_path / "tensorflow_datasets")
+    LmTestQuotes(data_dir=data_dir, file_format="array_record").download_and_prepare()
+    train = ("lm.train", "--config", TINY, "--config.train.steps=2", f"--config.data.tfds_data_dir={data_dir}")
+    result = run_module(*train, "--workdir", str(tmp_path / "run"), "--config.data.tfds_name=lm_test_quotes",
+                        "--config.data.text_key=sentence")  # read from its files alone, as a catalog dataset is
+    assert result.returncode == 0 and "val loss" in result.stdout, result.stderr
+    corpus = data.CatalogCorpus("lm_test_quotes", data_dir, "sentence")
+    assert sorted(data.texts(corpus, "validation")) == [f"Quote {i}: to be or not to be, that is the question."
+                                                        for i in range(300, 330)]  # the test split
+    one_line_error(run_module(*train, "--workdir", str(tmp_path / "w"), "--config.data.tfds_name=lm_test_quotes"),
+                   "TFDS dataset lm_test_quotes has no feature 'text' (it has id, sentence); set config.data.text_key")
+    one_line_error(run_module(*train, "--workdir", str(tmp_path / "w"), "--config.data.tfds_name=lm1bb"),
+                   "config.data.tfds_name=lm1bb is not a TFDS dataset (did you mean lm1b")
+    one_line_error(run_module(*train, "--workdir", str(tmp_path / "w"), "--config.data.tfds_name=lm1b"),
+                   f"TFDS dataset lm1b is not prepared in {data_dir}; prepare it where there is network")

@@ -5,6 +5,7 @@ per second over the peak: a table of accelerator peaks (bfloat16, dense) times t
 the dense float32 matmul throughput of the host measured in the same run (CPU devices share its cores).
 A breakdown (forward, forward + backward, optimizer update) says where the step's time goes; `--profile`
 splits it by model part from a profiler trace. `--depths 12,48` compares the step's compile time at two depths.
+`--decode` times sampling instead (lm/decode_bench.py), `--data` the input pipeline (lm/data_bench.py).
 """
 
 import dataclasses
@@ -19,7 +20,7 @@ import numpy as np
 from absl import flags
 from ml_collections import config_flags
 
-from lm import cli, decode_bench, objective, optim, step_profile
+from lm import cli, data, data_bench, decode_bench, objective, optim, step_profile, tokenizer
 from lm import config as config_lib
 from lm import sharding as shd
 from lm import state as state_lib
@@ -133,6 +134,26 @@ def bench(cfg: Any, repeats: int = 5, profile: bool = False) -> dict[str, Any]:
     return out
 
 
+def data_speed(cfg: Any, repeats: int) -> None:
+    """Prints the input pipeline's tokens/s (the config's tokenizer, then BPE) against the train step's."""
+    corpus = data.open_corpus(cfg.data)
+    t = cfg.tokenizer
+    tok = tokenizer.train(data.texts(corpus, "train"), t.type, t.vocab_size, t.sample_chars)
+    bpe = tokenizer.train(data.texts(corpus, "train"), "bpe", 2000, t.sample_chars)
+    row_len, batch = cfg.model.max_len + 1, cfg.train.batch_size
+    mine = data_bench.pipeline(corpus, tok, row_len, batch)
+    with_bpe = data_bench.pipeline(corpus, bpe, row_len, batch)
+    cfg = cfg.copy_and_resolve_references()
+    cfg.tokenizer.vocab_size = tok.vocab_size
+    step = bench(cfg, repeats)
+    print(f"input pipeline alone (one process, batch {batch} x {row_len} tokens), and the train step:")
+    data_bench.report(f"{t.type} ({tok.vocab_size} ids)", mine)
+    data_bench.report(f"bpe ({bpe.vocab_size} ids)", with_bpe)
+    print(f"  train step ({jax.device_count()} {jax.devices()[0].platform} device(s)) {step['tokens_per_s']:>12,.0f} "
+          f"tokens/s")
+    print(f"ratio pipeline / train step: {mine['tokens_per_s'] / step['tokens_per_s']:.1f}x")
+
+
 def main(argv: Sequence[str]) -> None:
     del argv
     f = flags.FLAGS
@@ -149,6 +170,9 @@ def main(argv: Sequence[str]) -> None:
         decode_bench.report(rows, f.prompt_len, f.new_tokens)
         return
     shd.split_cpu(cfg.mesh, cfg.train.batch_size)
+    if f.data:
+        data_speed(cfg, f.repeats)
+        return
     r = bench(cfg, f.repeats, f.profile)
     b, t = cfg.train.batch_size, cfg.model.max_len
     print(f"train step of {r['parameters'] / 1e6:.1f}M parameters, batch {b} x {t} tokens, "
@@ -183,6 +207,7 @@ if __name__ == "__main__":
     flags.DEFINE_integer("repeats", 5, "Timed steps (after one warm-up).")
     flags.DEFINE_bool("profile", False, "Also trace the step and print its op time by model part.")
     flags.DEFINE_bool("decode", False, "Measure sampling (decode) speed instead of the train step.")
+    flags.DEFINE_bool("data", False, "Measure the input pipeline's speed against the train step's.")
     flags.DEFINE_string("decode_batches", "1,8", "Decode: batch sizes.")
     flags.DEFINE_string("decode_formats", "none,bfloat16,int8", "Decode: weight formats (see lm.sample --quantize).")
     flags.DEFINE_integer("prompt_len", 16, "Decode: prompt tokens.")

@@ -160,6 +160,17 @@ def test_bench_prints_its_figures_and_profile():
     assert abs(sum(float(share) for _, share in shares) - 100) < 1, result.stdout
 
 
+def test_bench_times_the_input_pipeline_against_the_train_step(cache_dir):
+    result = run_module("lm.bench", "--config", TINY, "--data", "--repeats", "1",
+                        f"--config.data.cache_dir={cache_dir}")
+    assert result.returncode == 0, result.stderr
+    rows = re.findall(r"^  (char|bpe) \((\d+) ids\) +([\d,]+) tokens/s \| per document .* read (\d+) us", result.stdout,
+                      re.M)
+    assert [kind for kind, _, _, _ in rows] == ["char", "bpe"], result.stdout
+    assert all(int(tps.replace(",", "")) > 0 and int(read) > 0 for _, _, tps, read in rows)
+    assert float(re.search(r"ratio pipeline / train step: ([\d.]+)x", result.stdout).group(1)) > 0
+
+
 def test_bench_times_decoding_per_weight_format():
     result = run_module("lm.bench", "--config", TINY, "--decode", "--decode_batches", "1,2", "--new_tokens", "8",
                         "--repeats", "1")

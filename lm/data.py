@@ -167,9 +167,9 @@ class TextCorpus(tfds.core.GeneratorBasedBuilder):
         text = (self._separator or "\n").join(texts)
         if not text.strip() and not rows:
             raise UserError(f"corpus {names} is empty; point --config.data.path at text")
-        docs = {split: [("", d) for d in part] for split, part in
-                split_documents(text, self._separator, self._fraction).items()} if text.strip() else \
-            {"train": [], "validation": []}
+        parts = split_documents(text, self._separator, self._fraction) if text.strip() else {"train": [],
+                                                                                              "validation": []}
+        docs = {split: [("", d) for d in part] for split, part in parts.items()}  # (prompt, text)
         cut = len(rows) - int(round(len(rows) * self._fraction))
         docs["train"] += rows[:cut]
         docs["validation"] += rows[cut:]

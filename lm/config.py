@@ -94,12 +94,13 @@ def defaults() -> ml_collections.ConfigDict:
     # ('' = ~/tensorflow_datasets; downloaded and prepared first if tfds_download), its text in the text_key
     # feature; validation reads tfds_validation_split ('' = 'validation', else 'test').
     # shards: independent pipelines the global batch is drawn from, split among the processes (0 = one per
-    # process); runs with the same shards see the same batches whatever the process count.
+    # process); runs with the same shards see the same batches whatever the process count. ahead: batches a
+    # background thread prepares while the train step runs (0: prepared between steps).
     # decode_errors: what bytes that are not UTF-8 do: 'strict' stops with the file and offset, 'replace' reads
     # them as U+FFFD (and says how many).
     c.data = dict(path="", format="auto", text_key="text", prompt_key="", separator="\n\n", validation_fraction=0.1,
                   cache_dir="", shards=0, decode_errors="strict", tfds_name="", tfds_data_dir="",
-                  tfds_validation_split="", tfds_download=False)
+                  tfds_validation_split="", tfds_download=False, ahead=2)
     # type: char, bpe or unigram, trained on the first sample_chars characters of the (shuffled) training
     # documents (0: all); or path: an existing SentencePiece .model file, used as it is.
     c.tokenizer = dict(type="char", vocab_size=256, sample_chars=20_000_000, path="")
@@ -198,6 +199,7 @@ def validate(cfg: ml_collections.ConfigDict) -> None:
     _check(o.grad_clip >= 0, f"config.optim.grad_clip must be >= 0 (0 turns it off), got {o.grad_clip}")
     _check(cfg.mesh.cpu_devices >= 0,
            f"config.mesh.cpu_devices must be >= 0 (0: one per core), got {cfg.mesh.cpu_devices}")
+    _check(cfg.data.ahead >= 0, f"config.data.ahead must be >= 0 (0: no background thread), got {cfg.data.ahead}")
     _check(cfg.data.shards >= 0, f"config.data.shards must be >= 0 (0: one per process), got {cfg.data.shards}")
     _check(cfg.data.format in DATA_FORMATS,
            f"config.data.format must be one of {DATA_FORMATS}, got {cfg.data.format!r}")

@@ -14,6 +14,7 @@ the same batches whatever the number of processes. The pipelines' state is a sma
 with every checkpoint, so resume replays exactly the batches that came next, on any process count.
 """
 
+import copy
 import difflib
 import fcntl
 import hashlib
@@ -21,7 +22,9 @@ import importlib.resources
 import itertools
 import json
 import os
+import queue
 import sys
+import threading
 from collections.abc import Iterator
 from typing import Any
 
@@ -327,25 +330,73 @@ def local_shards(shards: int, global_batch: int, process_index: int, process_cou
 
 
 class TrainBatches:
-    """Endless iterator of this process's rows of each global training batch: dicts of [local rows, row_len]."""
+    """Endless iterator of this process's rows of each global training batch: dicts of [local rows, row_len].
+
+    With `ahead` > 0 a background thread reads, tokenizes and packs up to that many batches ahead of the
+    consumer (while the train step runs); the state saved with a checkpoint is that of the batches consumed.
+    """
 
     def __init__(self, corpus: Corpus, tokenizer: AnyTokenizer, row_len: int, global_batch: int, seed: int,
-                 shards: int = 1, process_index: int = 0, process_count: int = 1):
-        self.shards, self.rows = shards, global_batch // shards
+                 shards: int = 1, process_index: int = 0, process_count: int = 1, ahead: int = 0):
+        self.shards, self.rows, self.ahead = shards, global_batch // shards, ahead
         self.local = local_shards(shards, global_batch, process_index, process_count)
         self._iters = {s: iter(_rows(corpus, "train", tokenizer, row_len, s, shards, seed).batch(self.rows))
                        for s in self.local}
+        self._positions = self._read_positions()  # after the batches consumed so far
+        self._queue: queue.Queue | None = None
+        self._stop = threading.Event()
+        self._thread: threading.Thread | None = None
 
     def __iter__(self) -> "TrainBatches":
         return self
 
-    def __next__(self) -> dict[str, np.ndarray]:
+    def _read_positions(self) -> dict[str, Any]:
+        return copy.deepcopy({str(s): self._iters[s].get_state() for s in self.local})
+
+    def _produce(self) -> tuple[dict[str, np.ndarray], dict[str, Any]]:
         parts = [next(self._iters[s]) for s in self.local]
-        return {k: np.concatenate([p[k] for p in parts]) for k in parts[0]}
+        return {k: np.concatenate([p[k] for p in parts]) for k in parts[0]}, self._read_positions()
+
+    def _run_ahead(self) -> None:
+        """The background thread: fills the queue with (batch, positions after it), or the error that stopped it."""
+        while not self._stop.is_set():
+            try:
+                item: Any = self._produce()
+            except Exception as e:  # noqa: BLE001 (handed to the consumer, which raises it)
+                item = e
+            while not self._stop.is_set():
+                try:
+                    self._queue.put(item, timeout=0.1)
+                    break
+                except queue.Full:
+                    continue
+            if isinstance(item, Exception):
+                return
+
+    def __next__(self) -> dict[str, np.ndarray]:
+        if not self.ahead:
+            batch, self._positions = self._produce()
+            return batch
+        if self._thread is None:
+            self._queue, self._stop = queue.Queue(maxsize=self.ahead), threading.Event()
+            self._thread = threading.Thread(target=self._run_ahead, name="batches-ahead", daemon=True)
+            self._thread.start()
+        item = self._queue.get()
+        if isinstance(item, Exception):
+            raise item
+        batch, self._positions = item
+        return batch
+
+    def _halt(self) -> None:
+        """Stops the background thread and drops what it read ahead (the iterators are then past it)."""
+        if self._thread is not None:
+            self._stop.set()
+            self._thread.join()
+            self._thread = None
 
     def get_state(self) -> dict[str, Any]:
-        """This process's pipelines' positions."""
-        return {"shards": self.shards, "positions": {str(s): self._iters[s].get_state() for s in self.local}}
+        """This process's pipelines' positions, after the batches consumed so far."""
+        return {"shards": self.shards, "positions": self._positions}
 
     def global_state(self) -> dict[str, Any]:
         """Every process's pipelines' positions, merged (all processes must call it together)."""
@@ -358,8 +409,10 @@ class TrainBatches:
         if state["shards"] != self.shards:
             raise UserError(f"the checkpoint's data order has {state['shards']} shards but this run has {self.shards}; "
                             f"set --config.data.shards={state['shards']}")
+        self._halt()
         for s in self.local:
             self._iters[s].set_state(state["positions"][str(s)])
+        self._positions = self._read_positions()
 
 
 def eval_batches(corpus: Corpus, tokenizer: AnyTokenizer, row_len: int, global_batch: int, shards: int = 1,

@@ -161,7 +161,7 @@ def train(cfg: ml_collections.ConfigDict, workdir: str) -> dict[str, float]:
             state = state_lib.create(model, tx, layout, cfg.seed)
         shards = d.shards or processes
     row_len = model_config.max_len + 1
-    batches = data.TrainBatches(corpus, tok, row_len, batch, cfg.seed, shards, process, processes)
+    batches = data.TrainBatches(corpus, tok, row_len, batch, cfg.seed, shards, process, processes, d.ahead)
     if start:
         batches.set_state(data_state)
     run_config = cfg.to_dict()

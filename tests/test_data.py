@@ -38,17 +38,24 @@ def test_batches_are_packed_rows_of_documents(corpus):
         assert (pos[starts] == 0).all() and (tokens[starts] == tok.bos_id).all()
 
 
-def test_iterator_state_resumes_exactly(corpus):
+@pytest.mark.parametrize("ahead", [0, 3])
+def test_iterator_state_resumes_exactly(corpus, ahead):
     builder, tok = corpus
-    it = data.TrainBatches(builder, tok, 33, 4, seed=3, shards=2)
+    it = data.TrainBatches(builder, tok, 33, 4, seed=3, shards=2, ahead=ahead)
     for _ in range(5):
         next(it)
-    state = json.loads(json.dumps(it.global_state()))  # as it travels in a checkpoint
+    state = json.loads(json.dumps(it.global_state()))  # as it travels in a checkpoint (the thread is ahead of it)
     expected = [next(it)["tokens"] for _ in range(3)]
-    fresh = data.TrainBatches(builder, tok, 33, 4, seed=3, shards=2)
+    fresh = data.TrainBatches(builder, tok, 33, 4, seed=3, shards=2, ahead=ahead)
+    next(fresh)  # already running ahead when rewound
     fresh.set_state(state)
     for want in expected:
         np.testing.assert_array_equal(next(fresh)["tokens"], want)
+    if ahead:
+        plain = data.TrainBatches(builder, tok, 33, 4, seed=3, shards=2)
+        for _ in range(5):
+            next(plain)
+        np.testing.assert_array_equal(next(plain)["tokens"], expected[0])  # the same batches as without a thread
 
 
 def test_processes_read_their_rows_of_the_same_global_batches(corpus):

@@ -30,7 +30,7 @@ def pipeline(corpus: data.Corpus, tok: tokenizer.AnyTokenizer, row_len: int, bat
     docs = corpus.documents("train")
     n = min(len(docs), 2000)
     start = time.perf_counter()
-    texts = [(docs[i]["prompt"] + docs[i]["text"]).decode("utf-8") for i in range(n)]
+    texts = [(d["prompt"] + d["text"]).decode("utf-8") for d in (docs[i] for i in range(n))]
     read = (time.perf_counter() - start) / n
     start = time.perf_counter()
     tokens = sum(len(tok.encode(t)) + 2 for t in texts)

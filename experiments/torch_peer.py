@@ -1,20 +1,29 @@
-"""`lm`'s train step against the PyTorch peer, interleaved in one process: the same GPT-2 shapes trained by
-`lm` and by Hugging Face's GPT2LMHeadModel + AdamW in eager PyTorch (nanoGPT's model and loop), step after step,
-so that a noisy shared machine slows both alike.
+"""`lm`'s train step against the PyTorch peer: the same GPT-2 shapes trained by `lm` and by Hugging Face's
+GPT2LMHeadModel + AdamW in eager PyTorch (nanoGPT's model and loop), in turns, so that a noisy shared machine
+slows both alike.
 
-    python experiments/torch_peer.py       # needs torch and transformers beside lm (not dependencies of lm)
+    python experiments/torch_peer.py                     # needs torch and transformers beside lm (not lm's deps)
+    python experiments/torch_peer.py --torch_env=lm      # PyTorch with the allocator setting lm's commands use
 
-Prints tokens/s of each and their ratio per round and over all rounds (medians of per-step times).
+Each framework runs in a process of its own (in one process, each slows the other: lm's GPT-2 124M step ran 15%
+slower beside PyTorch's), started as its users start it: lm's with the huge-page tunable its commands set
+(lm/huge_pages.py), PyTorch's with the environment as it is, or with the same tunable (`--torch_env=lm`).
+The driver asks each for a few steps in turn and prints tokens/s of each and their ratio per round and over all
+rounds (medians of per-step times).
 """
 
+import json
+import os
+import subprocess
+import sys
 import time
 
 import jax
 import numpy as np
-from absl import app
+from absl import app, flags
 
 from lm import config as config_lib
-from lm import optim
+from lm import huge_pages, optim
 from lm import sharding as shd
 from lm import state as state_lib
 from lm.bench import synthetic_batch
@@ -26,12 +35,13 @@ SHAPES = {  # name: (config file, overrides, lm steps and torch steps per round,
     "gpt2_124m, float32, batch 4 x 256": (
         "configs/gpt2_124m.py", {"model.dtype": "float32", "train.batch_size": 4, "model.max_len": 256}, 1, 3),
 }
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
 def _load(path: str, overrides: dict) -> object:
     import importlib.util
 
-    spec = importlib.util.spec_from_file_location("config", path)
+    spec = importlib.util.spec_from_file_location("config", os.path.join(ROOT, path))
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
     cfg = module.get_config()
@@ -83,37 +93,83 @@ def torch_step(c: config_lib.ModelConfig, batch: int):
     return run
 
 
-def _times(fn, n: int) -> list[float]:
-    out = []
-    for _ in range(n):
-        t = time.perf_counter()
-        fn()
-        out.append(time.perf_counter() - t)
-    return out
+def _serve(framework: str, shape: str) -> None:
+    """Worker: builds the step of `framework` for `shape`, then for each line N on stdin runs N steps and writes
+    their times (JSON) on stdout."""
+    path, overrides, _, _ = SHAPES[shape]
+    cfg = _load(path, overrides)
+    if framework == "lm":
+        shd.split_cpu({"data": -1, "fsdp": 1, "tensor": 1, "cpu_devices": 0}, 12)  # one device per core
+        run, _ = lm_step(cfg)
+    else:
+        import torch
+
+        c = config_lib.model_config(cfg, 68 if cfg.tokenizer.type == "char" else cfg.tokenizer.vocab_size)
+        run = torch_step(c, cfg.train.batch_size)
+        print(f"torch {torch.__version__} ({torch.get_num_threads()} threads)", file=sys.stderr)
+    run()  # compile and warm up
+    print("@ready", flush=True)  # protocol lines start with @: libraries may print too
+    for line in sys.stdin:
+        times = []
+        for _ in range(int(line)):
+            t = time.perf_counter()
+            run()
+            times.append(time.perf_counter() - t)
+        print("@" + json.dumps(times), flush=True)
+
+
+def _worker(framework: str, shape: str, env: dict[str, str]) -> subprocess.Popen:
+    proc = subprocess.Popen([sys.executable, __file__, f"--worker={framework}", f"--shape={shape}"], env=env,
+                            stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
+    assert _reply(proc) == "ready", f"the {framework} worker did not start"
+    return proc
+
+
+def _reply(proc: subprocess.Popen) -> str:
+    """The worker's next protocol line, without its @ (other lines it prints are passed on)."""
+    while line := proc.stdout.readline():
+        if line.startswith("@"):
+            return line[1:].strip()
+        print(line, end="", file=sys.stderr)
+    raise RuntimeError("the worker ended")
+
+
+def _steps(proc: subprocess.Popen, n: int) -> list[float]:
+    proc.stdin.write(f"{n}\n")
+    proc.stdin.flush()
+    return json.loads(_reply(proc))
 
 
 def main(argv) -> None:
     del argv
-    import torch
-
-    print(f"torch {torch.__version__} ({torch.get_num_threads()} threads), jax {jax.__version__}")
-    for name, (path, overrides, steps, rounds) in SHAPES.items():
+    if flags.FLAGS.worker:
+        return _serve(flags.FLAGS.worker, flags.FLAGS.shape)
+    user = dict(os.environ)
+    lm_env = huge_pages.environment(user)
+    torch_env = lm_env if flags.FLAGS.torch_env == "lm" else user
+    print(f"jax {jax.__version__}; lm's GLIBC_TUNABLES={lm_env.get('GLIBC_TUNABLES', '')!r}, "
+          f"PyTorch's {torch_env.get('GLIBC_TUNABLES', '')!r}")
+    for name, (_, _, steps, rounds) in SHAPES.items():
+        path, overrides = SHAPES[name][:2]
         cfg = _load(path, overrides)
-        run_lm, c = lm_step(cfg)
-        run_torch = torch_step(c, cfg.train.batch_size)
-        tokens = cfg.train.batch_size * c.max_len
-        run_lm(), run_torch()  # compile and warm up
+        tokens = cfg.train.batch_size * cfg.model.max_len
+        lm_proc, torch_proc = _worker("lm", name, lm_env), _worker("torch", name, torch_env)
         all_lm, all_torch = [], []
         for r in range(rounds):
-            t_lm, t_torch = _times(run_lm, steps), _times(run_torch, steps)
+            t_lm, t_torch = _steps(lm_proc, steps), _steps(torch_proc, steps)
             all_lm += t_lm
             all_torch += t_torch
             print(f"  {name} round {r + 1}: lm {tokens / np.median(t_lm):,.0f} tokens/s, PyTorch "
                   f"{tokens / np.median(t_torch):,.0f}, ratio {np.median(t_torch) / np.median(t_lm):.2f}")
+        for proc in (lm_proc, torch_proc):
+            proc.stdin.close()
+            proc.wait()
         print(f"{name}: lm {tokens / np.median(all_lm):,.0f} tokens/s, PyTorch "
               f"eager {tokens / np.median(all_torch):,.0f}: ratio {np.median(all_torch) / np.median(all_lm):.2f}")
 
 
 if __name__ == "__main__":
-    shd.split_cpu({"data": -1, "fsdp": 1, "tensor": 1, "cpu_devices": 0}, 12)  # one device per core
+    flags.DEFINE_string("worker", "", "Internal: run as the worker of this framework (lm or torch).")
+    flags.DEFINE_string("shape", "", "Internal: the worker's shape (a key of SHAPES).")
+    flags.DEFINE_enum("torch_env", "user", ["user", "lm"], "PyTorch's environment: as it is, or with lm's tunable.")
     app.run(main)

@@ -1,0 +1,42 @@
+"""`python -m lm.<command>` re-executes itself once with glibc's huge-page tunable set (lm/huge_pages.py)."""
+
+import subprocess
+import sys
+
+from conftest import ROOT, USER_ENV
+
+from lm import huge_pages
+
+# A config file that prints the environment its command runs in, then ends the command.
+REPORTING_CONFIG = """
+import os
+def get_config():
+    print("GLIBC_TUNABLES=" + os.environ.get("GLIBC_TUNABLES", ""), flush=True)
+    raise SystemExit(0)
+"""
+
+
+def _tunables_seen(tmp_path, module: str, tunables: str | None) -> str:
+    (tmp_path / "report.py").write_text(REPORTING_CONFIG)
+    env = {k: v for k, v in USER_ENV.items() if k != "GLIBC_TUNABLES"}
+    if tunables is not None:
+        env["GLIBC_TUNABLES"] = tunables
+    result = subprocess.run([sys.executable, "-m", module, "--config", str(tmp_path / "report.py"),
+                             "--workdir", str(tmp_path / "run")], cwd=ROOT, env=env, capture_output=True, text=True,
+                            timeout=120)
+    assert result.returncode == 0, result.stderr
+    return result.stdout.strip().splitlines()[-1].removeprefix("GLIBC_TUNABLES=")
+
+
+def test_commands_run_with_the_tunable_added_to_the_users_and_an_explicit_setting_is_kept(tmp_path):
+    other = "glibc.malloc.trim_threshold=134217728"
+    expected = f"{other}:glibc.malloc.hugetlb=1" if huge_pages.supported() else other
+    assert _tunables_seen(tmp_path, "lm.train", other) == expected
+    assert _tunables_seen(tmp_path, "lm.train", "glibc.malloc.hugetlb=0") == "glibc.malloc.hugetlb=0"
+
+
+def test_only_lm_commands_started_with_dash_m_are_recognised():
+    assert huge_pages.command(["python", "-u", "-m", "lm.train", "--config", "x"]) == "lm.train"
+    assert huge_pages.command(["python", "-m", "lm.convert"]) is None
+    assert huge_pages.command(["python", "-c", "import lm"]) is None
+    assert huge_pages.command(["python", "-m"]) is None

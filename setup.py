@@ -25,5 +25,5 @@ setup(
         "absl-py>=2.1",
         "numpy>=1.26",
     ],
-    extras_require={"test": ["pytest>=8", "ruff>=0.6"]},
+    extras_require={"test": ["pytest>=8", "ruff>=0.6", "tensorboard>=2.15"]},
 )

@@ -1,7 +1,8 @@
 """`python -m lm.train --config configs/NAME.py --workdir DIR`: train, evaluate and checkpoint; rerun to resume.
 
 The train step is a pure function `(state, batch) -> (state, metrics)`, jitted once with the state's
-shardings and donated. Metrics go to the console and to WORKDIR/metrics.jsonl.
+shardings and donated. Metrics go to the console, to WORKDIR/metrics.jsonl and to TensorBoard event files in
+WORKDIR.
 """
 
 import json
@@ -19,7 +20,7 @@ import optax
 from absl import flags
 from ml_collections import config_flags
 
-from lm import checkpoint, cli, data, nonfinite, objective, optim, preemption, tokenizer
+from lm import checkpoint, cli, data, nonfinite, objective, optim, preemption, tensorboard, tokenizer
 from lm import config as config_lib
 from lm import sharding as shd
 from lm import state as state_lib
@@ -77,7 +78,8 @@ def make_train_step(model: TransformerLM, tx: optax.GradientTransformation, lr: 
 
 
 class MetricsLog:
-    """Console lines and a JSONL file (written by process 0 only); resuming drops records past the restored step."""
+    """Console lines, a JSONL file and TensorBoard event files in the workdir (written by process 0 only);
+    resuming drops records past the restored step."""
 
     def __init__(self, workdir: str, resume_step: int):
         self.active = jax.process_index() == 0
@@ -88,6 +90,7 @@ class MetricsLog:
             with open(self.path + ".tmp", "w") as f:
                 f.writelines(kept)
             os.replace(self.path + ".tmp", self.path)  # a kill during the rewrite loses no records
+        self.events = tensorboard.EventWriter(workdir, resume_step) if self.active else None
 
     def write(self, record: dict[str, Any] | None, line: str) -> None:
         if self.active:
@@ -95,6 +98,15 @@ class MetricsLog:
         if self.active and record is not None:
             with open(self.path, "a") as f:
                 f.write(json.dumps(record) + "\n")
+            self.events.scalars(record["step"], {
+                f"val/{k[4:]}" if k.startswith("val_") else f"train/{k}": v
+                for k, v in record.items() if k != "step" and isinstance(v, int | float)})
+
+
+def _duration(seconds: float) -> str:
+    """3h05m, 4m07s or 12s."""
+    s = round(seconds)
+    return f"{s // 3600}h{s % 3600 // 60:02d}m" if s >= 3600 else f"{s // 60}m{s % 60:02d}s" if s >= 60 else f"{s}s"
 
 
 def _start_up_lines(layout: shd.Layout, state: state_lib.TrainState, model_config: config_lib.ModelConfig,
@@ -225,13 +237,15 @@ def train(cfg: ml_collections.ConfigDict, workdir: str) -> dict[str, float]:
                 m = {k: float(v) for k, v in jax.device_get(metrics).items()}
                 reason = steps_guard.observe(step, bool(m.pop("finite")))
                 now = time.time()
-                tps = tokens_per_step * (step - last_logged) / (now - t_last)
+                step_s = (now - t_last) / (step - last_logged)
+                tps = tokens_per_step / step_s
                 t_last, last_logged = now, step
                 skipped = f" | skipped {steps_guard.skipped}" if steps_guard.skipped else ""
                 log.write({"step": step, **m, "skipped": steps_guard.skipped, "tokens_per_sec": tps,
                            "wall_time": now - t_start},
                           f"step {step:>6}/{cfg.train.steps} | loss {m['loss']:.4f} | lr {m['lr']:.2e} | "
-                          f"grad norm {m['grad_norm']:.3f} | {tps:,.0f} tok/s | {now - t_start:.1f}s{skipped}")
+                          f"grad norm {m['grad_norm']:.3f} | {tps:,.0f} tok/s | {now - t_start:.1f}s | "
+                          f"eta {_duration(step_s * (cfg.train.steps - step))}{skipped}")
                 stop_if(reason)
             if step % cfg.train.eval_every == 0 or step == cfg.train.steps:
                 result = run_eval(step)

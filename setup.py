@@ -24,6 +24,7 @@ setup(
         "ml_collections>=1.0",
         "absl-py>=2.1",
         "numpy>=1.26",
+        "matplotlib>=3.7",  # lm.plot
     ],
     extras_require={"test": ["pytest>=8", "ruff>=0.6", "tensorboard>=2.15"]},
 )

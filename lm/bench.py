@@ -20,16 +20,12 @@ import numpy as np
 from absl import flags
 from ml_collections import config_flags
 
-from lm import cli, data, data_bench, decode_bench, objective, optim, step_profile, tokenizer
+from lm import cli, data, data_bench, decode_bench, flops, objective, optim, step_profile, tokenizer
 from lm import config as config_lib
 from lm import sharding as shd
 from lm import state as state_lib
 from lm.model import TransformerLM
 from lm.train import loss_and_grads, make_train_step
-
-# Dense bfloat16 peak FLOP/s per chip, by a substring of `device_kind`.
-PEAKS = {"H200": 989e12, "H100": 989e12, "A100": 312e12, "L40S": 362e12, "L4": 121e12, "A10": 125e12,
-         "TPU v6": 918e12, "TPU v5p": 459e12, "TPU v5": 197e12, "TPU v4": 275e12}
 
 
 def _timed(fn: Callable[[], Any], repeats: int) -> float:
@@ -41,37 +37,6 @@ def _timed(fn: Callable[[], Any], repeats: int) -> float:
         jax.block_until_ready(fn())
         times.append(time.perf_counter() - t)
     return float(np.median(times))
-
-
-def matmul_flops_per_second(n: int = 2048, dtype: str = "float32") -> float:
-    """Measured dense matmul throughput of the first device, [n, n] @ [n, n]: the best of 10 runs."""
-    a = jnp.asarray(np.random.default_rng(0).normal(size=(n, n)), dtype)
-    f = jax.jit(lambda x: x @ x)
-    jax.block_until_ready(f(a))
-    best = float("inf")
-    for _ in range(10):
-        t = time.perf_counter()
-        jax.block_until_ready(f(a))
-        best = min(best, time.perf_counter() - t)
-    return 2 * n**3 / best
-
-
-def peak_flops_per_second() -> tuple[float, str]:
-    """The peak of all devices together and where it comes from."""
-    kind, count = jax.devices()[0].device_kind, jax.device_count()
-    for name, peak in PEAKS.items():
-        if name in kind:
-            return peak * count, f"{count} x {kind} bfloat16 peak (table)"
-    return matmul_flops_per_second(), f"{kind} host: float32 matmul measured now"
-
-
-def flops_per_token(c: config_lib.ModelConfig, params: Any) -> float:
-    """Training FLOPs per token: 6 x matmul parameters + 12 x layers x width x context (attention)."""
-    total = sum(x.size for x in jax.tree.leaves(params))
-    lookups = c.padded_vocab * c.embed_dim * (0 if c.tie_embeddings else 1)  # untied input table: a gather
-    lookups += c.max_len * c.embed_dim if c.position == "learned" else 0
-    lookups += (c.padded_vocab - c.vocab_size) * c.embed_dim  # the head's padding columns are not model FLOPs
-    return 6 * (total - lookups) + 12 * c.num_layers * c.embed_dim * c.max_len
 
 
 def synthetic_batch(layout: shd.Layout, batch: int, length: int, vocab: int) -> dict[str, jax.Array]:
@@ -125,9 +90,9 @@ def bench(cfg: Any, repeats: int = 5, profile: bool = False) -> dict[str, Any]:
         out["forward_backward_s"] = _timed(lambda: fwd_bwd(holder[0].params, batch), repeats)
         if profile:
             out["profile"] = step_profile.profile(run_step, step.lower(holder[0], batch).compile().as_text())
-    peak, source = peak_flops_per_second()
+    peak, source = flops.peak_flops_per_second()
     out["tokens_per_s"] = tokens / out["step_s"]
-    out["flops_per_token"] = flops_per_token(c, state.params)
+    out["flops_per_token"] = flops.flops_per_token(c, state.params)
     out["flops_per_s"] = out["flops_per_token"] * out["tokens_per_s"]
     out["peak_flops_per_s"], out["peak_source"] = peak, source
     out["mfu"] = out["flops_per_s"] / peak

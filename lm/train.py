@@ -20,7 +20,7 @@ import optax
 from absl import flags
 from ml_collections import config_flags
 
-from lm import checkpoint, cli, data, nonfinite, objective, optim, preemption, tensorboard, tokenizer
+from lm import checkpoint, cli, data, flops, nonfinite, objective, optim, preemption, tensorboard, tokenizer
 from lm import config as config_lib
 from lm import sharding as shd
 from lm import state as state_lib
@@ -194,19 +194,24 @@ def train(cfg: ml_collections.ConfigDict, workdir: str) -> dict[str, float]:
                       out_shardings=(shardings, None), donate_argnums=0)
     eval_step = make_eval_step(model, tok.token_bytes(len(d.separator.encode())), layout)
     eval_set: list[dict] = []
+    tokens_per_step = batch * model_config.max_len
+    flops_per_token, (peak, _) = flops.flops_per_token(model_config, state.params), flops.peak_flops_per_second(True)
+
+    def amount(step: int) -> dict[str, float]:
+        """The training tokens and model FLOPs up to `step`, in every record."""
+        return {"train_tokens": step * tokens_per_step, "train_flops": step * tokens_per_step * flops_per_token}
 
     def run_eval(step: int, record: bool = True) -> dict[str, float]:
         if not eval_set:  # packed once, reused by every evaluation
             eval_set.extend(data.eval_batches(corpus, tok, row_len, batch, shards, process, processes,
                                               max_batches=cfg.train.eval_batches))
         result = evaluate(eval_step, state.params, eval_set, layout)
-        log.write({"step": step, **{f"val_{k}": v for k, v in result.items()}} if record else None,
+        log.write({"step": step, **amount(step), **{f"val_{k}": v for k, v in result.items()}} if record else None,
                   f"step {step:>6} | val loss {result['loss']:.4f} | ppl {result['perplexity']:.2f} | "
                   f"bits/byte {result['bits_per_byte']:.4f}")
         return result
 
     result: dict[str, float] = {}
-    tokens_per_step = batch * model_config.max_len
     t_start = t_last = time.time()
     last_logged = start
     previous = None
@@ -241,10 +246,11 @@ def train(cfg: ml_collections.ConfigDict, workdir: str) -> dict[str, float]:
                 tps = tokens_per_step / step_s
                 t_last, last_logged = now, step
                 skipped = f" | skipped {steps_guard.skipped}" if steps_guard.skipped else ""
-                log.write({"step": step, **m, "skipped": steps_guard.skipped, "tokens_per_sec": tps,
-                           "wall_time": now - t_start},
+                mfu = flops_per_token * tps / peak
+                log.write({"step": step, **amount(step), **m, "skipped": steps_guard.skipped, "tokens_per_sec": tps,
+                           "mfu": mfu, "wall_time": now - t_start},
                           f"step {step:>6}/{cfg.train.steps} | loss {m['loss']:.4f} | lr {m['lr']:.2e} | "
-                          f"grad norm {m['grad_norm']:.3f} | {tps:,.0f} tok/s | {now - t_start:.1f}s | "
+                          f"grad norm {m['grad_norm']:.3f} | {tps:,.0f} tok/s | MFU {mfu:.1%} | {now - t_start:.1f}s | "
                           f"eta {_duration(step_s * (cfg.train.steps - step))}{skipped}")
                 stop_if(reason)
             if step % cfg.train.eval_every == 0 or step == cfg.train.steps:

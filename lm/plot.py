@@ -1,0 +1,79 @@
+"""`python -m lm.plot WORKDIR... [--x steps|tokens|flops] [--out loss.png]`: the loss curves of runs in one PNG.
+
+Each run's `metrics.jsonl` gives its training loss (a line) and validation loss (markers on a dashed line),
+against steps, training tokens or training FLOPs (model FLOPs, as in MFU); one colour per run, labelled by its
+workdir's name.
+"""
+
+import json
+import os
+from collections.abc import Sequence
+
+from absl import flags
+
+from lm import cli
+
+AXES = {"steps": ("step", "step"), "tokens": ("train_tokens", "training tokens"),
+        "flops": ("train_flops", "training FLOPs")}
+
+
+def read_metrics(workdir: str) -> list[dict]:
+    """The records of `workdir`'s metrics.jsonl; a UserError if it has none."""
+    path = os.path.join(workdir, "metrics.jsonl")
+    if not os.path.isfile(path):
+        raise cli.UserError(f"{workdir} has no metrics.jsonl; pass the workdir of a run (its --workdir)")
+    with open(path) as f:
+        records = [json.loads(line) for line in f if line.strip()]
+    if not records:
+        raise cli.UserError(f"{path} is empty: the run logged no step yet")
+    return records
+
+
+def curves(records: list[dict], x: str) -> dict[str, tuple[list[float], list[float]]]:
+    """{'train': (xs, losses), 'val': (xs, losses)} with x one of AXES."""
+    key = AXES[x][0]
+    out = {}
+    for name, loss in (("train", "loss"), ("val", "val_loss")):
+        points = [(r[key], r[loss]) for r in records if loss in r and key in r]
+        out[name] = ([p[0] for p in points], [p[1] for p in points])
+    return out
+
+
+def plot(workdirs: Sequence[str], out: str, x: str = "steps") -> None:
+    """Writes the train and validation loss curves of `workdirs` against `x` to the PNG `out`."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(8, 5), dpi=100)
+    for i, workdir in enumerate(workdirs):
+        lines = curves(read_metrics(workdir), x)
+        label, colour = os.path.basename(os.path.normpath(workdir)), f"C{i % 10}"
+        ax.plot(*lines["train"], color=colour, label=f"{label} train")
+        if lines["val"][0]:
+            ax.plot(*lines["val"], color=colour, linestyle="--", marker="o", markersize=3, label=f"{label} val")
+    ax.set_xlabel(AXES[x][1])
+    ax.set_ylabel("loss (nats per token)")
+    if x != "steps":
+        ax.set_xscale("log")
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=8)
+    fig.tight_layout()
+    os.makedirs(os.path.dirname(os.path.abspath(out)), exist_ok=True)
+    fig.savefig(out)
+    plt.close(fig)
+
+
+def main(argv: Sequence[str]) -> None:
+    workdirs = argv[1:]
+    if not workdirs:
+        raise cli.UserError("no workdir given; usage: python -m lm.plot WORKDIR... [--x steps|tokens|flops]")
+    plot(workdirs, flags.FLAGS.out, flags.FLAGS.x)
+    print(f"wrote {flags.FLAGS.out}: loss against {AXES[flags.FLAGS.x][1]} of {len(workdirs)} run(s)")
+
+
+if __name__ == "__main__":
+    flags.DEFINE_enum("x", "steps", list(AXES), "The horizontal axis: steps, training tokens or training FLOPs.")
+    flags.DEFINE_string("out", "loss.png", "The PNG to write.")
+    cli.run(main)

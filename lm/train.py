@@ -28,6 +28,7 @@ from lm.evaluate import evaluate, make_eval_step
 from lm.model import TransformerLM
 
 METRICS = "metrics.jsonl"
+SUMMARY = "summary.json"
 
 
 def loss_and_grads(model: TransformerLM, params: Any, batch: dict[str, jax.Array], microbatches: int = 1,
@@ -271,6 +272,11 @@ def train(cfg: ml_collections.ConfigDict, workdir: str) -> dict[str, float]:
         result = run_eval(start, record=False)
     ckpt.wait()
     ckpt.close()
+    if log.active:  # the mark of a finished run (lm.sweep skips it)
+        summary = {"steps": cfg.train.steps, "parameters": sum(x.size for x in jax.tree.leaves(state.params))}
+        with open(os.path.join(workdir, SUMMARY + ".tmp"), "w") as f:
+            json.dump(summary, f)
+        os.replace(os.path.join(workdir, SUMMARY + ".tmp"), os.path.join(workdir, SUMMARY))
     return result
 
 

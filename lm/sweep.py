@@ -1,0 +1,138 @@
+"""`python -m lm.sweep experiments/NAME.py [--root runs] [--dry_run]`: the runs of an experiment, one after another.
+
+An experiment file names a base config and adds one set of overrides per run:
+
+    BASE = "configs/shakespeare_char.py"
+    FIXED = {"train.steps": 2000}          # optional: overrides of every run, left out of the run names
+
+    def sweep(add):
+        for lr in (3e-4, 1e-3, 3e-3):
+            add({"optim.lr": lr})
+
+Each run trains in ROOT/NAME/<its overrides> with `python -m lm.train`. A run whose workdir holds `summary.json`
+(written when training reaches its last step) is skipped; any other is started, or resumed from its last
+checkpoint. `--dry_run` prints the commands instead, one per line, for a cluster scheduler. At the end:
+ROOT/NAME/results.csv and results.md (overrides, parameters, tokens, FLOPs, final train and validation loss,
+bits per byte, wall time, tokens/s) and ROOT/NAME/loss.png (every run's loss curves).
+"""
+
+import csv
+import importlib.util
+import json
+import os
+import re
+import shlex
+import statistics
+import subprocess
+import sys
+from collections.abc import Sequence
+from typing import Any
+
+from absl import flags
+
+from lm import cli, plot
+from lm.train import SUMMARY
+
+COLUMNS = ("run", "parameters", "tokens", "flops", "train_loss", "val_loss", "val_bits_per_byte", "wall_s",
+           "tokens_per_sec")
+
+
+def load(path: str) -> tuple[str, dict[str, Any], list[dict[str, Any]]]:
+    """(base config path, fixed overrides, one override dict per run) of the experiment file `path`."""
+    if not os.path.isfile(path):
+        raise cli.UserError(f"experiment file {path} does not exist; pass experiments/NAME.py")
+    spec = importlib.util.spec_from_file_location(os.path.basename(path)[:-3], path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    if not hasattr(module, "BASE") or not hasattr(module, "sweep"):
+        raise cli.UserError(f"{path} needs BASE (a config file) and def sweep(add); see lm/sweep.py")
+    runs: list[dict[str, Any]] = []
+    module.sweep(lambda overrides: runs.append(dict(overrides)))
+    if not runs:
+        raise cli.UserError(f"sweep() in {path} added no run")
+    return module.BASE, dict(getattr(module, "FIXED", {})), runs
+
+
+def run_name(overrides: dict[str, Any]) -> str:
+    """A workdir name from overrides, e.g. optim.lr=0.001,model.num_layers=4 ('base' for none)."""
+    name = ",".join(f"{k}={v}" for k, v in overrides.items()) or "base"
+    return re.sub(r"[^\w.,=+-]", "_", name)
+
+
+def command(base: str, workdir: str, overrides: dict[str, Any]) -> list[str]:
+    """The `python -m lm.train` command line of one run."""
+    return [sys.executable, "-m", "lm.train", "--config", base, "--workdir", workdir,
+            *(f"--config.{k}={v}" for k, v in overrides.items())]
+
+
+def result_row(name: str, workdir: str) -> dict[str, Any]:
+    """A results-table row of a finished run, from its summary.json and metrics.jsonl."""
+    with open(os.path.join(workdir, SUMMARY)) as f:
+        summary = json.load(f)
+    records = plot.read_metrics(workdir)
+    train = [r for r in records if "loss" in r]
+    val = [r for r in records if "val_loss" in r]
+    wall, previous = 0.0, 0.0
+    for r in train:  # a resumed run restarts its clock: add up the segments
+        wall += previous if r["wall_time"] < previous else 0.0
+        previous = r["wall_time"]
+    return {"run": name, "parameters": summary["parameters"], "tokens": train[-1]["train_tokens"],
+            "flops": train[-1]["train_flops"], "train_loss": train[-1]["loss"],
+            "val_loss": val[-1]["val_loss"] if val else float("nan"),
+            "val_bits_per_byte": val[-1]["val_bits_per_byte"] if val else float("nan"), "wall_s": wall + previous,
+            "tokens_per_sec": statistics.median(r["tokens_per_sec"] for r in train)}
+
+
+def write_tables(rows: list[dict[str, Any]], out_dir: str) -> None:
+    """results.csv and results.md in `out_dir`."""
+    with open(os.path.join(out_dir, "results.csv"), "w", newline="") as f:
+        writer = csv.DictWriter(f, COLUMNS)
+        writer.writeheader()
+        writer.writerows(rows)
+
+    def cell(v: Any) -> str:
+        if isinstance(v, float):
+            return f"{v:,.0f}" if abs(v) >= 1000 else f"{v:.4g}"
+        return f"{v:,}" if isinstance(v, int) else str(v)
+
+    lines = ["| " + " | ".join(COLUMNS) + " |", "|" + " --- |" * len(COLUMNS)]
+    lines += ["| " + " | ".join(cell(r[c]) for c in COLUMNS) + " |" for r in rows]
+    with open(os.path.join(out_dir, "results.md"), "w") as f:
+        f.write("\n".join(lines) + "\n")
+
+
+def run(path: str, root: str, dry_run: bool = False) -> list[dict[str, Any]]:
+    """Runs (or, with `dry_run`, prints the commands of) the experiment `path`; returns the results rows."""
+    base, fixed, runs = load(path)
+    out_dir = os.path.join(root, os.path.basename(path)[:-3])
+    planned = [(run_name(o), os.path.join(out_dir, run_name(o)), {**fixed, **o}) for o in runs]
+    if dry_run:
+        for _, workdir, overrides in planned:
+            print(shlex.join(command(base, workdir, overrides)))
+        return []
+    for i, (name, workdir, overrides) in enumerate(planned):
+        if os.path.exists(os.path.join(workdir, SUMMARY)):
+            print(f"[{i + 1}/{len(planned)}] {name}: finished earlier, skipped", flush=True)
+            continue
+        print(f"[{i + 1}/{len(planned)}] {name}: training in {workdir}", flush=True)
+        done = subprocess.run(command(base, workdir, overrides))
+        if done.returncode != 0:
+            raise cli.Stopped(f"run {name} ended with exit status {done.returncode}; rerun the sweep to resume it",
+                              done.returncode)
+    rows = [result_row(name, workdir) for name, workdir, _ in planned]
+    write_tables(rows, out_dir)
+    plot.plot([w for _, w, _ in planned], os.path.join(out_dir, "loss.png"), "tokens")
+    print(f"results: {out_dir}/results.md, results.csv, loss.png")
+    return rows
+
+
+def main(argv: Sequence[str]) -> None:
+    if len(argv) != 2:
+        raise cli.UserError("usage: python -m lm.sweep experiments/NAME.py [--root runs] [--dry_run]")
+    run(argv[1], flags.FLAGS.root, flags.FLAGS.dry_run)
+
+
+if __name__ == "__main__":
+    flags.DEFINE_string("root", "runs", "Where the experiment's folder of runs goes.")
+    flags.DEFINE_bool("dry_run", False, "Print one `python -m lm.train` command per run instead of running them.")
+    cli.run(main)

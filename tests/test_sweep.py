@@ -1,0 +1,83 @@
+"""`python -m lm.sweep`: a 2-run sweep of the tiny config to the end, a rerun that trains nothing, the results
+table against each run's JSONL, dry-run commands that run, and every experiment file loading and expanding."""
+
+import glob
+import json
+import os
+import shlex
+import subprocess
+
+import pytest
+from conftest import ROOT, TINY, USER_ENV, one_line_error, run_module
+
+from lm import sweep
+
+EXPERIMENT = """
+BASE = {base!r}
+FIXED = {{"data.cache_dir": {cache!r}, "train.steps": 10, "train.eval_every": 10, "train.log_every": 2}}
+
+def sweep(add):
+    add({{"optim.lr": 0.001}})
+    add({{"optim.lr": 0.003, "model.num_layers": 1}})
+"""
+
+
+def _mtimes(root: str) -> dict[str, float]:
+    return {p: os.stat(p).st_mtime_ns for p in glob.glob(f"{root}/**/*", recursive=True)}
+
+
+def test_a_sweep_runs_to_the_end_and_a_rerun_trains_nothing(tmp_path, cache_dir, capsys, monkeypatch):
+    monkeypatch.delenv("XLA_FLAGS")  # the runs' processes see the one CPU device a user has, not the tests' eight
+    path = tmp_path / "two_lrs.py"
+    path.write_text(EXPERIMENT.format(base=TINY, cache=cache_dir))
+    root = str(tmp_path / "runs")
+    rows = sweep.run(str(path), root)
+    names = ["optim.lr=0.001", "optim.lr=0.003,model.num_layers=1"]
+    assert [r["run"] for r in rows] == names
+    for row in rows:
+        with open(os.path.join(root, "two_lrs", row["run"], "metrics.jsonl")) as f:
+            records = [json.loads(line) for line in f]
+        train = [r for r in records if "loss" in r]
+        assert train[-1]["step"] == 10 and row["train_loss"] == train[-1]["loss"]
+        assert row["val_loss"] == [r["val_loss"] for r in records if "val_loss" in r][-1]
+        assert row["tokens"] == train[-1]["train_tokens"] == 10 * 8 * 32  # steps x batch x context
+        assert row["flops"] == train[-1]["train_flops"] > 0 and row["tokens_per_sec"] > 0 and row["wall_s"] > 0
+    assert rows[0]["parameters"] > rows[1]["parameters"] > 0  # two layers, then one
+    table = (tmp_path / "runs" / "two_lrs" / "results.md").read_text().splitlines()
+    assert len(table) == 4 and names[1] in table[3]
+    assert os.path.getsize(tmp_path / "runs" / "two_lrs" / "loss.png") > 0
+
+    before = _mtimes(os.path.join(root, "two_lrs", names[0]))
+    capsys.readouterr()
+    assert sweep.run(str(path), root) == rows
+    assert capsys.readouterr().out.count("finished earlier, skipped") == 2
+    assert _mtimes(os.path.join(root, "two_lrs", names[0])) == before  # nothing retrained, nothing rewritten
+
+
+def test_dry_run_prints_runnable_commands(tmp_path, cache_dir):
+    path = tmp_path / "two_lrs.py"
+    path.write_text(EXPERIMENT.format(base=TINY, cache=cache_dir))
+    result = run_module("lm.sweep", str(path), f"--root={tmp_path / 'runs'}", "--dry_run", timeout=120)
+    assert result.returncode == 0, result.stderr
+    commands = result.stdout.strip().splitlines()
+    assert len(commands) == 2 and all(" -m lm.train --config " in c for c in commands)
+    assert not os.path.exists(tmp_path / "runs")  # a dry run trains nothing
+    done = subprocess.run(shlex.split(commands[1]), cwd=ROOT, env=USER_ENV, capture_output=True, text=True,
+                          timeout=300)
+    assert done.returncode == 0, done.stderr
+    assert json.loads((tmp_path / "runs" / "two_lrs" / "optim.lr=0.003,model.num_layers=1" / "summary.json")
+                      .read_text())["steps"] == 10
+
+
+@pytest.mark.parametrize("path", sorted(p for p in glob.glob(os.path.join(ROOT, "experiments", "*.py"))
+                                        if "def sweep(" in open(p).read()))
+def test_every_experiment_file_loads_and_expands(path):
+    base, fixed, runs = sweep.load(path)
+    assert os.path.isfile(os.path.join(ROOT, base)) and runs
+    names = [sweep.run_name({**o}) for o in runs]
+    assert len(set(names)) == len(names)  # every run gets a workdir of its own
+
+
+def test_an_experiment_file_without_a_sweep_is_one_line(tmp_path):
+    (tmp_path / "empty.py").write_text("BASE = 'configs/tiny.py'\n")
+    one_line_error(run_module("lm.sweep", str(tmp_path / "empty.py"), timeout=120), "needs BASE", "def sweep(add)")

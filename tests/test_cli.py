@@ -162,7 +162,7 @@ def test_bench_prints_its_figures_and_profile():
 
 def test_bench_times_the_input_pipeline_against_the_train_step(cache_dir):
     result = run_module("lm.bench", "--config", TINY, "--data", "--repeats", "1",
-                        f"--config.data.cache_dir={cache_dir}")
+                        f"--config.data.cache_dir={cache_dir}", "--config.tokenizer.sample_chars=200000")
     assert result.returncode == 0, result.stderr
     rows = re.findall(r"^  (char|bpe) \((\d+) ids\) +([\d,]+) tokens/s \| per document .* read (\d+) us", result.stdout,
                       re.M)

@@ -26,7 +26,7 @@ CONFIGS = sorted(glob.glob(os.path.join(os.path.dirname(__file__), "..", "config
 def _divisible_tiny(tiny_config, mesh=(8, 1, 1), steps=5):
     """The tiny config with 8 heads and a 512-piece vocabulary, so that every 8-device mesh divides it."""
     cfg = tiny_config.copy_and_resolve_references()
-    cfg.tokenizer.update(type="bpe", vocab_size=512)
+    cfg.tokenizer.update(type="bpe", vocab_size=512, sample_chars=100_000)  # a quick tokenizer
     cfg.model.update(num_heads=8, embed_dim=64)
     cfg.train.update(steps=steps, log_every=1, eval_every=1000)
     cfg.mesh.update(data=mesh[0], fsdp=mesh[1], tensor=mesh[2])
@@ -104,7 +104,7 @@ def test_bad_meshes_stop_with_one_line_naming_the_sizes(tiny_config, tmp_path):
 def test_model_family_configs_train_on_a_cpu_with_a_small_override(name, tiny_config, tmp_path):
     cfg = load_config(os.path.join(os.path.dirname(__file__), "..", "configs", f"{name}.py"))
     cfg.data.cache_dir = tiny_config.data.cache_dir
-    cfg.tokenizer.vocab_size = 512
+    cfg.tokenizer.update(vocab_size=512, sample_chars=100_000)  # a quick tokenizer: the configs are under test
     cfg.model.update(num_layers=2, num_heads=4, num_kv_heads=2 if cfg.model.num_kv_heads else 0, embed_dim=64,
                      mlp_dim=128, max_len=32)
     cfg.train.update(batch_size=8, steps=3, log_every=1, eval_every=3, eval_batches=2)

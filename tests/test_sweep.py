@@ -1,5 +1,5 @@
-"""`python -m lm.sweep`: a 2-run sweep of the tiny config to the end, a rerun that trains nothing, the results
-table against each run's JSONL, dry-run commands that run, and every experiment file loading and expanding."""
+"""`python -m lm.sweep`: dry-run commands that run, a 2-run sweep of the tiny config to the end, a rerun that trains
+nothing, the results table against each run's JSONL, and every experiment file loading and expanding."""
 
 import glob
 import json
@@ -8,9 +8,9 @@ import shlex
 import subprocess
 
 import pytest
-from conftest import ROOT, TINY, USER_ENV, one_line_error, run_module
+from conftest import ROOT, TINY, USER_ENV
 
-from lm import sweep
+from lm import cli, sweep
 
 EXPERIMENT = """
 BASE = {base!r}
@@ -26,13 +26,27 @@ def _mtimes(root: str) -> dict[str, float]:
     return {p: os.stat(p).st_mtime_ns for p in glob.glob(f"{root}/**/*", recursive=True)}
 
 
-def test_a_sweep_runs_to_the_end_and_a_rerun_trains_nothing(tmp_path, cache_dir, capsys, monkeypatch):
+def test_dry_run_commands_run_a_sweep_runs_to_the_end_and_a_rerun_trains_nothing(tmp_path, cache_dir, capsys,
+                                                                                    monkeypatch):
     monkeypatch.delenv("XLA_FLAGS")  # the runs' processes see the one CPU device a user has, not the tests' eight
     path = tmp_path / "two_lrs.py"
     path.write_text(EXPERIMENT.format(base=TINY, cache=cache_dir))
     root = str(tmp_path / "runs")
-    rows = sweep.run(str(path), root)
     names = ["optim.lr=0.001", "optim.lr=0.003,model.num_layers=1"]
+
+    # --dry_run prints the commands and trains nothing; the second, run as printed, trains its run to the end.
+    assert sweep.run(str(path), root, dry_run=True) == [] and not os.path.exists(root)
+    commands = capsys.readouterr().out.strip().splitlines()
+    assert len(commands) == 2 and all(" -m lm.train --config " in c for c in commands)
+    done = subprocess.run(shlex.split(commands[1]), cwd=ROOT, env=USER_ENV, capture_output=True, text=True,
+                          timeout=300)
+    assert done.returncode == 0, done.stderr
+    assert json.loads((tmp_path / "runs" / "two_lrs" / names[1] / "summary.json").read_text())["steps"] == 10
+
+    # The sweep trains the first run and skips the second, which its printed command finished.
+    rows = sweep.run(str(path), root)
+    out = capsys.readouterr().out
+    assert f"{names[0]}: training in" in out and f"{names[1]}: finished earlier, skipped" in out
     assert [r["run"] for r in rows] == names
     for row in rows:
         with open(os.path.join(root, "two_lrs", row["run"], "metrics.jsonl")) as f:
@@ -47,26 +61,12 @@ def test_a_sweep_runs_to_the_end_and_a_rerun_trains_nothing(tmp_path, cache_dir,
     assert len(table) == 4 and names[1] in table[3]
     assert os.path.getsize(tmp_path / "runs" / "two_lrs" / "loss.png") > 0
 
-    before = _mtimes(os.path.join(root, "two_lrs", names[0]))
-    capsys.readouterr()
+    before = _mtimes(os.path.join(root, "two_lrs"))
     assert sweep.run(str(path), root) == rows
     assert capsys.readouterr().out.count("finished earlier, skipped") == 2
-    assert _mtimes(os.path.join(root, "two_lrs", names[0])) == before  # nothing retrained, nothing rewritten
-
-
-def test_dry_run_prints_runnable_commands(tmp_path, cache_dir):
-    path = tmp_path / "two_lrs.py"
-    path.write_text(EXPERIMENT.format(base=TINY, cache=cache_dir))
-    result = run_module("lm.sweep", str(path), f"--root={tmp_path / 'runs'}", "--dry_run", timeout=120)
-    assert result.returncode == 0, result.stderr
-    commands = result.stdout.strip().splitlines()
-    assert len(commands) == 2 and all(" -m lm.train --config " in c for c in commands)
-    assert not os.path.exists(tmp_path / "runs")  # a dry run trains nothing
-    done = subprocess.run(shlex.split(commands[1]), cwd=ROOT, env=USER_ENV, capture_output=True, text=True,
-                          timeout=300)
-    assert done.returncode == 0, done.stderr
-    assert json.loads((tmp_path / "runs" / "two_lrs" / "optim.lr=0.003,model.num_layers=1" / "summary.json")
-                      .read_text())["steps"] == 10
+    after = _mtimes(os.path.join(root, "two_lrs"))
+    assert {p: t for p, t in after.items() if "/results." not in p and not p.endswith("loss.png")} == \
+        {p: t for p, t in before.items() if "/results." not in p and not p.endswith("loss.png")}  # nothing retrained
 
 
 @pytest.mark.parametrize("path", sorted(p for p in glob.glob(os.path.join(ROOT, "experiments", "*.py"))
@@ -78,6 +78,7 @@ def test_every_experiment_file_loads_and_expands(path):
     assert len(set(names)) == len(names)  # every run gets a workdir of its own
 
 
-def test_an_experiment_file_without_a_sweep_is_one_line(tmp_path):
+def test_an_experiment_file_without_a_sweep_is_named(tmp_path):
     (tmp_path / "empty.py").write_text("BASE = 'configs/tiny.py'\n")
-    one_line_error(run_module("lm.sweep", str(tmp_path / "empty.py"), timeout=120), "needs BASE", "def sweep(add)")
+    with pytest.raises(cli.UserError, match=r"empty.py needs BASE \(a config file\) and def sweep\(add\)"):
+        sweep.load(str(tmp_path / "empty.py"))

@@ -29,7 +29,7 @@ def test_the_command_writes_one_png_of_several_runs_and_names_a_workdir_that_is_
     assert result.returncode == 0, result.stderr
     assert "loss against training tokens of 2 run(s)" in result.stdout
     with Image.open(out) as image:
-        assert image.format == "PNG" and image.size == (800, 500)
+        assert image.format == "PNG" and image.size[0] >= 600 and image.size[1] >= 400  # the axes and their legend
     one_line_error(run_module("lm.plot", str(tmp_path)), f"{tmp_path} has no metrics.jsonl")
     one_line_error(run_module("lm.plot"), "no workdir given")
     assert not os.path.exists("loss.png")

@@ -2,15 +2,18 @@
 nothing, the results table against each run's JSONL, and every experiment file loading and expanding."""
 
 import glob
+import importlib.util
 import json
 import os
 import shlex
 import subprocess
 
+import numpy as np
 import pytest
 from conftest import ROOT, TINY, USER_ENV
 
 from lm import cli, sweep
+from lm import config as config_lib
 
 EXPERIMENT = """
 BASE = {base!r}
@@ -76,6 +79,26 @@ def test_every_experiment_file_loads_and_expands(path):
     assert os.path.isfile(os.path.join(ROOT, base)) and runs
     names = [sweep.run_name({**o}) for o in runs]
     assert len(set(names)) == len(names)  # every run gets a workdir of its own
+    spec = importlib.util.spec_from_file_location("base", os.path.join(ROOT, base))
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    for overrides in runs:  # every run's config is one lm.train accepts
+        cfg = module.get_config()
+        for key, value in {**fixed, **overrides}.items():
+            section, name = key.split(".")
+            cfg[section][name] = value
+        config_lib.validate(cfg)
+
+
+def test_the_scaling_fit_recovers_a_known_power_law():
+    spec = importlib.util.spec_from_file_location("scaling", os.path.join(ROOT, "experiments", "scaling.py"))
+    scaling = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(scaling)
+    n = np.array([2.5e4, 5.7e4, 1.5e5, 4.5e5, 7.9e5])
+    a, alpha, c = scaling.fit_power_law(n, 9.0 * n**-0.35 + 1.4)
+    assert (a, alpha, c) == pytest.approx((9.0, 0.35, 1.4), rel=1e-4)
+    a, alpha, c = scaling.fit_power_law(n, 3.0 * n**-0.2)  # no floor: c stays at 0, not below
+    assert c == pytest.approx(0.0, abs=1e-6) and alpha == pytest.approx(0.2, rel=1e-4)
 
 
 def test_an_experiment_file_without_a_sweep_is_named(tmp_path):

@@ -33,7 +33,7 @@ from lm.train import make_train_step
 SHAPES = {  # name: (config file, overrides, lm steps and torch steps per round, rounds)
     "shakespeare_char recipe (4L/4H/128, ctx 64, batch 12)": ("configs/shakespeare_char.py", {}, 20, 6),
     "gpt2_124m, float32, batch 4 x 256": (
-        "configs/gpt2_124m.py", {"model.dtype": "float32", "train.batch_size": 4, "model.max_len": 256}, 1, 3),
+        "configs/gpt2_124m.py", {"model.dtype": "float32", "train.batch_size": 4, "model.max_len": 256}, 3, 3),
 }
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -99,7 +99,7 @@ def _serve(framework: str, shape: str) -> None:
     path, overrides, _, _ = SHAPES[shape]
     cfg = _load(path, overrides)
     if framework == "lm":
-        shd.split_cpu({"data": -1, "fsdp": 1, "tensor": 1, "cpu_devices": 0}, 12)  # one device per core
+        shd.split_cpu(cfg.mesh, cfg.train.batch_size)  # the devices lm.train makes of this host for cfg
         run, _ = lm_step(cfg)
     else:
         import torch

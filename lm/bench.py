@@ -174,7 +174,8 @@ if __name__ == "__main__":
     flags.DEFINE_bool("decode", False, "Measure sampling (decode) speed instead of the train step.")
     flags.DEFINE_bool("data", False, "Measure the input pipeline's speed against the train step's.")
     flags.DEFINE_string("decode_batches", "1,8", "Decode: batch sizes.")
-    flags.DEFINE_string("decode_formats", "none,bfloat16,int8", "Decode: weight formats (see lm.sample --quantize).")
+    flags.DEFINE_string("decode_formats", "none,bfloat16,int8,int8_dynamic",
+                        "Decode: weight formats (see lm.sample --quantize).")
     flags.DEFINE_integer("prompt_len", 16, "Decode: prompt tokens.")
     flags.DEFINE_integer("new_tokens", 128, "Decode: tokens generated per row.")
     flags.DEFINE_string("depths", "", "Also compare the step's compile time at these depths, e.g. 12,48.")

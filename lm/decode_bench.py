@@ -96,7 +96,7 @@ def agreement(c: ModelConfig, params: Any, weights: Any, batch: int, prompt_len:
     prompt = np.random.default_rng(0).integers(0, c.vocab_size, (batch, prompt_len))
     tokens = np.concatenate([prompt, want], axis=1)[:, : c.max_len]
     apply = jax.jit(lambda p, t: TransformerLM(c).apply(
-        {"params": quantize.dequantize(p, c.dtype)}, t, jnp.broadcast_to(jnp.arange(t.shape[1]), t.shape),
+        {"params": p}, t, jnp.broadcast_to(jnp.arange(t.shape[1]), t.shape),
         jnp.ones_like(t)))
     ref, out = np.asarray(apply(params, tokens)), np.asarray(apply(weights, tokens))
     return float((got == want).mean()), float(np.linalg.norm(out - ref) / np.linalg.norm(ref))

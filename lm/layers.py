@@ -9,6 +9,7 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
+from lm import quantize
 from lm import sharding as shd
 
 
@@ -27,7 +28,7 @@ class Projection(nn.Module):
     def __call__(self, x: jax.Array) -> jax.Array:
         init = nn.with_logical_partitioning(nn.initializers.normal(self.init_std), tuple(self.kernel_axes))
         kernel = self.param("kernel", init, tuple(self.kernel_shape), self.param_dtype)
-        y = jnp.einsum(self.equation, x.astype(self.dtype), kernel.astype(self.dtype))
+        y = quantize.einsum(self.equation, x, kernel, self.dtype)  # kernel: float, or int8 for sampling
         if self.bias_axes is not None:
             shape = tuple(self.kernel_shape[len(self.kernel_shape) - len(self.bias_axes):])
             zeros = nn.with_logical_partitioning(nn.initializers.zeros, tuple(self.bias_axes))

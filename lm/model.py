@@ -13,6 +13,7 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
+from lm import quantize
 from lm import sharding as shd
 from lm.attention import SelfAttention
 from lm.config import ModelConfig
@@ -82,11 +83,13 @@ class TransformerLM(nn.Module):
         wte = self.param("token_embedding", nn.with_logical_partitioning(normal, (shd.VOCAB, shd.EMBED)),
                          (c.padded_vocab, c.embed_dim), c.param_dtype)
         # Look-ups read whole rows: gather the tables' model dimension first (FSDP shards it).
-        x = jnp.take(nn.with_logical_constraint(wte, (shd.VOCAB, None)), tokens, axis=0)  # [B, T, D]
+        # (Sampling may pass int8 tables: quantize.Int8Weight, a scale per row; the tree maps reach both parts.)
+        x = quantize.take(jax.tree.map(lambda a: nn.with_logical_constraint(a, (shd.VOCAB, None)), wte),
+                          tokens)  # [B, T, D]
         if c.position == "learned":
             wpe = self.param("position_embedding", nn.with_logical_partitioning(normal, (shd.POSITION, shd.EMBED)),
                              (c.max_len, c.embed_dim), c.param_dtype)
-            x = x + jnp.take(nn.with_logical_constraint(wpe, (None, None)), positions, axis=0)
+            x = x + quantize.take(jax.tree.map(lambda a: nn.with_logical_constraint(a, (None, None)), wpe), positions)
         x = nn.with_logical_constraint(x.astype(c.dtype), (shd.BATCH, shd.LENGTH, shd.ACT_EMBED))
 
         index = kv_segments = layer_caches = None
@@ -115,12 +118,12 @@ class TransformerLM(nn.Module):
 
         x = norm(c.norm, c.norm_eps, c.use_bias, c.dtype, c.param_dtype, "norm_final")(x)
         if c.tie_embeddings:
-            head = wte.T  # [D, V'] (V' = padded_vocab)
+            head = jax.tree.map(lambda a: a.T, wte)  # [D, V'] (V' = padded_vocab; an int8 scale [V', 1] -> [1, V'])
         else:
             head = self.param("lm_head", nn.with_logical_partitioning(normal, (shd.EMBED, shd.VOCAB)),
                               (c.embed_dim, c.padded_vocab), c.param_dtype)
         # The matmul's output is in the compute dtype so that its backward runs in it too; loss in float32.
-        logits = jnp.einsum("btd,dv->btv", x, head.astype(c.dtype))[..., :c.vocab_size].astype(jnp.float32)
+        logits = quantize.einsum("btd,dv->btv", x, head, c.dtype)[..., :c.vocab_size].astype(jnp.float32)
         logits = nn.with_logical_constraint(logits, (shd.BATCH, shd.LENGTH, shd.ACT_VOCAB))
         if cache is None:
             return logits

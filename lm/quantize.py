@@ -1,26 +1,34 @@
 """Weight formats for sampling (`--quantize`): as saved, bfloat16, or int8 with a float32 scale per output channel.
 
-int8 is weight-only: every matrix (projection kernels, embedding tables, output head) is stored as
-round(w / scale) with scale = max|w| / 127 over the input axis (over the width for each embedding row), and
-turned back into the compute dtype inside the jitted step, so at rest the weights take a quarter of their
-float32 bytes. Norm scales and biases stay in float32.
+int8 stores every matrix (projection kernels, embedding tables, output head) as round(w / scale) with
+scale = max|w| / 127 over the input axis (over the width for each embedding row); norm scales and biases stay
+in float32. The model reads int8 weights as they are: look-ups scale the rows they gather and matmuls scale
+their output per channel, so the weights are never expanded to float in memory.
+- `int8` is weight-only: each matmul converts the int8 values to the compute dtype (XLA's CPU backend expands
+  them to a float buffer first, so on a CPU it saves memory at rest, not time).
+- `int8_dynamic` also rounds each token's activations to int8 (a scale per token, as PyTorch's dynamic
+  quantization) and multiplies int8 by int8 into int32: the matmuls read a quarter of the bytes, and on a CPU
+  decode faster, at some cost in agreement with the float model.
 """
 
+import math
 from typing import Any
 
 import flax.struct
 import jax
 import jax.numpy as jnp
 
-FORMATS = ("none", "bfloat16", "int8")  # none: as saved (float32 unless param_dtype says otherwise)
+FORMATS = ("none", "bfloat16", "int8", "int8_dynamic")  # none: as saved (float32 unless param_dtype says otherwise)
 
 
 @flax.struct.dataclass
 class Int8Weight:
-    """values int8 [...], scale float32 broadcastable to values: the weight is values * scale."""
+    """values int8 [...], scale float32 broadcastable to values: the weight is values * scale. `dynamic`: its
+    matmuls round their input to int8 too (format int8_dynamic)."""
 
     values: jax.Array
     scale: jax.Array
+    dynamic: bool = flax.struct.field(pytree_node=False, default=False)
 
 
 def _input_axes(path: tuple[Any, ...], x: jax.Array) -> tuple[int, ...]:
@@ -36,10 +44,11 @@ def _input_axes(path: tuple[Any, ...], x: jax.Array) -> tuple[int, ...]:
     return (first,)  # [D, ...] or [F, D]: the first axis in
 
 
-def _to_int8(x: jax.Array, axes: tuple[int, ...]) -> Int8Weight:
+def _to_int8(x: jax.Array, axes: tuple[int, ...]) -> tuple[jax.Array, jax.Array]:
+    """(round(x / scale) as int8, scale) with scale = max|x| / 127 over `axes` (kept as size-1 axes)."""
     scale = jnp.max(jnp.abs(x.astype(jnp.float32)), axis=axes, keepdims=True) / 127.0
     scale = jnp.where(scale > 0, scale, 1.0)
-    return Int8Weight(jnp.round(x / scale).astype(jnp.int8), scale)
+    return jnp.round(x / scale).astype(jnp.int8), scale
 
 
 def convert(params: Any, fmt: str) -> Any:
@@ -48,12 +57,12 @@ def convert(params: Any, fmt: str) -> Any:
         return params
     if fmt == "bfloat16":
         return jax.tree.map(lambda x: x.astype(jnp.bfloat16), params)
-    if fmt != "int8":
+    if fmt not in ("int8", "int8_dynamic"):
         raise ValueError(f"unknown weight format {fmt!r}; use one of {FORMATS}")
 
     def one(path: tuple[Any, ...], x: jax.Array) -> Any:
         axes = _input_axes(path, x)
-        return _to_int8(x, axes) if axes else x
+        return Int8Weight(*_to_int8(x, axes), dynamic=fmt == "int8_dynamic") if axes else x
 
     return jax.jit(lambda p: jax.tree_util.tree_map_with_path(one, p))(params)
 
@@ -62,12 +71,36 @@ def is_int8(params: Any) -> bool:
     return any(isinstance(x, Int8Weight) for x in jax.tree.leaves(params, is_leaf=lambda x: isinstance(x, Int8Weight)))
 
 
-def dequantize(params: Any, dtype: str) -> Any:
-    """int8 weights back to `dtype` (values * scale); other leaves unchanged. Call it inside the jitted step."""
-    def one(x: Any) -> Any:
-        return x.values.astype(dtype) * x.scale.astype(dtype) if isinstance(x, Int8Weight) else x
+def einsum(equation: str, x: jax.Array, kernel: Any, dtype: str) -> jax.Array:
+    """`einsum(equation, x, kernel)` in `dtype` for a float kernel or an Int8Weight, e.g. 'btd,dnh->btnh'.
 
-    return jax.tree.map(one, params, is_leaf=lambda x: isinstance(x, Int8Weight))
+    An Int8Weight's scale multiplies the output: the output's axes must be x's kept axes, then the kernel's."""
+    if not isinstance(kernel, Int8Weight):
+        return jnp.einsum(equation, x.astype(dtype), kernel.astype(dtype))
+    inputs, out = equation.split("->")
+    x_axes, kernel_axes = inputs.split(",")
+    kept_x, kept_kernel = ("".join(a for a in out if a in axes) for axes in (x_axes, kernel_axes))
+    assert out == kept_x + kept_kernel, f"{equation}: the output must list x's axes, then the kernel's"
+    scale = jnp.einsum(f"{kernel_axes}->{kept_kernel}", kernel.scale.astype(dtype))  # drops its size-1 input axes
+    if not kernel.dynamic:
+        return jnp.einsum(equation, x.astype(dtype), kernel.values.astype(dtype)) * scale
+    contracted = tuple(i for i, a in enumerate(x_axes) if a not in out)
+    x_int, x_scale = _to_int8(x, contracted)  # a scale per token
+    rows = x.size // math.prod(x.shape[i] for i in contracted)
+    if rows == 1:  # XLA's CPU backend multiplies one int8 row by an int8 matrix slowly, two rows fast
+        assert out[0] == x_axes[0], f"{equation}: x's first axis must lead the output"
+        x_int = jnp.concatenate([x_int, jnp.zeros_like(x_int)], axis=0)
+    y = jnp.einsum(equation, x_int, kernel.values, preferred_element_type=jnp.int32)[: x.shape[0]]
+    x_scale = jnp.einsum(f"{x_axes}->{kept_x}", x_scale)  # drops its size-1 contracted axes
+    x_scale = x_scale.reshape(x_scale.shape + (1,) * len(kept_kernel))
+    return y.astype(dtype) * x_scale.astype(dtype) * scale
+
+
+def take(table: Any, ids: jax.Array) -> jax.Array:
+    """Rows `ids` of a float table, or of an Int8Weight scaled per row (in float32): [V, D] -> [*ids.shape, D]."""
+    if not isinstance(table, Int8Weight):
+        return jnp.take(table, ids, axis=0)
+    return jnp.take(table.values, ids, axis=0).astype(jnp.float32) * jnp.take(table.scale, ids, axis=0)
 
 
 def nbytes(params: Any) -> int:

@@ -19,7 +19,7 @@ from lm.cli import UserError
 from lm.model import TransformerLM
 from lm.train import METRICS, train
 
-MESHES = [(8, 1, 1), (1, 8, 1), (1, 1, 8), (2, 2, 2), (2, 4, 1)]
+MESHES = [(8, 1, 1), (1, 8, 1), (1, 1, 8), (2, 2, 2)]  # data, FSDP, tensor parallel, all three
 CONFIGS = sorted(glob.glob(os.path.join(os.path.dirname(__file__), "..", "configs", "*.py")))
 
 

@@ -141,10 +141,12 @@ def test_sample_split_over_devices_or_from_int8_weights(tiny_run):
     workdir, _ = tiny_run
     args = ("lm.sample", "--workdir", workdir, "--prompt", "ROMEO:", "--prompt", "KING:", "--max_new_tokens", "30",
             "--temperature", "0", "--format", "jsonl")
-    one, split, int8 = run_module(*args), run_module(*args, "--tensor", "2"), run_module(*args, "--quantize", "int8")
-    for result in (one, split, int8):
+    one, split = run_module(*args), run_module(*args, "--tensor", "2")
+    int8, int8_split = (run_module(*args, "--quantize", "int8_dynamic", *more) for more in ((), ("--tensor", "2")))
+    for result in (one, split, int8, int8_split):
         assert result.returncode == 0, result.stderr
     assert split.stdout == one.stdout  # two devices, the same greedy text
+    assert int8_split.stdout == int8.stdout  # int8 matmuls sum exactly in int32, split or not
     assert [json.loads(line)["prompt"] for line in int8.stdout.strip().splitlines()] == ["ROMEO:", "KING:"]
     one_line_error(run_module(*args, "--tensor", "3"), "is not divisible by mesh")
 
@@ -177,7 +179,7 @@ def test_bench_times_decoding_per_weight_format():
     assert result.returncode == 0, result.stderr
     rows = re.findall(r"^  batch +(\d+) lm (\w+) +([\d.]+) tokens/s .* ([\d.]+)% of the bandwidth bound", result.stdout,
                       re.M)
-    want = [(b, f) for b in "12" for f in ("none", "bfloat16", "int8")]
+    want = [(b, f) for b in "12" for f in ("none", "bfloat16", "int8", "int8_dynamic")]
     assert [(b, f) for b, f, _, _ in rows] == want, result.stdout
     assert all(float(t) > 0 and float(p) > 0 for _, _, t, p in rows)
     assert "of greedy tokens equal" in result.stdout and "copy bandwidth" in result.stdout

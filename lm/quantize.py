@@ -2,8 +2,8 @@
 
 int8 stores every matrix (projection kernels, embedding tables, output head) as round(w / scale) with
 scale = max|w| / 127 over the input axis (over the width for each embedding row); norm scales and biases stay
-in float32. The model reads int8 weights as they are: look-ups scale the rows they gather and matmuls scale
-their output per channel, so the weights are never expanded to float in memory.
+in float32. The model takes int8 weights as they are, with no float copy of the parameters made before the
+step: look-ups scale the rows they gather and matmuls scale their output per channel.
 - `int8` is weight-only: each matmul converts the int8 values to the compute dtype (XLA's CPU backend expands
   them to a float buffer first, so on a CPU it saves memory at rest, not time).
 - `int8_dynamic` also rounds each token's activations to int8 (a scale per token, as PyTorch's dynamic
@@ -24,7 +24,8 @@ FORMATS = ("none", "bfloat16", "int8", "int8_dynamic")  # none: as saved (float3
 @flax.struct.dataclass
 class Int8Weight:
     """values int8 [...], scale float32 broadcastable to values: the weight is values * scale. `dynamic`: its
-    matmuls round their input to int8 too (format int8_dynamic)."""
+    matmuls round their input to int8 too (format int8_dynamic). It stands in the parameter tree where the float
+    parameter was; flax's shape check of an existing parameter sees its first leaf, `values`, of that shape."""
 
     values: jax.Array
     scale: jax.Array

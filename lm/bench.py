@@ -126,13 +126,20 @@ def main(argv: Sequence[str]) -> None:
         raise cli.UserError("usage: python -m lm.bench --config configs/NAME.py [--depths 12,48]")
     cfg = f.config
     config_lib.validate(cfg)
-    if f.decode:
+    if f.decode:  # the model split over --decode_tensor devices, as `lm.sample --tensor` splits it
+        shd.split_cpu({"cpu_devices": f.decode_tensor}, 1)
+        if not 1 <= f.decode_tensor <= jax.device_count():
+            raise cli.UserError(f"--decode_tensor {f.decode_tensor} needs 1 to {jax.device_count()} devices")
+        layout = shd.make_layout({"data": 1, "fsdp": 1, "tensor": f.decode_tensor}, jax.devices()[: f.decode_tensor])
         c = config_lib.model_config(cfg, cfg.tokenizer.vocab_size)
-        params = jax.jit(lambda: nn.unbox(state_lib.boxed_params(TransformerLM(c), cfg.seed)))()
+        shardings = jax.tree.map(lambda a: a.sharding, state_lib.abstract_params(TransformerLM(c), layout))
+        params = jax.jit(lambda: nn.unbox(state_lib.boxed_params(TransformerLM(c), cfg.seed)),
+                         out_shardings=shardings)()
         batches = [int(b) for b in f.decode_batches.split(",")]
-        rows = decode_bench.measure(c, params, batches, f.decode_formats.split(","), f.prompt_len, f.new_tokens,
-                                    f.repeats)
-        decode_bench.report(rows, f.prompt_len, f.new_tokens)
+        with layout.scope():
+            rows = decode_bench.measure(c, params, batches, f.decode_formats.split(","), f.prompt_len,
+                                        f.new_tokens, f.repeats)
+        decode_bench.report(rows, f.prompt_len, f.new_tokens, f.decode_tensor)
         return
     shd.split_cpu(cfg.mesh, cfg.train.batch_size)
     if f.data:
@@ -174,6 +181,8 @@ if __name__ == "__main__":
     flags.DEFINE_bool("decode", False, "Measure sampling (decode) speed instead of the train step.")
     flags.DEFINE_bool("data", False, "Measure the input pipeline's speed against the train step's.")
     flags.DEFINE_string("decode_batches", "1,8", "Decode: batch sizes.")
+    flags.DEFINE_integer("decode_tensor", 1, "Decode: devices to split the model over, as lm.sample --tensor "
+                         "(a CPU host is made into that many devices).")
     flags.DEFINE_string("decode_formats", "none,bfloat16,int8,int8_dynamic",
                         "Decode: weight formats (see lm.sample --quantize).")
     flags.DEFINE_integer("prompt_len", 16, "Decode: prompt tokens.")

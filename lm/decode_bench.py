@@ -139,10 +139,10 @@ def measure(c: ModelConfig, params: Any, batches: Sequence[int], formats: Sequen
     return rows
 
 
-def report(rows: list[dict[str, Any]], prompt_len: int, new_tokens: int) -> None:
+def report(rows: list[dict[str, Any]], prompt_len: int, new_tokens: int, tensor: int = 1) -> None:
     """Prints the rows with each decoder's ratio to `transformers` at the same batch."""
-    print(f"decode: {prompt_len}-token prompts, {new_tokens} new tokens (greedy, prefill included); copy "
-          f"bandwidth {rows[0]['bandwidth'] / 1e9:.1f} GB/s measured now")
+    print(f"decode: {prompt_len}-token prompts, {new_tokens} new tokens (greedy, prefill included), lm's model "
+          f"over {tensor} device(s); copy bandwidth {rows[0]['bandwidth'] / 1e9:.1f} GB/s measured now")
     peers = {r["batch"]: r["tokens_per_s"] for r in rows if r["decoder"].startswith("transformers")}
     for r in rows:
         ratio = f" | {r['tokens_per_s'] / peers[r['batch']]:.2f}x transformers" if r["batch"] in peers else ""

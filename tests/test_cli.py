@@ -175,7 +175,7 @@ def test_bench_times_the_input_pipeline_against_the_train_step(cache_dir):
 
 def test_bench_times_decoding_per_weight_format():
     result = run_module("lm.bench", "--config", TINY, "--decode", "--decode_batches", "1,2", "--new_tokens", "8",
-                        "--repeats", "1")
+                        "--repeats", "1", "--decode_tensor", "2")
     assert result.returncode == 0, result.stderr
     rows = re.findall(r"^  batch +(\d+) lm (\w+) +([\d.]+) tokens/s .* ([\d.]+)% of the bandwidth bound", result.stdout,
                       re.M)
@@ -183,3 +183,4 @@ def test_bench_times_decoding_per_weight_format():
     assert [(b, f) for b, f, _, _ in rows] == want, result.stdout
     assert all(float(t) > 0 and float(p) > 0 for _, _, t, p in rows)
     assert "of greedy tokens equal" in result.stdout and "copy bandwidth" in result.stdout
+    assert "lm's model over 2 device(s)" in result.stdout

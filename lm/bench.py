@@ -127,10 +127,7 @@ def main(argv: Sequence[str]) -> None:
     cfg = f.config
     config_lib.validate(cfg)
     if f.decode:  # the model split over --decode_tensor devices, as `lm.sample --tensor` splits it
-        shd.split_cpu({"cpu_devices": f.decode_tensor}, 1)
-        if not 1 <= f.decode_tensor <= jax.device_count():
-            raise cli.UserError(f"--decode_tensor {f.decode_tensor} needs 1 to {jax.device_count()} devices")
-        layout = shd.make_layout({"data": 1, "fsdp": 1, "tensor": f.decode_tensor}, jax.devices()[: f.decode_tensor])
+        layout = shd.tensor_layout(f.decode_tensor, "--decode_tensor")
         c = config_lib.model_config(cfg, cfg.tokenizer.vocab_size)
         shardings = jax.tree.map(lambda a: a.sharding, state_lib.abstract_params(TransformerLM(c), layout))
         params = jax.jit(lambda: nn.unbox(state_lib.boxed_params(TransformerLM(c), cfg.seed)),

@@ -209,15 +209,10 @@ def _read_prompts(flag_prompts: Sequence[str], prompt_file: str) -> list[str]:
 def main(argv: Sequence[str]) -> None:
     del argv
     f = flags.FLAGS
-    if f.tensor < 1:
-        raise cli.UserError(f"--tensor must be >= 1 (devices to split the model over), got {f.tensor}")
-    shd.split_cpu({"cpu_devices": f.tensor}, 1)  # on a CPU host: one JAX device per model slice
+    layout = shd.tensor_layout(f.tensor)  # on a CPU host: one JAX device per model slice
     prompts = _read_prompts(f.prompt or [], f.prompt_file)
     ckpt, step, model_config, tokenizer, _ = open_run(f.workdir, f.step)
     tokenizer = require_tokenizer(tokenizer, f.workdir)
-    if f.tensor > jax.device_count():
-        raise cli.UserError(f"--tensor {f.tensor} needs that many devices; this host has {jax.device_count()}")
-    layout = shd.make_layout({"data": 1, "fsdp": 1, "tensor": f.tensor}, jax.devices()[: f.tensor])
     params = ckpt.params(step, state_lib.abstract_params(TransformerLM(model_config), layout))
     with layout.scope():
         params = quantize.convert(params, f.quantize)

@@ -191,6 +191,17 @@ def make_layout(sizes: dict[str, Any], devices: Sequence[jax.Device] | None = No
     return Layout(mesh, as_rules(sizes.get("rules", DEFAULT_RULES)))
 
 
+def tensor_layout(tensor: int, flag: str = "--tensor") -> Layout:
+    """A mesh that splits the model over `tensor` devices (heads, MLP, vocabulary) for sampling; a CPU host is
+    made into that many devices first. `flag` names the option in errors."""
+    if tensor < 1:
+        raise UserError(f"{flag} must be >= 1 (devices to split the model over), got {tensor}")
+    split_cpu({"cpu_devices": tensor}, 1)
+    if tensor > jax.device_count():
+        raise UserError(f"{flag} {tensor} needs that many devices; this host has {jax.device_count()}")
+    return make_layout({"data": 1, "fsdp": 1, "tensor": tensor}, jax.devices()[:tensor])
+
+
 def bytes_per_device(tree: Any) -> dict[jax.Device, int]:
     """Bytes that each of this process's devices holds of the arrays in `tree`."""
     held: dict[jax.Device, int] = defaultdict(int)

@@ -60,7 +60,8 @@ def lm_step(cfg):
     tx, lr = optim.optimizer(cfg.optim, cfg.train.steps)
     holder = [state_lib.create(model, tx, layout, 0)]
     batch = synthetic_batch(layout, cfg.train.batch_size, c.max_len, c.vocab_size)
-    step = jax.jit(make_train_step(model, tx, lr), donate_argnums=0)
+    step = jax.jit(make_train_step(model, tx, lr, reduce_axes=layout.replicated_batch_axes(holder[0].params)),
+                   donate_argnums=0)
 
     def run() -> None:
         with layout.scope():

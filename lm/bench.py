@@ -55,7 +55,8 @@ def compile_seconds(cfg: Any, model_config: config_lib.ModelConfig, layout: shd.
     b, t = cfg.train.batch_size, model_config.max_len + 1
     batch = {k: jax.ShapeDtypeStruct((b, t), jnp.int32, sharding=layout.batch_sharding())
              for k in ("tokens", "segment_ids", "positions")}
-    step = jax.jit(make_train_step(model, tx, lr, cfg.train.microbatches, cfg.train.z_loss), donate_argnums=0)
+    step = jax.jit(make_train_step(model, tx, lr, cfg.train.microbatches, cfg.train.z_loss,
+                                   reduce_axes=layout.replicated_batch_axes(abstract.params)), donate_argnums=0)
     start = time.perf_counter()
     with layout.scope():
         step.lower(abstract, batch).compile()
@@ -74,10 +75,11 @@ def bench(cfg: Any, repeats: int = 5, profile: bool = False) -> dict[str, Any]:
     tokens = cfg.train.batch_size * c.max_len
     out = {"parameters": sum(x.size for x in jax.tree.leaves(state.params)),
            "compile_s": compile_seconds(cfg, c, layout)}
-    train_step = make_train_step(model, tx, lr, cfg.train.microbatches, cfg.train.z_loss)
+    reduce_axes = layout.replicated_batch_axes(state.params)
+    train_step = make_train_step(model, tx, lr, cfg.train.microbatches, cfg.train.z_loss, reduce_axes=reduce_axes)
     step = jax.jit(train_step, donate_argnums=0)
     fwd = jax.jit(lambda p, b: objective.mean_loss(model, p, b))
-    fwd_bwd = jax.jit(lambda p, b: loss_and_grads(model, p, b, cfg.train.microbatches, cfg.train.z_loss))
+    fwd_bwd = jax.jit(lambda p, b: loss_and_grads(model, p, b, cfg.train.microbatches, cfg.train.z_loss, reduce_axes))
     holder = [state]
 
     def run_step():

@@ -200,7 +200,7 @@ def check_compatible(saved: dict[str, Any], current: ModelConfig, tokenizer: dic
 
 
 # Model settings that change how the parameters are computed with or stored, not what they are.
-RUNTIME_FIELDS = ("attention", "scan_layers", "remat", "dtype", "param_dtype", "vocab_multiple")
+RUNTIME_FIELDS = ("attention", "scan_layers", "scan_unroll", "remat", "dtype", "param_dtype", "vocab_multiple")
 
 
 def init_source(spec: str) -> tuple[Checkpointer, int, ModelConfig, AnyTokenizer, str]:

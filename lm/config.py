@@ -48,6 +48,7 @@ class ModelConfig:
     qk_norm: bool = False
     attention: str = "auto"  # auto (cuDNN on NVIDIA GPUs, else XLA) | xla | cudnn | reference (einsum)
     scan_layers: bool = True  # one compiled layer, scanned: compile time does not grow with depth
+    scan_unroll: int = 1  # layers per iteration of the scanned loop; 0: all (straight-line code, stacked parameters)
     remat: str = "none"  # none | full | dots | dots_no_batch: what the backward pass recomputes
     dtype: str = "float32"  # activations
     param_dtype: str = "float32"
@@ -109,7 +110,7 @@ def defaults() -> ml_collections.ConfigDict:
     c.model = dict(num_layers=4, num_heads=4, embed_dim=128, mlp_dim=0, max_len=64, num_kv_heads=0,
                    position="learned", rope_theta=10000.0, norm="layernorm", norm_eps=1e-5, mlp="gelu",
                    use_bias=True, tie_embeddings=True, vocab_multiple=1, qk_norm=False, attention="auto",
-                   scan_layers=True, remat="none", dtype="float32", param_dtype="float32")
+                   scan_layers=True, scan_unroll=1, remat="none", dtype="float32", param_dtype="float32")
     # eval_batches 0 evaluates the whole validation split; microbatches > 1 accumulates gradients over that
     # many slices of each batch; z_loss weighs log(Z)^2 of the softmax normalizer.
     # nonfinite: what a step with a NaN or infinite loss or gradient does (lm/nonfinite.py): 'stop' the run, or
@@ -165,6 +166,7 @@ def validate(cfg: ml_collections.ConfigDict) -> None:
     )
     m, o = cfg.model, cfg.optim
     _check(m.vocab_multiple >= 1, f"config.model.vocab_multiple must be >= 1 (1: no padding), got {m.vocab_multiple}")
+    _check(m.scan_unroll >= 0, f"config.model.scan_unroll must be >= 0 (0: all layers), got {m.scan_unroll}")
     _check(m.mlp_dim >= 0, f"config.model.mlp_dim must be >= 0 (0 means 4 * embed_dim), got {m.mlp_dim}")
     _check(
         m.embed_dim % m.num_heads == 0,

@@ -3,7 +3,8 @@ Llama style (RoPE, RMSNorm, SwiGLU, grouped-query attention, no biases, untied h
 
 `TransformerLM(config)(tokens, positions, segment_ids) -> logits`; with a cache from `init_cache` it also
 returns the updated cache, for incremental decoding. Layers are scanned (one compiled layer, parameters
-stacked on a leading 'layers' axis) or unrolled, and optionally rematerialized, by config.
+stacked on a leading 'layers' axis; `scan_unroll` layers per loop iteration, all of them with 0) or unrolled
+(one set of parameters per layer), and optionally rematerialized, by config.
 """
 
 import math
@@ -104,7 +105,7 @@ class TransformerLM(nn.Module):
             blocks = nn.scan(
                 block, variable_axes={"params": 0}, split_rngs={"params": True}, length=c.num_layers,
                 in_axes=(nn.broadcast, nn.broadcast, 0, nn.broadcast, nn.broadcast),
-                metadata_params={nn.PARTITION_NAME: shd.LAYERS},
+                metadata_params={nn.PARTITION_NAME: shd.LAYERS}, unroll=c.scan_unroll or c.num_layers,
             )(c, name="blocks")
             x, layer_caches = blocks(x, positions, segment_ids, layer_caches, index, kv_segments)
         else:

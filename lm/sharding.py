@@ -158,6 +158,21 @@ class Layout:
         axes = spec if isinstance(spec, tuple) else (spec,) if spec else ()
         return int(np.prod([self.mesh.shape[a] for a in axes]))
 
+    def replicated_batch_axes(self, params: Any) -> tuple[str, ...]:
+        """The mesh axes that split the batch, if the devices are CPUs and no parameter in `params` (arrays or
+        ShapeDtypeStructs) is split over any mesh axis; else (). Such a step can reduce its gradients in one
+        buffer (`train.loss_and_grads`); on accelerators XLA's own per-gradient all-reduces overlap the backward."""
+        spec = self.batch_sharding().spec[0]
+        axes = tuple(a for a in (spec if isinstance(spec, tuple) else (spec,) if spec else ())
+                     if self.mesh.shape[a] > 1)
+        if not axes or self.mesh.devices.flat[0].platform != "cpu":
+            return ()
+        def split(spec: PartitionSpec) -> bool:
+            named = [n for a in spec if a is not None for n in (a if isinstance(a, tuple) else (a,))]
+            return any(self.mesh.shape[n] > 1 for n in named)
+
+        return () if any(split(x.sharding.spec) for x in jax.tree.leaves(params)) else axes
+
     def describe(self) -> str:
         sizes = ", ".join(f"{a}={n}" for a, n in self.mesh.shape.items())
         rules = ", ".join(f"{name}->{axes}" for name, axes in self.rules if axes is not None)

@@ -77,8 +77,10 @@ def test_scan_over_layers_equals_the_unrolled_model(cfg):
     for i in range(cfg.num_layers):
         unrolled[f"block_{i}"] = jax.tree.map(lambda x, i=i: x[i], params["blocks"])
     batch = _batch()
-    np.testing.assert_allclose(_logits(dataclasses.replace(cfg, scan_layers=False), unrolled, batch),
-                               _logits(cfg, params, batch), atol=1e-5)
+    scanned = _logits(cfg, params, batch)
+    np.testing.assert_allclose(_logits(dataclasses.replace(cfg, scan_layers=False), unrolled, batch), scanned,
+                               atol=1e-5)
+    np.testing.assert_allclose(_logits(dataclasses.replace(cfg, scan_unroll=0), params, batch), scanned, atol=1e-5)
 
 
 @pytest.mark.parametrize("cfg", [GPT2, LLAMA], ids=["gpt2", "llama"])

@@ -3,6 +3,7 @@
 import glob
 import json
 import os
+import re
 
 import flax.linen as nn
 import jax
@@ -11,13 +12,14 @@ import optax
 import pytest
 from conftest import load_config
 
-from lm import checkpoint
+from lm import checkpoint, optim
 from lm import config as config_lib
 from lm import sharding as shd
 from lm import state as state_lib
+from lm.bench import synthetic_batch
 from lm.cli import UserError
 from lm.model import TransformerLM
-from lm.train import METRICS, train
+from lm.train import METRICS, loss_and_grads, train
 
 MESHES = [(8, 1, 1), (1, 8, 1), (1, 1, 8), (2, 2, 2)]  # data, FSDP, tensor parallel, all three
 CONFIGS = sorted(glob.glob(os.path.join(os.path.dirname(__file__), "..", "configs", "*.py")))
@@ -121,3 +123,25 @@ def test_cpu_devices_zero_means_one_per_core_as_the_mesh_and_batch_allow():
     assert shd.cpu_device_count({"data": 1, "fsdp": 2, "tensor": 1, "cpu_devices": 0}, 12, cores=16) == 2
     assert shd.cpu_device_count({**mesh, "cpu_devices": 3}, batch_size=12, cores=2) == 3
     assert shd.cpu_device_count(mesh, batch_size=12, cores=2) == 1  # older configs without the key
+
+
+def test_a_data_parallel_cpu_step_reduces_its_gradients_in_one_buffer_with_the_same_result(tiny_config):
+    cfg = _divisible_tiny(tiny_config, (8, 1, 1))
+    model = TransformerLM(config_lib.model_config(cfg, vocab_size=512))
+    tx, _ = optim.optimizer(cfg.optim, cfg.train.steps)
+    layout = shd.make_layout(cfg.mesh)
+    state = state_lib.create(model, tx, layout, seed=0)
+    axes = layout.replicated_batch_axes(state.params)
+    assert axes == ("data",)
+    for mesh in ((1, 8, 1), (1, 1, 8), (2, 2, 2)):  # parameters split: XLA's own all-reduces
+        split = shd.make_layout(_divisible_tiny(tiny_config, mesh).mesh)
+        assert split.replicated_batch_axes(state_lib.abstract(model, tx, split).params) == ()
+    batch = synthetic_batch(layout, 16, cfg.model.max_len, 512)
+    with layout.scope():  # with 2 microbatches and z-loss: every part of the objective
+        flat = jax.jit(lambda p, b: loss_and_grads(model, p, b, 2, 1e-4, axes)).lower(state.params, batch).compile()
+        reductions = re.findall(r"= (\S+) all-reduce\(", flat.as_text())
+        n = sum(x.size for x in jax.tree.leaves(state.params)) + 2  # every gradient, the loss sum and the count
+        assert reductions == [f"f32[{n}]{{0}}"], reductions
+        spmd = jax.jit(lambda p, b: loss_and_grads(model, p, b, 2, 1e-4))(state.params, batch)
+        for a, b in zip(jax.tree.leaves(flat(state.params, batch)), jax.tree.leaves(spmd), strict=True):
+            np.testing.assert_allclose(np.asarray(a), np.asarray(b), rtol=1e-5, atol=1e-7)

@@ -1,5 +1,7 @@
 """AdamW with linear warmup and cosine decay, global-norm clipping, and weight decay on matrices only."""
 
+from typing import Any
+
 import jax
 import ml_collections
 import optax
@@ -17,8 +19,14 @@ def schedule(cfg: ml_collections.ConfigDict, total_steps: int) -> optax.Schedule
 
 
 def decay_mask(params: optax.Params) -> optax.Params:
-    """True for matrices (and higher-rank kernels); biases, norms and other vectors are not decayed."""
-    return jax.tree.map(lambda p: p.ndim >= 2, params)
+    """True for matrices (and higher-rank kernels); biases, norms and other vectors are not decayed. The layer
+    axis of scanned layers (parameters under 'blocks', stacked [L, ...]) does not count: a stacked bias is a
+    vector per layer."""
+    def decayed(path: tuple[Any, ...], p: jax.Array) -> bool:
+        stacked = any(getattr(k, "key", None) == "blocks" for k in path)
+        return p.ndim - stacked >= 2
+
+    return jax.tree_util.tree_map_with_path(decayed, params)
 
 
 def optimizer(cfg: ml_collections.ConfigDict, total_steps: int) -> tuple[optax.GradientTransformation, optax.Schedule]:

@@ -11,6 +11,7 @@ import pytest
 from lm.attention import attend, attention_mask, reference_attention
 from lm.config import ModelConfig
 from lm.model import TransformerLM, init_cache
+from lm.optim import decay_mask
 from lm.state import boxed_params
 from lm.train import loss_and_grads
 
@@ -81,6 +82,17 @@ def test_scan_over_layers_equals_the_unrolled_model(cfg):
     np.testing.assert_allclose(_logits(dataclasses.replace(cfg, scan_layers=False), unrolled, batch), scanned,
                                atol=1e-5)
     np.testing.assert_allclose(_logits(dataclasses.replace(cfg, scan_unroll=0), params, batch), scanned, atol=1e-5)
+
+
+@pytest.mark.parametrize("cfg", [GPT2, LLAMA], ids=["gpt2", "llama"])
+def test_weight_decay_reaches_the_same_matrices_scanned_or_unrolled(cfg):
+    shapes = lambda c: jax.eval_shape(lambda: _params(c))  # noqa: E731
+    scanned, unrolled = decay_mask(shapes(cfg)), decay_mask(shapes(dataclasses.replace(cfg, scan_layers=False)))
+    assert not scanned["blocks"]["norm_attn"]["scale"] and scanned["blocks"]["mlp"]["proj"]["kernel"]
+    for i in range(cfg.num_layers):
+        assert unrolled[f"block_{i}"] == scanned["blocks"]
+    assert {k: v for k, v in unrolled.items() if not k.startswith("block_")} == {
+        k: v for k, v in scanned.items() if k != "blocks"}
 
 
 @pytest.mark.parametrize("cfg", [GPT2, LLAMA], ids=["gpt2", "llama"])

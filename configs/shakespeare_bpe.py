@@ -17,7 +17,7 @@ def get_config() -> ml_collections.ConfigDict:
     c = defaults()
     c.seed = 1337
     c.tokenizer.update(type="bpe", vocab_size=2000)
-    c.model.update(num_layers=4, num_heads=4, embed_dim=128, max_len=64)
+    c.model.update(num_layers=4, num_heads=4, embed_dim=128, max_len=64, scan_unroll=0)
     c.train.update(batch_size=12, steps=2000)
     c.mesh.cpu_devices = 0  # on a CPU: data-parallel over one device per core (faster at this size)
     c.optim.update(lr=1e-3, min_lr=1e-4, warmup_steps=100, b2=0.99)

@@ -167,6 +167,7 @@ class Layout:
                      if self.mesh.shape[a] > 1)
         if not axes or self.mesh.devices.flat[0].platform != "cpu":
             return ()
+
         def split(spec: PartitionSpec) -> bool:
             named = [n for a in spec if a is not None for n in (a if isinstance(a, tuple) else (a,))]
             return any(self.mesh.shape[n] > 1 for n in named)

@@ -1,4 +1,4 @@
-"""One code path on every mesh: same losses on DP, FSDP, TP and mixes; FSDP memory; clear errors for bad meshes."""
+"""Same losses on DP (one flat gradient all-reduce on CPUs), FSDP, TP and mixes; FSDP memory; clear errors for bad meshes."""
 
 import glob
 import json

@@ -1,4 +1,4 @@
-"""Same losses on DP (one flat gradient all-reduce on CPUs), FSDP, TP and mixes; FSDP memory; clear errors for bad meshes."""
+"""Same losses on DP (one flat gradient all-reduce on CPUs), FSDP, TP and mixes; FSDP memory; bad meshes."""
 
 import glob
 import json

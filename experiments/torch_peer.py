@@ -4,6 +4,7 @@ slows both alike.
 
     python experiments/torch_peer.py                     # needs torch and transformers beside lm (not lm's deps)
     python experiments/torch_peer.py --torch_env=lm      # PyTorch with the allocator setting lm's commands use
+    python experiments/torch_peer.py --only=gpt2_124m    # one shape
 
 Each framework runs in a process of its own (in one process, each slows the other: lm's GPT-2 124M step ran 15%
 slower beside PyTorch's), started as its users start it: lm's with the huge-page tunable its commands set
@@ -151,6 +152,8 @@ def main(argv) -> None:
     print(f"jax {jax.__version__}; lm's GLIBC_TUNABLES={lm_env.get('GLIBC_TUNABLES', '')!r}, "
           f"PyTorch's {torch_env.get('GLIBC_TUNABLES', '')!r}")
     for name, (_, _, steps, rounds) in SHAPES.items():
+        if flags.FLAGS.only not in name:
+            continue
         path, overrides = SHAPES[name][:2]
         cfg = _load(path, overrides)
         tokens = cfg.train.batch_size * cfg.model.max_len
@@ -172,5 +175,6 @@ def main(argv) -> None:
 if __name__ == "__main__":
     flags.DEFINE_string("worker", "", "Internal: run as the worker of this framework (lm or torch).")
     flags.DEFINE_string("shape", "", "Internal: the worker's shape (a key of SHAPES).")
+    flags.DEFINE_string("only", "", "Only the shapes whose name contains this, e.g. gpt2_124m.")
     flags.DEFINE_enum("torch_env", "user", ["user", "lm"], "PyTorch's environment: as it is, or with lm's tunable.")
     app.run(main)

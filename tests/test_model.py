@@ -1,6 +1,7 @@
 """The model: causality, packed documents kept apart, logical names on every parameter, cached decoding."""
 
 import dataclasses
+import re
 
 import flax.linen as nn
 import jax
@@ -95,3 +96,18 @@ def test_cached_decoding_equals_full_forward(cfg):
                                   cache)
         np.testing.assert_allclose(step[:, 0], full[:, t], atol=1e-5)
     assert int(cache["index"]) == 12
+
+
+@pytest.mark.parametrize("batch", [1, 8])
+def test_a_decode_step_reads_every_weight_in_place(batch):
+    """XLA once copied the attention output kernel [N, H, D] into another layout at every decode step, to fit
+    the attention output's: a third of a GPT-2 decode step. No instruction of the compiled step may compute a
+    parameter in another layout (its op_name would then be the parameter's path, `variables['params'][...]`)."""
+    cfg = dataclasses.replace(CFG, embed_dim=64, num_heads=4, mlp_dim=256, scan_layers=False)
+    model, params = _setup(cfg)
+    cache = init_cache(cfg, batch, 16)
+    ones = jnp.ones((batch, 1), jnp.int32)
+    hlo = jax.jit(model.apply).lower({"params": params}, ones, ones, ones, cache).compile().as_text()
+    copies = [line.strip()[:200] for line in hlo.split("\n")
+              if 'op_name="variables[' in line and re.search(r"= \S+ (copy|transpose|fusion)\(", line)]
+    assert not copies, copies

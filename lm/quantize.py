@@ -11,6 +11,7 @@ step: look-ups scale the rows they gather and matmuls scale their output per cha
   decode faster, at some cost in agreement with the float model.
 """
 
+import math
 from typing import Any
 
 import flax.struct
@@ -74,39 +75,47 @@ def is_int8(params: Any) -> bool:
 def einsum(equation: str, x: jax.Array, kernel: Any, dtype: str) -> jax.Array:
     """`einsum(equation, x, kernel)` in `dtype` for a float kernel or an Int8Weight, e.g. 'btd,dnh->btnh'.
 
-    The equation contracts x's trailing axes with the kernel's leading (or trailing, as 'btd,vd->btv') axes in the
-    same order and lists x's kept axes, then the kernel's. It runs as one matmul of x [..., K] and the kernel
-    flattened to [K, N] (or [N, K]), with no transpose in the program, so XLA never copies a weight to fit an
-    activation's layout. An Int8Weight's scale multiplies the output."""
+    An Int8Weight's scale multiplies the output: the output's axes must be x's kept axes, then the kernel's.
+    Several contracted axes (x's last, the kernel's first, as 'btnh,nhd->btd') are merged into one first: left
+    to itself, XLA copied such a kernel into another layout at every decode step, to fit the activation's."""
+    equation, x, kernel = _merge_contracted(equation, x, kernel)
+    if not isinstance(kernel, Int8Weight):
+        return jnp.einsum(equation, x.astype(dtype), kernel.astype(dtype))
     inputs, out = equation.split("->")
     x_axes, kernel_axes = inputs.split(",")
-    n = sum(a not in out for a in x_axes)  # contracted axes
-    contracted, x_kept = x_axes[len(x_axes) - n:], x_axes[:len(x_axes) - n]
-    leading = kernel_axes[:n] == contracted  # else trailing
-    kernel_kept = kernel_axes[n:] if leading else kernel_axes[:len(kernel_axes) - n]
-    assert out == x_kept + kernel_kept and contracted in (kernel_axes[:n], kernel_axes[len(kernel_axes) - n:]), (
-        f"{equation}: contract x's trailing axes with the kernel's leading or trailing ones, keep the rest in order")
-    values = kernel.values if isinstance(kernel, Int8Weight) else kernel
-    lead, kept = x.shape[:len(x_kept)], values.shape[n:] if leading else values.shape[:len(kernel_kept)]
-    x = x.reshape(*lead, -1)  # [..., K]
-    values = values.reshape((x.shape[-1], -1) if leading else (-1, x.shape[-1]))  # [K, N] or [N, K]
-
-    def matmul(x: jax.Array, w: jax.Array, accumulate: Any = None) -> jax.Array:  # -> [..., N]
-        dims = (((x.ndim - 1,), (0 if leading else 1,)), ((), ()))
-        return jax.lax.dot_general(x, w, dims, preferred_element_type=accumulate)
-
-    if not isinstance(kernel, Int8Weight):
-        return matmul(x.astype(dtype), values.astype(dtype)).reshape(*lead, *kept)
-    scale = kernel.scale.reshape(-1).astype(dtype)  # [N]: its input axes have size 1
+    kept_x, kept_kernel = ("".join(a for a in out if a in axes) for axes in (x_axes, kernel_axes))
+    assert out == kept_x + kept_kernel, f"{equation}: the output must list x's axes, then the kernel's"
+    scale = jnp.einsum(f"{kernel_axes}->{kept_kernel}", kernel.scale.astype(dtype))  # drops its size-1 input axes
     if not kernel.dynamic:
-        return (matmul(x.astype(dtype), values.astype(dtype)) * scale).reshape(*lead, *kept)
-    x = x.reshape(-1, x.shape[-1])  # [M, K]
-    x_int, x_scale = _to_int8(x, (1,))  # a scale per token [M, 1]
-    rows = x.shape[0]
+        return jnp.einsum(equation, x.astype(dtype), kernel.values.astype(dtype)) * scale
+    contracted = tuple(i for i, a in enumerate(x_axes) if a not in out)
+    x_int, x_scale = _to_int8(x, contracted)  # a scale per token
+    rows = x.size // math.prod(x.shape[i] for i in contracted)
     if rows == 1:  # XLA's CPU backend multiplies one int8 row by an int8 matrix slowly, two rows fast
+        assert out[0] == x_axes[0], f"{equation}: x's first axis must lead the output"
         x_int = jnp.concatenate([x_int, jnp.zeros_like(x_int)], axis=0)
-    y = matmul(x_int, values, jnp.int32)[:rows]
-    return (y.astype(dtype) * x_scale.astype(dtype) * scale).reshape(*lead, *kept)
+    y = jnp.einsum(equation, x_int, kernel.values, preferred_element_type=jnp.int32)[: x.shape[0]]
+    x_scale = jnp.einsum(f"{x_axes}->{kept_x}", x_scale)  # drops its size-1 contracted axes
+    x_scale = x_scale.reshape(x_scale.shape + (1,) * len(kept_kernel))
+    return y.astype(dtype) * x_scale.astype(dtype) * scale
+
+
+def _merge_contracted(equation: str, x: jax.Array, kernel: Any) -> tuple[str, jax.Array, Any]:
+    """The same product with x's trailing contracted axes and the kernel's leading ones each merged into one."""
+    inputs, out = equation.split("->")
+    x_axes, kernel_axes = inputs.split(",")
+    merged = "".join(a for a in x_axes if a not in out)
+    n = len(merged)
+    if n < 2 or not (x_axes.endswith(merged) and kernel_axes.startswith(merged)):
+        return equation, x, kernel
+    x = x.reshape(*x.shape[:-n], -1)
+
+    def flat(a: jax.Array) -> jax.Array:  # an Int8Weight's scale has size 1 on the merged axes
+        return a.reshape(-1, *a.shape[n:])
+
+    kernel = jax.tree.map(flat, kernel)
+    axis = merged[0]
+    return f"{x_axes[:-n]}{axis},{axis}{kernel_axes[n:]}->{out}", x, kernel
 
 
 def take(table: Any, ids: jax.Array) -> jax.Array:

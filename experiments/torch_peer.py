@@ -9,8 +9,9 @@ slows both alike.
 Each framework runs in a process of its own (in one process, each slows the other: lm's GPT-2 124M step ran 15%
 slower beside PyTorch's), started as its users start it: lm's with the huge-page tunable its commands set
 (lm/huge_pages.py), PyTorch's with the environment as it is, or with the same tunable (`--torch_env=lm`).
-The driver asks each for a few steps in turn and prints tokens/s of each and their ratio per round and over all
-rounds (medians of per-step times).
+The bfloat16 shape runs lm's gpt2_124m as configured (bfloat16 compute, float32 parameters and optimizer state)
+against PyTorch under autocast to bfloat16, its mixed precision. The driver asks each for a few steps in turn and
+prints tokens/s of each and their ratio per round and over all rounds (medians of per-step times).
 """
 
 import json
@@ -35,6 +36,8 @@ SHAPES = {  # name: (config file, overrides, lm steps and torch steps per round,
     "shakespeare_char recipe (4L/4H/128, ctx 64, batch 12)": ("configs/shakespeare_char.py", {}, 20, 6),
     "gpt2_124m, float32, batch 4 x 256": (
         "configs/gpt2_124m.py", {"model.dtype": "float32", "train.batch_size": 4, "model.max_len": 256}, 3, 3),
+    "gpt2_124m, bfloat16 compute, batch 4 x 256": (
+        "configs/gpt2_124m.py", {"train.batch_size": 4, "model.max_len": 256}, 3, 3),
 }
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -73,7 +76,8 @@ def lm_step(cfg):
 
 
 def torch_step(c: config_lib.ModelConfig, batch: int):
-    """A closure running one eager PyTorch train step of the same shape."""
+    """A closure running one eager PyTorch train step of the same shape; with bfloat16 compute in `c`, under
+    autocast to bfloat16 (PyTorch's mixed precision: float32 parameters, bfloat16 matmuls)."""
     import torch
     import transformers
 
@@ -86,7 +90,8 @@ def torch_step(c: config_lib.ModelConfig, batch: int):
     x = torch.randint(0, c.vocab_size, (batch, c.max_len))
 
     def run() -> None:
-        loss = model(x, labels=x).loss
+        with torch.autocast("cpu", dtype=torch.bfloat16, enabled=c.dtype == "bfloat16"):
+            loss = model(x, labels=x).loss
         loss.backward()
         torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
         opt.step()

@@ -2,7 +2,8 @@
 
 MFU is model FLOPs (6 N per token for the matmul parameters N, plus 12 L D T for attention scores and values)
 per second over the peak: a table of accelerator peaks (bfloat16, dense) times the device count, or on a CPU
-the dense float32 matmul throughput of the host measured in the same run (CPU devices share its cores).
+the dense matmul throughput of the host in the model's compute dtype measured in the same run (CPU devices share
+its cores).
 A breakdown (forward, forward + backward, optimizer update) says where the step's time goes; `--profile`
 splits it by model part from a profiler trace. `--depths 12,48` compares the step's compile time at two depths.
 `--decode` times sampling instead (lm/decode_bench.py), `--data` the input pipeline (lm/data_bench.py).
@@ -92,7 +93,7 @@ def bench(cfg: Any, repeats: int = 5, profile: bool = False) -> dict[str, Any]:
         out["forward_backward_s"] = _timed(lambda: fwd_bwd(holder[0].params, batch), repeats)
         if profile:
             out["profile"] = step_profile.profile(run_step, step.lower(holder[0], batch).compile().as_text())
-    peak, source = flops.peak_flops_per_second()
+    peak, source = flops.peak_flops_per_second(dtype=c.dtype)
     out["tokens_per_s"] = tokens / out["step_s"]
     out["flops_per_token"] = flops.flops_per_token(c, state.params)
     out["flops_per_s"] = out["flops_per_token"] * out["tokens_per_s"]

@@ -1,5 +1,5 @@
 """Model FLOPs per token, and the peak FLOP/s that model FLOP/s are divided by for MFU: a table of accelerator
-peaks, or on a CPU host the dense-matmul throughput measured in the same run."""
+peaks, or on a CPU host the dense-matmul throughput in the compute dtype measured in the same run."""
 
 import time
 from typing import Any
@@ -16,9 +16,10 @@ PEAKS = {"H200": 989e12, "H100": 989e12, "A100": 312e12, "L40S": 362e12, "L4": 1
 
 
 def matmul_flops_per_second(n: int = 2048, dtype: str = "float32", runs: int = 10) -> float:
-    """Measured dense matmul throughput of the first local device, [n, n] @ [n, n]: the best of `runs` runs."""
+    """Measured dense matmul throughput of the first local device, [n, n] @ [n, n] accumulated in float32: the
+    best of `runs` runs."""
     a = jnp.asarray(np.random.default_rng(0).normal(size=(n, n)), dtype)
-    f = jax.jit(lambda x: x @ x)
+    f = jax.jit(lambda x: jnp.matmul(x, x, preferred_element_type=jnp.float32))
     jax.block_until_ready(f(a))
     best = float("inf")
     for _ in range(runs):
@@ -28,14 +29,15 @@ def matmul_flops_per_second(n: int = 2048, dtype: str = "float32", runs: int = 1
     return 2 * n**3 / best
 
 
-def peak_flops_per_second(quick: bool = False) -> tuple[float, str]:
-    """The peak of all devices together and where it comes from; `quick` measures a CPU host in ~0.1 s."""
+def peak_flops_per_second(quick: bool = False, dtype: str = "float32") -> tuple[float, str]:
+    """The peak of all devices together and where it comes from; on a CPU host, matmuls in the compute `dtype`
+    measured now (`quick`: in ~0.1 s)."""
     kind, count = jax.devices()[0].device_kind, jax.device_count()
     for name, peak in PEAKS.items():
         if name in kind:
             return peak * count, f"{count} x {kind} bfloat16 peak (table)"
-    measured = matmul_flops_per_second(1024, runs=3) if quick else matmul_flops_per_second()
-    return measured, f"{kind} host: float32 matmul measured now"
+    measured = matmul_flops_per_second(1024, dtype, runs=3) if quick else matmul_flops_per_second(dtype=dtype)
+    return measured, f"{kind} host: {jnp.dtype(dtype).name} matmul measured now"
 
 
 def flops_per_token(c: config_lib.ModelConfig, params: Any) -> float:

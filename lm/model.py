@@ -119,12 +119,13 @@ class TransformerLM(nn.Module):
 
         x = norm(c.norm, c.norm_eps, c.use_bias, c.dtype, c.param_dtype, "norm_final")(x)
         if c.tie_embeddings:
-            head = jax.tree.map(lambda a: a.T, wte)  # [D, V'] (V' = padded_vocab; an int8 scale [V', 1] -> [1, V'])
+            head, equation = wte, "btd,vd->btv"  # [V', D] (V' = padded_vocab)
         else:
             head = self.param("lm_head", nn.with_logical_partitioning(normal, (shd.EMBED, shd.VOCAB)),
                               (c.embed_dim, c.padded_vocab), c.param_dtype)
+            equation = "btd,dv->btv"
         # The matmul's output is in the compute dtype so that its backward runs in it too; loss in float32.
-        logits = quantize.einsum("btd,dv->btv", x, head, c.dtype)[..., :c.vocab_size].astype(jnp.float32)
+        logits = quantize.einsum(equation, x, head, c.dtype)[..., :c.vocab_size].astype(jnp.float32)
         logits = nn.with_logical_constraint(logits, (shd.BATCH, shd.LENGTH, shd.ACT_VOCAB))
         if cache is None:
             return logits

@@ -224,7 +224,8 @@ def train(cfg: ml_collections.ConfigDict, workdir: str) -> dict[str, float]:
     eval_step = make_eval_step(model, tok.token_bytes(len(d.separator.encode())), layout)
     eval_set: list[dict] = []
     tokens_per_step = batch * model_config.max_len
-    flops_per_token, (peak, _) = flops.flops_per_token(model_config, state.params), flops.peak_flops_per_second(True)
+    flops_per_token = flops.flops_per_token(model_config, state.params)
+    peak, _ = flops.peak_flops_per_second(True, model_config.dtype)
 
     def amount(step: int) -> dict[str, float]:
         """The training tokens and model FLOPs up to `step`, in every record."""

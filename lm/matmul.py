@@ -1,0 +1,86 @@
+"""bfloat16 projections on a CPU: every product of the forward and backward pass on the CPU's bfloat16 kernels.
+
+XLA's CPU backend multiplies bfloat16 matrices natively (AMX or AVX512-BF16 kernels through its YNNPACK library
+calls, ~5x the float32 rate on a recent Xeon) only when the product accumulates into float32 and its left
+operand holds the contracted axis last in row-major layout; it converts every other bfloat16 dot to float32 first.
+Autodiff of a plain bfloat16 einsum misses both: its products round to bfloat16, and the kernel's gradient
+contracts over the tokens, the leading axis of both operands. `einsum` runs such a projection as a [M, K] x
+[K, N] matmul whose three products (output, input gradient, kernel gradient) each take the native form.
+"""
+
+import functools
+import math
+
+import jax
+import jax.numpy as jnp
+from jax import lax
+
+
+def _split(equation: str) -> tuple[str, str, str, str] | None:
+    """(kept x axes, contracted axes, kept kernel axes, kernel order) of 'kept_x + contracted, kernel -> kept_x +
+    kept_kernel' with the kernel's axes in order contracted + kept ('kn') or kept + contracted ('nk'); else None."""
+    inputs, out = equation.split("->")
+    x_axes, kernel_axes = inputs.split(",")
+    contracted = "".join(a for a in x_axes if a not in out)
+    kept_x = x_axes[:len(x_axes) - len(contracted)]
+    kept_kernel = "".join(a for a in kernel_axes if a not in contracted)
+    if not contracted or x_axes != kept_x + contracted or out != kept_x + kept_kernel:
+        return None
+    if kernel_axes == contracted + kept_kernel:
+        return kept_x, contracted, kept_kernel, "kn"
+    if kernel_axes == kept_kernel + contracted:
+        return kept_x, contracted, kept_kernel, "nk"
+    return None
+
+
+def applies(equation: str, dtype: str) -> bool:
+    """Whether `einsum` takes this projection: bfloat16 compute on a CPU, and a product of x's trailing axes
+    with the kernel's leading or trailing ones ('btd,dnh->btnh', 'btd,vd->btv')."""
+    return jnp.dtype(dtype) == jnp.bfloat16 and jax.default_backend() == "cpu" and _split(equation) is not None
+
+
+def einsum(equation: str, x: jax.Array, kernel: jax.Array) -> jax.Array:
+    """`einsum(equation, x, kernel)` in bfloat16 with float32 accumulation, for an equation `applies` takes."""
+    kept_x, contracted, kept_kernel, order = _split(equation)
+    rows = math.prod(x.shape[:len(kept_x)])
+    width = math.prod(x.shape[len(kept_x):])
+    kernel_2d = kernel.reshape(width, -1) if order == "kn" else kernel.reshape(-1, width)
+    y = matmul(x.reshape(rows, width).astype(jnp.bfloat16), kernel_2d.astype(jnp.bfloat16), order == "nk")
+    kept_shape = kernel.shape[len(contracted):] if order == "kn" else kernel.shape[:len(kept_kernel)]
+    return y.reshape(*x.shape[:len(kept_x)], *kept_shape)
+
+
+def _dot(a: jax.Array, b: jax.Array, contracted: tuple[int, int]) -> jax.Array:
+    """a x b over axis contracted[0] of a and contracted[1] of b, accumulated and returned in float32."""
+    dims = (((contracted[0],), (contracted[1],)), ((), ()))
+    return lax.dot_general(a, b, dims, preferred_element_type=jnp.float32)
+
+
+@functools.partial(jax.custom_vjp, nondiff_argnums=(2,))
+def matmul(x: jax.Array, w: jax.Array, transposed: bool) -> jax.Array:
+    """x [M, K] @ w [K, N] (or w [N, K] if `transposed`) -> [M, N]; bfloat16 in and out, float32 accumulation."""
+    return _dot(x, w, (1, 1 if transposed else 0)).astype(x.dtype)
+
+
+def _forward(x: jax.Array, w: jax.Array, transposed: bool) -> tuple[jax.Array, tuple[jax.Array, jax.Array]]:
+    return matmul(x, w, transposed), (x, w)
+
+
+def _backward(transposed: bool, residuals: tuple[jax.Array, jax.Array], g: jax.Array) -> tuple[jax.Array, ...]:
+    x, w = residuals
+    dx = _dot(g, w, (1, 0 if transposed else 1)).astype(x.dtype)  # [M, N] x w -> [M, K]
+    if transposed:
+        dw = _dot(_row_major_transpose(g), x, (1, 0))  # [N, M] x [M, K] -> [N, K]
+    else:
+        dw = _dot(_row_major_transpose(x), g, (1, 0))  # [K, M] x [M, N] -> [K, N]
+    return dx, dw.astype(w.dtype)
+
+
+def _row_major_transpose(x: jax.Array) -> jax.Array:
+    """x.T [N, M] as a row-major operand. A bare transpose reaches XLA as a column-major view of x, and the
+    dot taking it would be converted to float32; reversing an axis twice is an identity XLA removes, but only
+    after it has chosen which dots run in bfloat16, and by then the transpose is a copy."""
+    return jnp.flip(jnp.flip(x.T, 0), 0)
+
+
+matmul.defvjp(_forward, _backward)

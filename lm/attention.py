@@ -4,7 +4,8 @@ Einsum letters: B batch, T query length, S key length, N query heads, K kv heads
 kv head, H head dim, D model dim.
 A query attends to a key when the key's slot is not later than its own and both belong to the same segment
 (document); segment 0 is padding. Attention runs through `jax.nn.dot_product_attention` (cuDNN flash
-attention on NVIDIA GPUs, XLA elsewhere); `reference_attention` is the plain einsum version kept for tests.
+attention on NVIDIA GPUs, XLA elsewhere), or in bfloat16 on a CPU through lm/cpu_attention.py (its products on
+the CPU's bfloat16 kernels); `reference_attention` is the plain einsum version kept for tests.
 """
 
 import math
@@ -13,6 +14,7 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
+from lm import cpu_attention
 from lm import sharding as shd
 from lm.config import ModelConfig
 from lm.layers import Projection, norm, rope
@@ -49,15 +51,17 @@ def cached_attention(q: jax.Array, k: jax.Array, v: jax.Array, mask: jax.Array) 
 
 def implementation(kind: str, dtype: str) -> str:
     """The attention implementation that `kind` ('auto', 'xla', 'cudnn', 'reference') means here."""
-    if kind == "auto":
-        return "cudnn" if jax.default_backend() == "gpu" and dtype == "bfloat16" else "xla"
-    return kind
+    if kind == "auto" and dtype == "bfloat16" and jax.default_backend() in ("gpu", "cpu"):
+        return "cudnn" if jax.default_backend() == "gpu" else "cpu_bfloat16"
+    return "xla" if kind == "auto" else kind
 
 
 def attend(q: jax.Array, k: jax.Array, v: jax.Array, mask: jax.Array, kind: str, causal_hint: bool) -> jax.Array:
     """Attention by implementation `kind`; `causal_hint` lets cuDNN skip the blocks above the diagonal."""
     if kind == "reference":
         return reference_attention(q, k, v, mask)
+    if kind == "cpu_bfloat16":
+        return cpu_attention.attention(q, k, v, mask)
     return jax.nn.dot_product_attention(q, k, v, mask=mask, is_causal=causal_hint and kind == "cudnn",
                                         implementation=kind)
 

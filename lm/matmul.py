@@ -10,6 +10,7 @@ contracts over the tokens, the leading axis of both operands. `einsum` runs such
 
 import functools
 import math
+from typing import Any
 
 import jax
 import jax.numpy as jnp
@@ -45,7 +46,7 @@ def einsum(equation: str, x: jax.Array, kernel: jax.Array) -> jax.Array:
     rows = math.prod(x.shape[:len(kept_x)])
     width = math.prod(x.shape[len(kept_x):])
     kernel_2d = kernel.reshape(width, -1) if order == "kn" else kernel.reshape(-1, width)
-    y = matmul(x.reshape(rows, width).astype(jnp.bfloat16), kernel_2d.astype(jnp.bfloat16), order == "nk")
+    y = matmul(x.reshape(rows, width).astype(jnp.bfloat16), kernel_2d, order == "nk")
     kept_shape = kernel.shape[len(contracted):] if order == "kn" else kernel.shape[:len(kept_kernel)]
     return y.reshape(*x.shape[:len(kept_x)], *kept_shape)
 
@@ -58,29 +59,33 @@ def _dot(a: jax.Array, b: jax.Array, contracted: tuple[int, int]) -> jax.Array:
 
 @functools.partial(jax.custom_vjp, nondiff_argnums=(2,))
 def matmul(x: jax.Array, w: jax.Array, transposed: bool) -> jax.Array:
-    """x [M, K] @ w [K, N] (or w [N, K] if `transposed`) -> [M, N]; bfloat16 in and out, float32 accumulation."""
-    return _dot(x, w, (1, 1 if transposed else 0)).astype(x.dtype)
+    """x [M, K] bfloat16 @ w [K, N] (or w [N, K] if `transposed`) in any float dtype -> [M, N] bfloat16, with
+    float32 accumulation. w is rounded to bfloat16 for the product; its gradient comes in w's own dtype, summed
+    in float32 and not rounded to bfloat16 on the way."""
+    return _dot(x, w.astype(jnp.bfloat16), (1, 1 if transposed else 0)).astype(jnp.bfloat16)
 
 
-def _forward(x: jax.Array, w: jax.Array, transposed: bool) -> tuple[jax.Array, tuple[jax.Array, jax.Array]]:
-    return matmul(x, w, transposed), (x, w)
+def _forward(x: jax.Array, w: jax.Array, transposed: bool) -> tuple[jax.Array, tuple[jax.Array, jax.Array, Any]]:
+    w16 = w.astype(jnp.bfloat16)
+    return matmul(x, w16, transposed), (x, w16, jnp.zeros((), w.dtype))
 
 
-def _backward(transposed: bool, residuals: tuple[jax.Array, jax.Array], g: jax.Array) -> tuple[jax.Array, ...]:
-    x, w = residuals
-    dx = _dot(g, w, (1, 0 if transposed else 1)).astype(x.dtype)  # [M, N] x w -> [M, K]
+def _backward(transposed: bool, residuals: tuple[jax.Array, jax.Array, Any], g: jax.Array) -> tuple[jax.Array, ...]:
+    x, w16, w_dtype = residuals
+    dx = _dot(g, w16, (1, 0 if transposed else 1)).astype(x.dtype)  # [M, N] x w -> [M, K]
     if transposed:
-        dw = _dot(_row_major_transpose(g), x, (1, 0))  # [N, M] x [M, K] -> [N, K]
+        dw = _dot(row_major(g.T), x, (1, 0))  # [N, M] x [M, K] -> [N, K]
     else:
-        dw = _dot(_row_major_transpose(x), g, (1, 0))  # [K, M] x [M, N] -> [K, N]
-    return dx, dw.astype(w.dtype)
+        dw = _dot(row_major(x.T), g, (1, 0))  # [K, M] x [M, N] -> [K, N]
+    return dx, dw.astype(w_dtype.dtype)
 
 
-def _row_major_transpose(x: jax.Array) -> jax.Array:
-    """x.T [N, M] as a row-major operand. A bare transpose reaches XLA as a column-major view of x, and the
-    dot taking it would be converted to float32; reversing an axis twice is an identity XLA removes, but only
-    after it has chosen which dots run in bfloat16, and by then the transpose is a copy."""
-    return jnp.flip(jnp.flip(x.T, 0), 0)
+def row_major(x: jax.Array) -> jax.Array:
+    """x, typically a transpose, as a row-major matmul operand. A transpose reaches XLA as a view of its input
+    in another layout, and a bfloat16 dot taking it would be converted to float32; reversing an axis twice is an
+    identity XLA removes, but only after it has chosen which dots run in bfloat16, and by then the transpose is
+    a copy."""
+    return jnp.flip(jnp.flip(x, 0), 0)
 
 
 matmul.defvjp(_forward, _backward)

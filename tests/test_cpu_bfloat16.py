@@ -1,5 +1,6 @@
-"""bfloat16 projections on a CPU (lm/matmul.py): the same values and gradients as a float32 einsum, and a
-compiled train step whose every projection product runs on bfloat16 operands."""
+"""bfloat16 compute on a CPU (lm/matmul.py, lm/cpu_attention.py): projections and attention give the values and
+gradients of float32 einsums over the same numbers, and a compiled train step runs every product on bfloat16
+operands."""
 
 import re
 
@@ -9,7 +10,8 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from lm import matmul
+from lm import cpu_attention, matmul
+from lm.attention import attention_mask, reference_attention
 from lm.config import ModelConfig
 from lm.model import TransformerLM
 from lm.state import boxed_params
@@ -50,6 +52,32 @@ def test_other_products_are_left_to_einsum():
     assert not matmul.applies("btd,dv->bvt", "bfloat16")  # an output in another order
 
 
+@pytest.mark.parametrize("packed", [False, True])
+@pytest.mark.parametrize("kv_heads", [4, 2, 1])
+def test_bfloat16_attention_equals_the_einsum_reference_with_its_gradients(kv_heads, packed):
+    rng = np.random.default_rng(1)
+    q = _bf16_exact(rng, (2, 12, 4, 8))
+    k, v = (_bf16_exact(rng, (2, 12, kv_heads, 8)) for _ in range(2))
+    r = _bf16_exact(rng, q.shape)
+    segments = jnp.asarray([[1] * 5 + [2] * 7, [1] * 12]) if packed else jnp.ones((2, 12), jnp.int32)
+    slots = jnp.arange(12)
+    mask = attention_mask(slots, slots, segments, segments)
+
+    def loss(f):
+        return jax.jit(jax.value_and_grad(lambda q, k, v: jnp.sum(f(q, k, v, mask).astype(jnp.float32) * r),
+                                          (0, 1, 2)))
+
+    out = jax.jit(cpu_attention.attention)(q.astype(jnp.bfloat16), k.astype(jnp.bfloat16),
+                                           v.astype(jnp.bfloat16), mask)
+    assert out.dtype == jnp.bfloat16
+    np.testing.assert_allclose(out.astype(jnp.float32), reference_attention(q, k, v, mask), atol=2e-2)
+    _, grads = loss(cpu_attention.attention)(q, k, v)
+    _, want = loss(reference_attention)(q, k, v)
+    for got, ref in zip(grads, want, strict=True):
+        assert got.shape == ref.shape and got.dtype == jnp.float32
+        np.testing.assert_allclose(got, ref, rtol=2e-2, atol=3e-2)
+
+
 def _dot_operand_types(hlo: str) -> list[tuple[str, str, str]]:
     """(op_name, lhs type, rhs type) of every dot in compiled HLO text."""
     types = {m.group(1): m.group(2) for m in re.finditer(r"%([\w.\-]+) = (\w+)\[", hlo)}
@@ -64,7 +92,7 @@ def _dot_operand_types(hlo: str) -> list[tuple[str, str, str]]:
 @pytest.mark.parametrize("tied", [True, False], ids=["tied_head", "untied_head"])
 def test_a_bfloat16_train_step_multiplies_every_projection_in_bfloat16(tied):
     """XLA's CPU backend converts a bfloat16 dot that is not in its native form to float32 (5x slower): every
-    projection, the output head and all their gradients must stay bfloat16 (attention's own products aside)."""
+    projection, the output head, attention's products and all their gradients must stay bfloat16."""
     cfg = ModelConfig(vocab_size=96, max_len=32, num_layers=2, num_heads=4, embed_dim=64, mlp_dim=128,
                       dtype="bfloat16", tie_embeddings=tied, scan_layers=False)
     model = TransformerLM(cfg)
@@ -73,7 +101,7 @@ def test_a_bfloat16_train_step_multiplies_every_projection_in_bfloat16(tied):
     batch = {"tokens": tokens, "positions": jnp.broadcast_to(jnp.arange(33), tokens.shape),
              "segment_ids": jnp.ones_like(tokens)}
     hlo = jax.jit(lambda p, b: loss_and_grads(model, p, b)).lower(params, batch).compile().as_text()
-    dots = [d for d in _dot_operand_types(hlo) if "/attn/vmap" not in d[0]]
-    layers = 2 * (4 + 2)  # q, k, v, out, fc, proj in each layer
-    assert len(dots) >= 3 * (layers + 1), dots  # forward, input gradient and kernel gradient, with the head
+    dots = _dot_operand_types(hlo)
+    projections = 2 * (4 + 2) + 1  # q, k, v, out, fc, proj in each layer, and the head
+    assert len(dots) >= 3 * projections + 2 * 6, dots  # 3 products each; attention: 2 forward, 4 backward
     assert all(lhs == rhs == "bf16" for _, lhs, rhs in dots), [d for d in dots if d[1:] != ("bf16", "bf16")]

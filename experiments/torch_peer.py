@@ -7,8 +7,8 @@ slows both alike.
     python experiments/torch_peer.py --only=gpt2_124m    # one shape
 
 Each framework runs in a process of its own (in one process, each slows the other: lm's GPT-2 124M step ran 15%
-slower beside PyTorch's), started as its users start it: lm's with the malloc tunables its commands set
-(lm/huge_pages.py), PyTorch's with the environment as it is, or with the same tunables (`--torch_env=lm`).
+slower beside PyTorch's), started as its users start it: lm's with the huge-page tunable its commands set
+(lm/huge_pages.py), PyTorch's with the environment as it is, or with the same tunable (`--torch_env=lm`).
 The bfloat16 shape runs lm's gpt2_124m as configured (bfloat16 compute, float32 parameters and optimizer state)
 against PyTorch under autocast to bfloat16, its mixed precision. The driver asks each for a few steps in turn and
 prints tokens/s of each and their ratio per round and over all rounds (medians of per-step times).

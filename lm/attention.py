@@ -50,7 +50,7 @@ def cached_attention(q: jax.Array, k: jax.Array, v: jax.Array, mask: jax.Array) 
 
 
 def implementation(kind: str, dtype: str) -> str:
-    """The attention implementation that `kind` ('auto', 'xla', 'cudnn', 'reference') means here."""
+    """The attention implementation that `kind` ('auto', 'xla', 'cudnn', 'cpu_bfloat16', 'reference') means here."""
     if kind == "auto" and dtype == "bfloat16" and jax.default_backend() in ("gpu", "cpu"):
         return "cudnn" if jax.default_backend() == "gpu" else "cpu_bfloat16"
     return "xla" if kind == "auto" else kind

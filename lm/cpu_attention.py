@@ -1,5 +1,5 @@
 """bfloat16 attention for a CPU: scores and values products, forward and backward, on the CPU's native
-bfloat16 matmul kernels (see lm/matmul.py), with softmax in float32.
+bfloat16 matmul kernels (see lm/cpu_matmul.py), with softmax in float32.
 
 Each product is a batched matmul over [B, K] (batch, kv heads) with the query heads of a group stacked as rows,
 its operands laid out row-major with the contracted axis where XLA's CPU library kernels take it; the gradient
@@ -12,7 +12,7 @@ import jax
 import jax.numpy as jnp
 from jax import lax
 
-from lm.matmul import row_major
+from lm.cpu_matmul import row_major
 
 NEG_INF = -1e30
 

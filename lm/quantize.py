@@ -18,7 +18,7 @@ import flax.struct
 import jax
 import jax.numpy as jnp
 
-from lm import matmul
+from lm import cpu_matmul
 
 FORMATS = ("none", "bfloat16", "int8", "int8_dynamic")  # none: as saved (float32 unless param_dtype says otherwise)
 
@@ -82,8 +82,8 @@ def einsum(equation: str, x: jax.Array, kernel: Any, dtype: str) -> jax.Array:
     to itself, XLA copied such a kernel into another layout at every decode step, to fit the activation's."""
     equation, x, kernel = _merge_contracted(equation, x, kernel)
     if not isinstance(kernel, Int8Weight):
-        if matmul.applies(equation, dtype):
-            return matmul.einsum(equation, x, kernel)
+        if cpu_matmul.applies(equation, dtype):
+            return cpu_matmul.einsum(equation, x, kernel)
         return jnp.einsum(equation, x.astype(dtype), kernel.astype(dtype))
     inputs, out = equation.split("->")
     x_axes, kernel_axes = inputs.split(",")

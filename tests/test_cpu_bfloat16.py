@@ -1,4 +1,4 @@
-"""bfloat16 compute on a CPU (lm/matmul.py, lm/cpu_attention.py): projections and attention give the values and
+"""bfloat16 compute on a CPU (lm/cpu_matmul.py, lm/cpu_attention.py): projections and attention give the values and
 gradients of float32 einsums over the same numbers, and a compiled train step runs every product on bfloat16
 operands."""
 
@@ -10,7 +10,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from lm import cpu_attention, matmul
+from lm import cpu_attention, cpu_matmul
 from lm.attention import attention_mask, reference_attention
 from lm.config import ModelConfig
 from lm.model import TransformerLM
@@ -32,15 +32,15 @@ def test_bfloat16_projections_equal_a_float32_einsum_with_their_gradients(equati
     x, w = (_bf16_exact(rng, s) for s in EQUATIONS[equation])
     out_shape = jnp.einsum(equation, x, w).shape
     r = _bf16_exact(rng, out_shape)  # the cotangent the output meets
-    assert matmul.applies(equation, "bfloat16") and not matmul.applies(equation, "float32")
+    assert cpu_matmul.applies(equation, "bfloat16") and not cpu_matmul.applies(equation, "float32")
 
     def loss(f):
         return jax.jit(jax.value_and_grad(lambda x, w: jnp.sum(f(x, w).astype(jnp.float32) * r), (0, 1)))
 
-    y = jax.jit(lambda x, w: matmul.einsum(equation, x, w))(x, w)
+    y = jax.jit(lambda x, w: cpu_matmul.einsum(equation, x, w))(x, w)
     assert y.dtype == jnp.bfloat16 and y.shape == out_shape
     np.testing.assert_allclose(y.astype(jnp.float32), jnp.einsum(equation, x, w), rtol=1e-2, atol=1e-2)
-    _, (dx, dw) = loss(lambda x, w: matmul.einsum(equation, x, w))(x, w)
+    _, (dx, dw) = loss(lambda x, w: cpu_matmul.einsum(equation, x, w))(x, w)
     _, (ref_dx, ref_dw) = loss(lambda x, w: jnp.einsum(equation, x, w))(x, w)
     assert dx.shape == x.shape and dw.shape == w.shape
     np.testing.assert_allclose(dx, ref_dx, rtol=1e-2, atol=2e-2)
@@ -48,8 +48,8 @@ def test_bfloat16_projections_equal_a_float32_einsum_with_their_gradients(equati
 
 
 def test_other_products_are_left_to_einsum():
-    assert not matmul.applies("btnh,bsnh->bnts", "bfloat16")  # attention scores: a batch axis in both
-    assert not matmul.applies("btd,dv->bvt", "bfloat16")  # an output in another order
+    assert not cpu_matmul.applies("btnh,bsnh->bnts", "bfloat16")  # attention scores: a batch axis in both
+    assert not cpu_matmul.applies("btd,dv->bvt", "bfloat16")  # an output in another order
 
 
 @pytest.mark.parametrize("packed", [False, True])

@@ -67,7 +67,7 @@ class Block(nn.Module):
 
 
 class TransformerLM(nn.Module):
-    """tokens [B, T] -> logits [B, T, V] in float32."""
+    """tokens [B, T] -> logits [B, T, V] in float32 ([B, T, V'] with `padded_vocab`)."""
 
     config: ModelConfig
 
@@ -78,6 +78,7 @@ class TransformerLM(nn.Module):
         positions: jax.Array,  # [B, T] position of each token within its document
         segment_ids: jax.Array,  # [B, T] document of each token; 0 = padding
         cache: Cache | None = None,
+        padded_vocab: bool = False,  # logits over all V' head columns, the padding ones at -1e30
     ) -> jax.Array | tuple[jax.Array, Cache]:
         c = self.config
         normal = nn.initializers.normal(0.02)
@@ -125,7 +126,11 @@ class TransformerLM(nn.Module):
                               (c.embed_dim, c.padded_vocab), c.param_dtype)
             equation = "btd,dv->btv"
         # The matmul's output is in the compute dtype so that its backward runs in it too; loss in float32.
-        logits = quantize.einsum(equation, x, head, c.dtype)[..., :c.vocab_size].astype(jnp.float32)
+        logits = quantize.einsum(equation, x, head, c.dtype).astype(jnp.float32)  # [B, T, V']
+        if not padded_vocab:
+            logits = logits[..., :c.vocab_size]
+        elif c.padded_vocab > c.vocab_size:  # masked, not cut: a cut's gradient is a pad, one more full pass
+            logits = jnp.where(jnp.arange(c.padded_vocab) < c.vocab_size, logits, -1e30)
         logits = nn.with_logical_constraint(logits, (shd.BATCH, shd.LENGTH, shd.ACT_VOCAB))
         if cache is None:
             return logits

@@ -20,9 +20,13 @@ def token_nll(model: TransformerLM, params: Any, batch: dict[str, jax.Array]) ->
     mask = (segments[:, 1:] == segments[:, :-1]) & (segments[:, 1:] > 0)
     if "loss_mask" in batch:
         mask &= batch["loss_mask"][:, 1:] > 0
-    logits = model.apply({"params": params}, inputs, positions[:, :-1], segments[:, :-1])  # [B, T, V] float32
+    logits = model.apply({"params": params}, inputs, positions[:, :-1], segments[:, :-1],
+                         padded_vocab=True)  # [B, T, V'] float32, the padding columns at -1e30
     log_z = jax.nn.logsumexp(logits, axis=-1)
-    nll = log_z - jnp.take_along_axis(logits, targets[..., None], axis=-1)[..., 0]
+    # The target's logit picked by a compare, not a gather: its gradient joins the softmax's in one pass (a
+    # gather's is a scatter over [B, T, V']).
+    picked = jnp.where(jnp.arange(logits.shape[-1]) == targets[..., None], logits, 0.0).sum(axis=-1)
+    nll = log_z - picked
     return nll, log_z, mask.astype(jnp.float32), targets
 
 

@@ -9,6 +9,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
+from lm import objective
 from lm.config import ModelConfig
 from lm.model import TransformerLM, init_cache
 from lm.state import boxed_params
@@ -50,6 +51,29 @@ def test_padded_vocabulary_rows_change_no_logit():
     want, got = _logits(model, params, tokens), _logits(padded, padded_params, tokens)
     assert padded.config.padded_vocab == 64 and got.shape == want.shape == (16, 50)
     np.testing.assert_allclose(got, want, atol=1e-6)
+
+
+def test_loss_over_padded_vocabulary_equals_log_softmax_of_the_logits():
+    """The objective reads the head's padded columns masked (not cut) and picks targets by a compare: its losses
+    and their gradients equal those of a log-softmax over the model's V logits, gathered at the targets."""
+    model = TransformerLM(dataclasses.replace(CFG, vocab_multiple=32))  # 50 ids, 64 head columns
+    params = jax.jit(lambda: nn.unbox(boxed_params(model, 0)))()
+    rng = np.random.default_rng(0)
+    tokens = jnp.asarray(rng.integers(0, CFG.vocab_size, (2, 17)), jnp.int32)
+    batch = {"tokens": tokens, "segment_ids": jnp.ones_like(tokens),
+             "positions": jnp.broadcast_to(jnp.arange(17), tokens.shape)}
+
+    def reference(p):
+        logits = model.apply({"params": p}, tokens[:, :-1], batch["positions"][:, :-1], batch["segment_ids"][:, :-1])
+        log_probs = jax.nn.log_softmax(logits, axis=-1)  # [B, T, 50]
+        return -jnp.take_along_axis(log_probs, tokens[:, 1:, None], axis=-1).sum()
+
+    got, got_grads = jax.jit(jax.value_and_grad(lambda p: objective.summed_loss(model, p, batch)[0]))(params)
+    want, want_grads = jax.jit(jax.value_and_grad(reference))(params)
+    np.testing.assert_allclose(got, want, rtol=1e-5)
+    for g, w in zip(jax.tree.leaves(got_grads), jax.tree.leaves(want_grads), strict=True):
+        np.testing.assert_allclose(g, w, atol=1e-5)
+    assert np.abs(got_grads["token_embedding"][CFG.vocab_size:]).max() == 0  # padding rows get no gradient
 
 
 def test_packed_documents_never_attend_to_each_other():

@@ -1,11 +1,12 @@
-"""bfloat16 projections on a CPU: every product of the forward and backward pass on the CPU's bfloat16 kernels.
+"""Projections on a CPU: every product of the forward and backward pass in the form XLA's CPU matmul library takes.
 
-XLA's CPU backend multiplies bfloat16 matrices natively (AMX or AVX512-BF16 kernels through its YNNPACK library
-calls, ~5x the float32 rate on a recent Xeon) only when the product accumulates into float32 and its left
-operand holds the contracted axis last in row-major layout; it converts every other bfloat16 dot to float32 first.
-Autodiff of a plain bfloat16 einsum misses both: its products round to bfloat16, and the kernel's gradient
-contracts over the tokens, the leading axis of both operands. `einsum` runs such a projection as a [M, K] x
-[K, N] matmul whose three products (output, input gradient, kernel gradient) each take the native form.
+XLA's CPU backend sends a dot to its YNNPACK library kernels only when its left operand holds the contracted
+axis last in row-major layout, and, in bfloat16, when the product accumulates into float32; it converts every
+other bfloat16 dot to float32 first (the native bfloat16 rate, AMX or AVX512-BF16, is ~5x float32's on a recent
+Xeon) and leaves other float32 dots to slower paths and layout copies. Autodiff of a plain einsum misses this:
+its bfloat16 products round to bfloat16, and the kernel's gradient contracts over the tokens, the leading axis
+of both operands. `einsum` runs such a projection as a [M, K] x [K, N] matmul whose three products (output,
+input gradient, kernel gradient) each take that form.
 """
 
 import functools
@@ -35,18 +36,19 @@ def _split(equation: str) -> tuple[str, str, str, str] | None:
 
 
 def applies(equation: str, dtype: str) -> bool:
-    """Whether `einsum` takes this projection: bfloat16 compute on a CPU, and a product of x's trailing axes
-    with the kernel's leading or trailing ones ('btd,dnh->btnh', 'btd,vd->btv')."""
-    return jnp.dtype(dtype) == jnp.bfloat16 and jax.default_backend() == "cpu" and _split(equation) is not None
+    """Whether `einsum` takes this projection: bfloat16 or float32 compute on a CPU, and a product of x's
+    trailing axes with the kernel's leading or trailing ones ('btd,dnh->btnh', 'btd,vd->btv')."""
+    return (jnp.dtype(dtype) in (jnp.bfloat16, jnp.float32) and jax.default_backend() == "cpu"
+            and _split(equation) is not None)
 
 
-def einsum(equation: str, x: jax.Array, kernel: jax.Array) -> jax.Array:
-    """`einsum(equation, x, kernel)` in bfloat16 with float32 accumulation, for an equation `applies` takes."""
+def einsum(equation: str, x: jax.Array, kernel: jax.Array, dtype: str) -> jax.Array:
+    """`einsum(equation, x, kernel)` in `dtype` with float32 accumulation, for an equation `applies` takes."""
     kept_x, contracted, kept_kernel, order = _split(equation)
     rows = math.prod(x.shape[:len(kept_x)])
     width = math.prod(x.shape[len(kept_x):])
     kernel_2d = kernel.reshape(width, -1) if order == "kn" else kernel.reshape(-1, width)
-    y = matmul(x.reshape(rows, width).astype(jnp.bfloat16), kernel_2d, order == "nk")
+    y = matmul(x.reshape(rows, width).astype(dtype), kernel_2d, order == "nk")
     kept_shape = kernel.shape[len(contracted):] if order == "kn" else kernel.shape[:len(kept_kernel)]
     return y.reshape(*x.shape[:len(kept_x)], *kept_shape)
 
@@ -59,20 +61,20 @@ def _dot(a: jax.Array, b: jax.Array, contracted: tuple[int, int]) -> jax.Array:
 
 @functools.partial(jax.custom_vjp, nondiff_argnums=(2,))
 def matmul(x: jax.Array, w: jax.Array, transposed: bool) -> jax.Array:
-    """x [M, K] bfloat16 @ w [K, N] (or w [N, K] if `transposed`) in any float dtype -> [M, N] bfloat16, with
-    float32 accumulation. w is rounded to bfloat16 for the product; its gradient comes in w's own dtype, summed
-    in float32 and not rounded to bfloat16 on the way."""
-    return _dot(x, w.astype(jnp.bfloat16), (1, 1 if transposed else 0)).astype(jnp.bfloat16)
+    """x [M, K] @ w [K, N] (or w [N, K] if `transposed`) in any float dtype -> [M, N] in x's dtype, with
+    float32 accumulation. w is rounded to x's dtype for the product; its gradient comes in w's own dtype, summed
+    in float32 and not rounded to x's dtype on the way."""
+    return _dot(x, w.astype(x.dtype), (1, 1 if transposed else 0)).astype(x.dtype)
 
 
 def _forward(x: jax.Array, w: jax.Array, transposed: bool) -> tuple[jax.Array, tuple[jax.Array, jax.Array, Any]]:
-    w16 = w.astype(jnp.bfloat16)
-    return matmul(x, w16, transposed), (x, w16, jnp.zeros((), w.dtype))
+    w_x = w.astype(x.dtype)
+    return matmul(x, w_x, transposed), (x, w_x, jnp.zeros((), w.dtype))
 
 
 def _backward(transposed: bool, residuals: tuple[jax.Array, jax.Array, Any], g: jax.Array) -> tuple[jax.Array, ...]:
-    x, w16, w_dtype = residuals
-    dx = _dot(g, w16, (1, 0 if transposed else 1)).astype(x.dtype)  # [M, N] x w -> [M, K]
+    x, w_x, w_dtype = residuals
+    dx = _dot(g, w_x, (1, 0 if transposed else 1)).astype(x.dtype)  # [M, N] x w -> [M, K]
     if transposed:
         dw = _dot(row_major(g.T), x, (1, 0))  # [N, M] x [M, K] -> [N, K]
     else:
@@ -82,9 +84,9 @@ def _backward(transposed: bool, residuals: tuple[jax.Array, jax.Array, Any], g: 
 
 def row_major(x: jax.Array) -> jax.Array:
     """x, typically a transpose, as a row-major matmul operand. A transpose reaches XLA as a view of its input
-    in another layout, and a bfloat16 dot taking it would be converted to float32; reversing an axis twice is an
-    identity XLA removes, but only after it has chosen which dots run in bfloat16, and by then the transpose is
-    a copy."""
+    in another layout, and a dot taking it would miss the library kernels (in bfloat16: be converted to float32);
+    reversing an axis twice is an identity XLA removes, but only after it has chosen which dots take those
+    kernels, and by then the transpose is a copy."""
     return jnp.flip(jnp.flip(x, 0), 0)
 
 

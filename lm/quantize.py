@@ -83,7 +83,7 @@ def einsum(equation: str, x: jax.Array, kernel: Any, dtype: str) -> jax.Array:
     equation, x, kernel = _merge_contracted(equation, x, kernel)
     if not isinstance(kernel, Int8Weight):
         if cpu_matmul.applies(equation, dtype):
-            return cpu_matmul.einsum(equation, x, kernel)
+            return cpu_matmul.einsum(equation, x, kernel, dtype)
         return jnp.einsum(equation, x.astype(dtype), kernel.astype(dtype))
     inputs, out = equation.split("->")
     x_axes, kernel_axes = inputs.split(",")

@@ -1,6 +1,6 @@
-"""bfloat16 compute on a CPU (lm/cpu_matmul.py, lm/cpu_attention.py): projections and attention give the values and
-gradients of float32 einsums over the same numbers, and a compiled train step runs every product on bfloat16
-operands."""
+"""Products on a CPU (lm/cpu_matmul.py, lm/cpu_attention.py): projections (bfloat16 and float32) and bfloat16
+attention give the values and gradients of float32 einsums over the same numbers, and a compiled bfloat16 train
+step runs every product on bfloat16 operands."""
 
 import re
 
@@ -26,25 +26,27 @@ def _bf16_exact(rng: np.random.Generator, shape: tuple[int, ...]) -> jax.Array:
     return jnp.asarray(rng.normal(size=shape), jnp.bfloat16).astype(jnp.float32)
 
 
+@pytest.mark.parametrize("dtype", ["bfloat16", "float32"])
 @pytest.mark.parametrize("equation", list(EQUATIONS))
-def test_bfloat16_projections_equal_a_float32_einsum_with_their_gradients(equation):
+def test_projections_equal_a_float32_einsum_with_their_gradients(equation, dtype):
     rng = np.random.default_rng(0)
     x, w = (_bf16_exact(rng, s) for s in EQUATIONS[equation])
     out_shape = jnp.einsum(equation, x, w).shape
     r = _bf16_exact(rng, out_shape)  # the cotangent the output meets
-    assert cpu_matmul.applies(equation, "bfloat16") and not cpu_matmul.applies(equation, "float32")
+    assert cpu_matmul.applies(equation, dtype)
+    tol = 2e-2 if dtype == "bfloat16" else 1e-5
 
     def loss(f):
         return jax.jit(jax.value_and_grad(lambda x, w: jnp.sum(f(x, w).astype(jnp.float32) * r), (0, 1)))
 
-    y = jax.jit(lambda x, w: cpu_matmul.einsum(equation, x, w))(x, w)
-    assert y.dtype == jnp.bfloat16 and y.shape == out_shape
-    np.testing.assert_allclose(y.astype(jnp.float32), jnp.einsum(equation, x, w), rtol=1e-2, atol=1e-2)
-    _, (dx, dw) = loss(lambda x, w: cpu_matmul.einsum(equation, x, w))(x, w)
+    y = jax.jit(lambda x, w: cpu_matmul.einsum(equation, x, w, dtype))(x, w)
+    assert y.dtype == jnp.dtype(dtype) and y.shape == out_shape
+    np.testing.assert_allclose(y.astype(jnp.float32), jnp.einsum(equation, x, w), rtol=tol, atol=tol)
+    _, (dx, dw) = loss(lambda x, w: cpu_matmul.einsum(equation, x, w, dtype))(x, w)
     _, (ref_dx, ref_dw) = loss(lambda x, w: jnp.einsum(equation, x, w))(x, w)
-    assert dx.shape == x.shape and dw.shape == w.shape
-    np.testing.assert_allclose(dx, ref_dx, rtol=1e-2, atol=2e-2)
-    np.testing.assert_allclose(dw, ref_dw, rtol=1e-2, atol=2e-2)
+    assert dx.shape == x.shape and dw.shape == w.shape and dw.dtype == jnp.float32
+    np.testing.assert_allclose(dx, ref_dx, rtol=tol, atol=tol)
+    np.testing.assert_allclose(dw, ref_dw, rtol=tol, atol=tol)
 
 
 def test_other_products_are_left_to_einsum():

@@ -4,8 +4,8 @@ Einsum letters: B batch, T query length, S key length, N query heads, K kv heads
 kv head, H head dim, D model dim.
 A query attends to a key when the key's slot is not later than its own and both belong to the same segment
 (document); segment 0 is padding. Attention runs through `jax.nn.dot_product_attention` (cuDNN flash
-attention on NVIDIA GPUs, XLA elsewhere), or in bfloat16 on a CPU through lm/cpu_attention.py (its products on
-the CPU's bfloat16 kernels); `reference_attention` is the plain einsum version kept for tests.
+attention on NVIDIA GPUs, XLA elsewhere), or on a CPU through lm/cpu_attention.py (its products in the form
+of the CPU's matmul library kernels); `reference_attention` is the plain einsum version kept for tests.
 """
 
 import math
@@ -50,17 +50,19 @@ def cached_attention(q: jax.Array, k: jax.Array, v: jax.Array, mask: jax.Array) 
 
 
 def implementation(kind: str, dtype: str) -> str:
-    """The attention implementation that `kind` ('auto', 'xla', 'cudnn', 'cpu_bfloat16', 'reference') means here."""
-    if kind == "auto" and dtype == "bfloat16" and jax.default_backend() in ("gpu", "cpu"):
-        return "cudnn" if jax.default_backend() == "gpu" else "cpu_bfloat16"
-    return "xla" if kind == "auto" else kind
+    """The attention implementation that `kind` ('auto', 'xla', 'cudnn', 'cpu', 'reference') means here."""
+    if kind != "auto":
+        return kind
+    if jax.default_backend() == "cpu" and dtype in ("bfloat16", "float32"):
+        return "cpu"
+    return "cudnn" if jax.default_backend() == "gpu" and dtype == "bfloat16" else "xla"
 
 
 def attend(q: jax.Array, k: jax.Array, v: jax.Array, mask: jax.Array, kind: str, causal_hint: bool) -> jax.Array:
     """Attention by implementation `kind`; `causal_hint` lets cuDNN skip the blocks above the diagonal."""
     if kind == "reference":
         return reference_attention(q, k, v, mask)
-    if kind == "cpu_bfloat16":
+    if kind == "cpu":
         return cpu_attention.attention(q, k, v, mask)
     return jax.nn.dot_product_attention(q, k, v, mask=mask, is_causal=causal_hint and kind == "cudnn",
                                         implementation=kind)

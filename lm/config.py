@@ -19,7 +19,7 @@ DTYPES = ("float32", "bfloat16")
 POSITIONS = ("learned", "rope")
 NORMS = ("layernorm", "rmsnorm")
 MLPS = ("gelu", "swiglu")
-ATTENTIONS = ("auto", "xla", "cudnn", "cpu_bfloat16", "reference")
+ATTENTIONS = ("auto", "xla", "cudnn", "cpu", "reference")
 REMATS = ("none", "full", "dots", "dots_no_batch")
 NONFINITE_POLICIES = ("stop", "skip")
 DECODE_ERRORS = ("strict", "replace")
@@ -46,7 +46,7 @@ class ModelConfig:
     tie_embeddings: bool = True
     vocab_multiple: int = 1  # embedding/head rows rounded up to a multiple of this (128: aligned GPU matmuls)
     qk_norm: bool = False
-    attention: str = "auto"  # auto: cudnn (NVIDIA GPUs) / cpu_bfloat16 (CPUs) in bfloat16, else xla; reference: einsum
+    attention: str = "auto"  # auto: cpu on CPUs, cudnn on NVIDIA GPUs in bfloat16, else xla; reference: einsum
     scan_layers: bool = True  # one compiled layer, scanned: compile time does not grow with depth
     scan_unroll: int = 1  # layers per iteration of the scanned loop; 0: all (straight-line code, stacked parameters)
     remat: str = "none"  # none | full | dots | dots_no_batch: what the backward pass recomputes

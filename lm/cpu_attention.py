@@ -1,5 +1,5 @@
-"""bfloat16 attention for a CPU: scores and values products, forward and backward, on the CPU's native
-bfloat16 matmul kernels (see lm/cpu_matmul.py), with softmax in float32.
+"""Attention for a CPU: scores and values products, forward and backward, in the form XLA's CPU matmul library
+kernels take (see lm/cpu_matmul.py; in bfloat16, its native kernels), with softmax in float32.
 
 Each product is a batched matmul over [B, K] (batch, kv heads) with the query heads of a group stacked as rows,
 its operands laid out row-major with the contracted axis where XLA's CPU library kernels take it; the gradient
@@ -24,10 +24,10 @@ def _bmm(a: jax.Array, b: jax.Array, contracted: tuple[int, int]) -> jax.Array:
 
 
 def _heads_major(x: jax.Array, kv: int) -> jax.Array:
-    """[B, T, N, H] -> [B, K, G * T, H] row-major in bfloat16 (G = N / K query heads per kv head)."""
+    """[B, T, N, H] -> [B, K, G * T, H] row-major (G = N / K query heads per kv head)."""
     b, t, n, h = x.shape
     x = x.reshape(b, t, kv, n // kv, h).transpose(0, 2, 3, 1, 4)  # [B, K, G, T, H]
-    return row_major(x.astype(jnp.bfloat16)).reshape(b, kv, n // kv * t, h)
+    return row_major(x).reshape(b, kv, n // kv * t, h)
 
 
 def _tokens_major(x: jax.Array, t: int) -> jax.Array:
@@ -50,15 +50,15 @@ def _probs(q4: jax.Array, k4: jax.Array, mask: jax.Array, t: int) -> jax.Array:
 
 @jax.custom_vjp
 def attention(q: jax.Array, k: jax.Array, v: jax.Array, mask: jax.Array) -> jax.Array:
-    """q [B, T, N, H], k/v [B, S, K, H], mask [B, 1, T, S] -> [B, T, N, H] in bfloat16."""
+    """q [B, T, N, H], k/v [B, S, K, H] (one dtype), mask [B, 1, T, S] -> [B, T, N, H] in q's dtype."""
     return _forward(q, k, v, mask)[0]
 
 
 def _forward(q: jax.Array, k: jax.Array, v: jax.Array, mask: jax.Array) -> tuple[jax.Array, tuple]:
     kv, t = k.shape[2], q.shape[1]
     q4, k4, v4 = _heads_major(q, kv), _heads_major(k, kv), _heads_major(v, kv)  # [B, K, G*T | S, H]
-    p = _probs(q4, k4, mask, t).astype(jnp.bfloat16)  # [B, K, G*T, S]
-    out = _tokens_major(_bmm(p, v4, (3, 2)), t).astype(jnp.bfloat16)
+    p = _probs(q4, k4, mask, t).astype(q4.dtype)  # [B, K, G*T, S]
+    out = _tokens_major(_bmm(p, v4, (3, 2)), t).astype(q4.dtype)
     return out, (q4, k4, v4, p, mask, jnp.zeros((), q.dtype), jnp.zeros((), k.dtype))  # dtypes as scalars
 
 
@@ -69,7 +69,7 @@ def _backward(residuals: tuple, g: jax.Array) -> tuple:
     dv = _bmm(_swap_last(p), g4, (3, 2))  # [B, K, S, G*T] x [B, K, G*T, H] -> [B, K, S, H]
     dp = _bmm(g4, v4, (3, 3))  # [B, K, G*T, S]
     pf = p.astype(jnp.float32)
-    ds = (pf * (dp - jnp.sum(dp * pf, axis=-1, keepdims=True)) / math.sqrt(h)).astype(jnp.bfloat16)
+    ds = (pf * (dp - jnp.sum(dp * pf, axis=-1, keepdims=True)) / math.sqrt(h)).astype(q4.dtype)
     dq = _bmm(ds, k4, (3, 2))  # [B, K, G*T, S] x [B, K, S, H] -> [B, K, G*T, H]
     dk = _bmm(_swap_last(ds), q4, (3, 2))  # [B, K, S, G*T] x [B, K, G*T, H] -> [B, K, S, H]
     s = k4.shape[2]

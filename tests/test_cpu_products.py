@@ -1,6 +1,6 @@
-"""Products on a CPU (lm/cpu_matmul.py, lm/cpu_attention.py): projections (bfloat16 and float32) and bfloat16
-attention give the values and gradients of float32 einsums over the same numbers, and a compiled bfloat16 train
-step runs every product on bfloat16 operands."""
+"""Products on a CPU (lm/cpu_matmul.py, lm/cpu_attention.py): projections and attention, in bfloat16 and float32,
+give the values and gradients of float32 einsums over the same numbers, and a compiled bfloat16 train step runs
+every product on bfloat16 operands."""
 
 import re
 
@@ -54,9 +54,10 @@ def test_other_products_are_left_to_einsum():
     assert not cpu_matmul.applies("btd,dv->bvt", "bfloat16")  # an output in another order
 
 
+@pytest.mark.parametrize("dtype", ["bfloat16", "float32"])
 @pytest.mark.parametrize("packed", [False, True])
 @pytest.mark.parametrize("kv_heads", [4, 2, 1])
-def test_bfloat16_attention_equals_the_einsum_reference_with_its_gradients(kv_heads, packed):
+def test_attention_equals_the_einsum_reference_with_its_gradients(kv_heads, packed, dtype):
     rng = np.random.default_rng(1)
     q = _bf16_exact(rng, (2, 12, 4, 8))
     k, v = (_bf16_exact(rng, (2, 12, kv_heads, 8)) for _ in range(2))
@@ -69,15 +70,18 @@ def test_bfloat16_attention_equals_the_einsum_reference_with_its_gradients(kv_he
         return jax.jit(jax.value_and_grad(lambda q, k, v: jnp.sum(f(q, k, v, mask).astype(jnp.float32) * r),
                                           (0, 1, 2)))
 
-    out = jax.jit(cpu_attention.attention)(q.astype(jnp.bfloat16), k.astype(jnp.bfloat16),
-                                           v.astype(jnp.bfloat16), mask)
-    assert out.dtype == jnp.bfloat16
-    np.testing.assert_allclose(out.astype(jnp.float32), reference_attention(q, k, v, mask), atol=2e-2)
-    _, grads = loss(cpu_attention.attention)(q, k, v)
+    def attention(q, k, v, mask):
+        return cpu_attention.attention(q.astype(dtype), k.astype(dtype), v.astype(dtype), mask)
+
+    tol = 3e-2 if dtype == "bfloat16" else 1e-5
+    out = jax.jit(attention)(q, k, v, mask)
+    assert out.dtype == jnp.dtype(dtype)
+    np.testing.assert_allclose(out.astype(jnp.float32), reference_attention(q, k, v, mask), atol=tol)
+    _, grads = loss(attention)(q, k, v)
     _, want = loss(reference_attention)(q, k, v)
     for got, ref in zip(grads, want, strict=True):
         assert got.shape == ref.shape and got.dtype == jnp.float32
-        np.testing.assert_allclose(got, ref, rtol=2e-2, atol=3e-2)
+        np.testing.assert_allclose(got, ref, rtol=tol, atol=tol)
 
 
 def _dot_operand_types(hlo: str) -> list[tuple[str, str, str]]:

@@ -18,7 +18,7 @@ from lm.train import loss_and_grads
 GPT2 = ModelConfig(vocab_size=64, max_len=16, num_layers=2, num_heads=4, embed_dim=32, mlp_dim=64)
 LLAMA = dataclasses.replace(GPT2, num_kv_heads=2, position="rope", norm="rmsnorm", mlp="swiglu", use_bias=False,
                             tie_embeddings=False, qk_norm=True)
-IMPLEMENTATIONS = ["xla"] + (["cudnn"] if jax.default_backend() == "gpu" else [])
+IMPLEMENTATIONS = ["xla"] + ({"gpu": ["cudnn"], "cpu": ["cpu"]}.get(jax.default_backend(), []))
 
 
 def _params(cfg, seed=0):

@@ -53,7 +53,7 @@ def implementation(kind: str, dtype: str) -> str:
     """The attention implementation that `kind` ('auto', 'xla', 'cudnn', 'cpu', 'reference') means here."""
     if kind != "auto":
         return kind
-    if jax.default_backend() == "cpu" and dtype in ("bfloat16", "float32"):
+    if jax.default_backend() == "cpu":
         return "cpu"
     return "cudnn" if jax.default_backend() == "gpu" and dtype == "bfloat16" else "xla"
 

@@ -59,11 +59,12 @@ def implementation(kind: str, dtype: str) -> str:
 
 
 def attend(q: jax.Array, k: jax.Array, v: jax.Array, mask: jax.Array, kind: str, causal_hint: bool) -> jax.Array:
-    """Attention by implementation `kind`; `causal_hint` lets cuDNN skip the blocks above the diagonal."""
+    """Attention by implementation `kind`; `causal_hint` (q and k/v of the same slots, masked causally) lets cuDNN
+    and the CPU kind skip the blocks above the diagonal."""
     if kind == "reference":
         return reference_attention(q, k, v, mask)
     if kind == "cpu":
-        return cpu_attention.attention(q, k, v, mask)
+        return (cpu_attention.causal_attention if causal_hint else cpu_attention.attention)(q, k, v, mask)
     return jax.nn.dot_product_attention(q, k, v, mask=mask, is_causal=causal_hint and kind == "cudnn",
                                         implementation=kind)
 

@@ -26,7 +26,7 @@ from lm import config as config_lib
 from lm import sharding as shd
 from lm import state as state_lib
 from lm.model import TransformerLM
-from lm.train import loss_and_grads, make_train_step
+from lm.train import make_train_step, summed_loss_and_grads
 
 
 def _timed(fn: Callable[[], Any], repeats: int) -> float:
@@ -80,7 +80,8 @@ def bench(cfg: Any, repeats: int = 5, profile: bool = False) -> dict[str, Any]:
     train_step = make_train_step(model, tx, lr, cfg.train.microbatches, cfg.train.z_loss, reduce_axes=reduce_axes)
     step = jax.jit(train_step, donate_argnums=0)
     fwd = jax.jit(lambda p, b: objective.mean_loss(model, p, b))
-    fwd_bwd = jax.jit(lambda p, b: loss_and_grads(model, p, b, cfg.train.microbatches, cfg.train.z_loss, reduce_axes))
+    fwd_bwd = jax.jit(lambda p, b: summed_loss_and_grads(model, p, b, cfg.train.microbatches, cfg.train.z_loss,
+                                                          reduce_axes))
     holder = [state]
 
     def run_step():

@@ -18,6 +18,7 @@ import jax
 import jax.numpy as jnp
 import orbax.checkpoint as ocp
 
+from lm import optim
 from lm import tokenizer as tokenizer_lib
 from lm.cli import DiskFull, UserError
 from lm.config import ModelConfig
@@ -31,9 +32,9 @@ CHECKPOINTS = "checkpoints"
 
 def make_meta(model_config: ModelConfig, tokenizer: AnyTokenizer | None,
               run_config: dict[str, Any]) -> dict[str, Any]:
-    """The JSON part of a checkpoint: model config, tokenizer (if any) and run config."""
+    """The JSON part of a checkpoint: model config, tokenizer (if any), run config and optimizer state format."""
     return {"model": model_config.to_dict(), "tokenizer": tokenizer.to_json() if tokenizer else None,
-            "config": run_config}
+            "config": run_config, "optimizer_state": optim.STATE_FORMAT}
 
 
 class Checkpointer:
@@ -184,8 +185,9 @@ def require_tokenizer(tokenizer: AnyTokenizer | None, workdir: str) -> AnyTokeni
 
 
 def check_compatible(saved: dict[str, Any], current: ModelConfig, tokenizer: dict[str, Any], workdir: str) -> None:
-    """Stops with one line when a workdir's checkpoint (its meta) holds a model of another shape, or was trained
-    with other tokenizer settings than `tokenizer` (config.tokenizer)."""
+    """Stops with one line when a workdir's checkpoint (its meta) holds a model of another shape, was trained
+    with other tokenizer settings than `tokenizer` (config.tokenizer), or holds an optimizer state in another
+    format (written by an older lm, before `optim.adamw`)."""
     model = ModelConfig.from_dict(saved["model"]).to_dict()  # older checkpoints: fields added since take defaults
     if model != current.to_dict():
         diff = ", ".join(f"{k}: saved {model.get(k)}, config {v}" for k, v in current.to_dict().items()
@@ -197,6 +199,12 @@ def check_compatible(saved: dict[str, Any], current: ModelConfig, tokenizer: dic
     if diff:  # (settings added since an older checkpoint was written are not compared)
         raise UserError(f"{workdir} holds a run trained with another tokenizer ({diff}); use a new --workdir or the "
                         "saved settings")
+    found = saved.get("optimizer_state")
+    if found != optim.STATE_FORMAT:
+        written = repr(found) if found else "that of an older lm"
+        raise UserError(f"{workdir} holds an optimizer state in another format ({written}; this lm reads "
+                        f"{optim.STATE_FORMAT!r}); continue from its parameters with --config.init_from={workdir} and "
+                        "a new --workdir")
 
 
 # Model settings that change how the parameters are computed with or stored, not what they are.

@@ -1,5 +1,6 @@
 """Non-finite steps: the train step never applies an update whose loss or gradient norm is NaN or infinite
-(`keep_if_finite`); `NonFiniteSteps` decides on the host what the run does then (`config.train.nonfinite`):
+(it tells the optimizer, `optim.adamw`, to drop it); `NonFiniteSteps` decides on the host what the run does
+then (`config.train.nonfinite`):
 
 - "stop" (the default): the run stops at the first such step with exit status 3, naming the step; no checkpoint
   is written after it, so the newest checkpoint is the last good state.
@@ -8,17 +9,7 @@
   `config.train.max_skips` of them in a row.
 """
 
-from typing import Any
-
-import jax
-import jax.numpy as jnp
-
 EXIT_NONFINITE = 3
-
-
-def keep_if_finite(finite: jax.Array, new: Any, old: Any) -> Any:
-    """`new` where `finite` (a scalar bool) holds, else `old`, leaf by leaf (fused into the update by XLA)."""
-    return jax.tree.map(lambda n, o: jnp.where(finite, n, o), new, old)
 
 
 class NonFiniteSteps:

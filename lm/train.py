@@ -34,9 +34,9 @@ METRICS = "metrics.jsonl"
 SUMMARY = "summary.json"
 
 
-def _summed_loss_and_grads(model: TransformerLM, params: Any, batch: dict[str, jax.Array], microbatches: int = 1,
-                           z_loss: float = 0.0) -> tuple[jax.Array, jax.Array, Any]:
-    """(sum of next-token losses, count of targets, gradient of the summed objective) over the batch's rows.
+def _local_sums(model: TransformerLM, params: Any, batch: dict[str, jax.Array], microbatches: int,
+                z_loss: float) -> tuple[jax.Array, jax.Array, Any]:
+    """`summed_loss_and_grads` over the rows at hand (one device's, or the whole batch under SPMD).
 
     With `microbatches` > 1 the batch is cut into that many slices whose gradients are accumulated in a scan
     (slice m takes rows m, m + M, ...: every device keeps its own rows): the same sums as one big batch, in the
@@ -58,48 +58,57 @@ def _summed_loss_and_grads(model: TransformerLM, params: Any, batch: dict[str, j
     return jax.lax.scan(accumulate, zeros, jax.tree.map(slices, batch))[0]
 
 
-def loss_and_grads(model: TransformerLM, params: Any, batch: dict[str, jax.Array], microbatches: int = 1,
-                   z_loss: float = 0.0, reduce_axes: tuple[str, ...] = ()) -> tuple[jax.Array, Any]:
-    """Mean next-token loss of a batch and the gradient of the mean objective (loss plus z-loss).
+def summed_loss_and_grads(model: TransformerLM, params: Any, batch: dict[str, jax.Array], microbatches: int = 1,
+                          z_loss: float = 0.0, reduce_axes: tuple[str, ...] = ()) -> tuple[jax.Array, jax.Array, Any]:
+    """(sum of next-token losses, count of targets, gradient of the summed objective: loss plus z-loss) over a
+    batch.
 
     `reduce_axes` (from `Layout.replicated_batch_axes`: the mesh axes that split the batch when no parameter is
     split) makes each device sum its own rows and combine the sums in one all-reduce of one flat buffer, instead
     of the all-reduce per gradient that XLA would insert: CPU collectives pay a rendezvous per buffer (~0.1 ms
     each; 9 of the 48 ms of the shakespeare_char step on two CPU devices).
     """
-    if reduce_axes:
-        def local(p: Any, b: dict[str, jax.Array]) -> tuple[jax.Array, jax.Array, Any]:
-            with nn.logical_axis_rules(()):  # inside: per-device arrays, no mesh axes to constrain them to
-                flat, unravel = ravel_pytree(_summed_loss_and_grads(model, p, b, microbatches, z_loss))
-            return unravel(jax.lax.psum(flat, reduce_axes))
+    if not reduce_axes:
+        return _local_sums(model, params, batch, microbatches, z_loss)
 
-        nll_sum, count, grads = jax.shard_map(local, in_specs=(P(), P(reduce_axes)), out_specs=P(),
-                                              check_vma=False)(params, batch)
-    else:
-        nll_sum, count, grads = _summed_loss_and_grads(model, params, batch, microbatches, z_loss)
+    def local(p: Any, b: dict[str, jax.Array]) -> tuple[jax.Array, jax.Array, Any]:
+        with nn.logical_axis_rules(()):  # inside: per-device arrays, no mesh axes to constrain them to
+            flat, unravel = ravel_pytree(_local_sums(model, p, b, microbatches, z_loss))
+        return unravel(jax.lax.psum(flat, reduce_axes))
+
+    return jax.shard_map(local, in_specs=(P(), P(reduce_axes)), out_specs=P(), check_vma=False)(params, batch)
+
+
+def loss_and_grads(model: TransformerLM, params: Any, batch: dict[str, jax.Array], microbatches: int = 1,
+                   z_loss: float = 0.0, reduce_axes: tuple[str, ...] = ()) -> tuple[jax.Array, Any]:
+    """Mean next-token loss of a batch and the gradient of the mean objective; arguments as in
+    `summed_loss_and_grads`."""
+    nll_sum, count, grads = summed_loss_and_grads(model, params, batch, microbatches, z_loss, reduce_axes)
     count = jnp.maximum(count, 1.0)
     return nll_sum / count, jax.tree.map(lambda g: g / count, grads)
 
 
-def make_train_step(model: TransformerLM, tx: optax.GradientTransformation, lr: optax.Schedule,
+def make_train_step(model: TransformerLM, tx: optax.GradientTransformationExtraArgs, lr: optax.Schedule,
                     microbatches: int = 1, z_loss: float = 0.0, nan_steps: Sequence[int] = (),
                     reduce_axes: tuple[str, ...] = ()) -> Callable:
-    """The pure train step: one optimizer update on the next-token objective of a global batch, dropped if its
-    loss or gradients are not finite. `nan_steps` (for tests of that) are steps whose gradients become NaN;
-    `reduce_axes` as in `loss_and_grads`."""
+    """The pure train step: one optimizer update (`optim.adamw`) on the next-token objective of a global batch,
+    dropped if its loss or gradients are not finite. `nan_steps` (for tests of that) are steps whose gradients
+    become NaN; `reduce_axes` as in `summed_loss_and_grads`. The gradients stay summed over the targets: the
+    optimizer takes 1 / count as a factor, which saves a pass over them."""
 
     def train_step(state: state_lib.TrainState, batch: dict[str, jax.Array]) -> tuple[state_lib.TrainState, dict]:
-        loss, grads = loss_and_grads(model, state.params, batch, microbatches, z_loss, reduce_axes)
+        nll_sum, count, grads = summed_loss_and_grads(model, state.params, batch, microbatches, z_loss, reduce_axes)
+        count = jnp.maximum(count, 1.0)
+        loss = nll_sum / count
         if nan_steps:
             poisoned = jnp.isin(state.step + 1, jnp.asarray(nan_steps))
             grads = jax.tree.map(lambda g: jnp.where(poisoned, jnp.nan, g), grads)
-        grad_norm = optax.tree.norm(grads)
+        grad_norm = optax.tree.norm(grads) / count
         finite = jnp.isfinite(loss) & jnp.isfinite(grad_norm)
-        updates, opt_state = tx.update(grads, state.opt_state, state.params)
-        new_state = state.replace(
-            step=state.step + 1,
-            params=nonfinite.keep_if_finite(finite, optax.apply_updates(state.params, updates), state.params),
-            opt_state=nonfinite.keep_if_finite(finite, opt_state, state.opt_state))
+        updates, opt_state = tx.update(grads, state.opt_state, state.params, grad_norm=grad_norm, finite=finite,
+                                       scale=1.0 / count)
+        new_state = state.replace(step=state.step + 1, params=optax.apply_updates(state.params, updates),
+                                  opt_state=opt_state)
         return new_state, {"loss": loss, "grad_norm": grad_norm, "lr": lr(state.step), "finite": finite}
 
     return train_step

@@ -1,8 +1,10 @@
 """The command-line tools as a user runs them: one-line errors, evaluate, sample and bench."""
 
+import glob
 import json
 import os
 import re
+import shutil
 
 import pytest
 from conftest import TINY, load_config, one_line_error, run_module
@@ -36,6 +38,24 @@ def test_a_workdir_of_another_model_or_tokenizer_is_one_line(tiny_run, cache_dir
                    f"{workdir} holds a checkpoint of another model (num_layers: saved 2, config 3)")
     one_line_error(run_module(*train, "--config.tokenizer.type=bpe"),
                    f"{workdir} holds a run trained with another tokenizer (type: saved 'char', config 'bpe')")
+
+
+def test_a_checkpoint_with_an_older_optimizer_state_is_one_line_and_kept(tiny_run, cache_dir, tmp_path):
+    workdir = str(tmp_path / "older")
+    shutil.copytree(tiny_run[0], workdir)
+    metas = glob.glob(os.path.join(workdir, "checkpoints", "*", "meta", "metadata"))
+    for path in metas:  # as written before the optimizer state recorded its format
+        with open(path) as f:
+            meta = json.load(f)
+        del meta["optimizer_state"]
+        with open(path, "w") as f:
+            json.dump(meta, f)
+    before = sorted(os.listdir(os.path.join(workdir, "checkpoints")))
+    result = run_module("lm.train", "--config", TINY, "--workdir", workdir, f"--config.data.cache_dir={cache_dir}")
+    one_line_error(result, f"{workdir} holds an optimizer state in another format (that of an older lm; this lm "
+                           f"reads 'lm.optim.adamw: count, mu, nu'); continue from its parameters with "
+                           f"--config.init_from={workdir} and a new --workdir")
+    assert metas and sorted(os.listdir(os.path.join(workdir, "checkpoints"))) == before
 
 
 def test_undecodable_bytes_stop_the_run_or_are_read_as_replacement_characters(tmp_path, cache_dir):

@@ -12,6 +12,12 @@ slower beside PyTorch's), started as its users start it: lm's with the huge-page
 The bfloat16 shape runs lm's gpt2_124m as configured (bfloat16 compute, float32 parameters and optimizer state)
 against PyTorch under autocast to bfloat16, its mixed precision. The driver asks each for a few steps in turn and
 prints tokens/s of each and their ratio per round and over all rounds (medians of per-step times).
+
+Each turn starts with `--warmup` untimed steps (default 1) of the framework whose turn it is: a training run's steps
+follow one another, but here each framework waits idle through the other's turn, and this project's VM hands
+memory that a process frees back to its host, which makes touching it again slow. XLA maps a step's temporary
+buffer afresh at every step (2.7 GB for GPT-2 124M at batch 4 x 256), so lm's first step after a wait paid
+~3 s more than the next ones; PyTorch keeps its allocations and did not. `--warmup=0` times every step.
 """
 
 import json
@@ -159,13 +165,15 @@ def main(argv) -> None:
     for name, (_, _, steps, rounds) in SHAPES.items():
         if flags.FLAGS.only not in name:
             continue
+        rounds = flags.FLAGS.rounds or rounds
         path, overrides = SHAPES[name][:2]
         cfg = _load(path, overrides)
         tokens = cfg.train.batch_size * cfg.model.max_len
         lm_proc, torch_proc = _worker("lm", name, lm_env), _worker("torch", name, torch_env)
         all_lm, all_torch = [], []
+        warm = flags.FLAGS.warmup
         for r in range(rounds):
-            t_lm, t_torch = _steps(lm_proc, steps), _steps(torch_proc, steps)
+            t_lm, t_torch = _steps(lm_proc, warm + steps)[warm:], _steps(torch_proc, warm + steps)[warm:]
             all_lm += t_lm
             all_torch += t_torch
             print(f"  {name} round {r + 1}: lm {tokens / np.median(t_lm):,.0f} tokens/s, PyTorch "
@@ -182,4 +190,6 @@ if __name__ == "__main__":
     flags.DEFINE_string("shape", "", "Internal: the worker's shape (a key of SHAPES).")
     flags.DEFINE_string("only", "", "Only the shapes whose name contains this, e.g. gpt2_124m.")
     flags.DEFINE_enum("torch_env", "user", ["user", "lm"], "PyTorch's environment: as it is, or with lm's tunable.")
+    flags.DEFINE_integer("rounds", 0, "Turns of each framework per shape (0: the shape's own number).")
+    flags.DEFINE_integer("warmup", 1, "Untimed steps at the start of each framework's turn (see the docstring).")
     app.run(main)

@@ -55,23 +55,30 @@ def test_other_products_are_left_to_einsum():
 
 
 @pytest.mark.parametrize("dtype", ["bfloat16", "float32"])
-@pytest.mark.parametrize("packed", [False, True])
+@pytest.mark.parametrize("packed,query_block", [(False, None), (True, None), (True, 5)],
+                         ids=["one_document", "packed", "packed_causal_blocks_of_5"])
 @pytest.mark.parametrize("kv_heads", [4, 2, 1])
-def test_attention_equals_the_einsum_reference_with_its_gradients(kv_heads, packed, dtype):
+def test_attention_equals_the_einsum_reference_with_its_gradients(kv_heads, packed, query_block, dtype,
+                                                                  monkeypatch):
+    """`attention`, and `causal_attention` in blocks of 5 queries over 12 slots (5, 5, 2) with documents that
+    cross the blocks' boundaries."""
     rng = np.random.default_rng(1)
     q = _bf16_exact(rng, (2, 12, 4, 8))
     k, v = (_bf16_exact(rng, (2, 12, kv_heads, 8)) for _ in range(2))
     r = _bf16_exact(rng, q.shape)
-    segments = jnp.asarray([[1] * 5 + [2] * 7, [1] * 12]) if packed else jnp.ones((2, 12), jnp.int32)
+    segments = jnp.asarray([[1] * 4 + [2] * 7 + [3], [1] * 12]) if packed else jnp.ones((2, 12), jnp.int32)
     slots = jnp.arange(12)
     mask = attention_mask(slots, slots, segments, segments)
+    if query_block:
+        monkeypatch.setattr(cpu_attention, "QUERY_BLOCK", query_block)
+    kind = cpu_attention.causal_attention if query_block else cpu_attention.attention
 
     def loss(f):
         return jax.jit(jax.value_and_grad(lambda q, k, v: jnp.sum(f(q, k, v, mask).astype(jnp.float32) * r),
                                           (0, 1, 2)))
 
     def attention(q, k, v, mask):
-        return cpu_attention.attention(q.astype(dtype), k.astype(dtype), v.astype(dtype), mask)
+        return kind(q.astype(dtype), k.astype(dtype), v.astype(dtype), mask)
 
     tol = 3e-2 if dtype == "bfloat16" else 1e-5
     out = jax.jit(attention)(q, k, v, mask)
@@ -81,35 +88,6 @@ def test_attention_equals_the_einsum_reference_with_its_gradients(kv_heads, pack
     _, want = loss(reference_attention)(q, k, v)
     for got, ref in zip(grads, want, strict=True):
         assert got.shape == ref.shape and got.dtype == jnp.float32
-        np.testing.assert_allclose(got, ref, rtol=tol, atol=tol)
-
-
-@pytest.mark.parametrize("dtype", ["bfloat16", "float32"])
-@pytest.mark.parametrize("kv_heads", [4, 2])
-def test_causal_attention_in_query_blocks_equals_the_einsum_reference(kv_heads, dtype, monkeypatch):
-    """Blocks of 5 queries over 12 slots (5, 5, 2), documents crossing the block boundaries."""
-    monkeypatch.setattr(cpu_attention, "QUERY_BLOCK", 5)
-    rng = np.random.default_rng(2)
-    q = _bf16_exact(rng, (2, 12, 4, 8))
-    k, v = (_bf16_exact(rng, (2, 12, kv_heads, 8)) for _ in range(2))
-    r = _bf16_exact(rng, q.shape)
-    segments = jnp.asarray([[1] * 4 + [2] * 7 + [3], [1] * 12])
-    slots = jnp.arange(12)
-    mask = attention_mask(slots, slots, segments, segments)
-
-    def loss(f):
-        return jax.jit(jax.value_and_grad(lambda q, k, v: jnp.sum(f(q, k, v, mask).astype(jnp.float32) * r),
-                                          (0, 1, 2)))
-
-    def attention(q, k, v, mask):
-        return cpu_attention.causal_attention(q.astype(dtype), k.astype(dtype), v.astype(dtype), mask)
-
-    tol = 3e-2 if dtype == "bfloat16" else 1e-5
-    value, grads = loss(attention)(q, k, v)
-    want_value, want = loss(reference_attention)(q, k, v)
-    np.testing.assert_allclose(value, want_value, rtol=tol)
-    for got, ref in zip(grads, want, strict=True):
-        assert got.shape == ref.shape
         np.testing.assert_allclose(got, ref, rtol=tol, atol=tol)
 
 

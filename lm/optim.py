@@ -61,6 +61,7 @@ def adamw(lr: optax.Schedule, b1: float, b2: float, weight_decay: float, grad_cl
                finite: jax.Array | bool = True, scale: jax.Array | float = 1.0) -> tuple[optax.Updates, AdamWState]:
         if grad_clip > 0:
             scale = scale * jnp.minimum(1.0, grad_clip / grad_norm)
+
         def kept(old: jax.Array, new: jax.Array) -> jax.Array:
             return jnp.where(finite, new.astype(old.dtype), old)
 

@@ -20,7 +20,7 @@ from lm import cli, quantize
 from lm.config import ModelConfig
 from lm.convert import gpt2_from_params, gpt2_hf_config
 from lm.model import TransformerLM, init_cache
-from lm.sample import bucket, decode, model_apply
+from lm.sample import cache_slots, decode, model_apply
 
 
 def copy_bandwidth(nbytes: int = 1 << 29, repeats: int = 5) -> float:
@@ -49,12 +49,12 @@ def weight_bytes_per_token(c: ModelConfig, params: Any) -> int:
 def lm_decoder(c: ModelConfig, params: Any, batch: int, prompt_len: int, new_tokens: int) -> Callable[[], Any]:
     """A closure decoding `new_tokens` greedy tokens after a random prompt of `prompt_len`, for each row."""
     prompt = jnp.asarray(np.random.default_rng(0).integers(0, c.vocab_size, (batch, prompt_len)), jnp.int32)
-    cache = init_cache(c, batch, bucket(prompt_len + new_tokens, c.max_len))
+    cache = init_cache(c, batch, cache_slots(prompt_len, new_tokens, c.max_len))
     apply = model_apply(TransformerLM(c))
     key = jax.random.key(0)
 
     def run() -> Any:
-        tokens, _ = decode(apply, params, cache, prompt, key, new_tokens, 0.0)
+        tokens, _ = decode(apply, params, cache, prompt, key, new_tokens, 0.0, context=c.max_len)
         return jax.block_until_ready(tokens)
 
     return run

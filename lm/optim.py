@@ -35,13 +35,16 @@ def schedule(cfg: ml_collections.ConfigDict, total_steps: int) -> optax.Schedule
     )
 
 
+# The parameters weight decay reaches, by leaf name: projection kernels, the embedding tables and the head.
+# Biases ('bias', [N, H] in attention) and norm scales ('scale') are not decayed, whatever their rank.
+DECAYED = ("kernel", "token_embedding", "position_embedding", "lm_head")
+
+
 def decay_mask(params: optax.Params) -> optax.Params:
-    """True for matrices (and higher-rank kernels); biases, norms and other vectors are not decayed. The layer
-    axis of scanned layers (parameters under 'blocks', stacked [L, ...]) does not count: a stacked bias is a
-    vector per layer."""
+    """True for the leaves named in DECAYED (matrices and higher-rank kernels), False for biases, norm scales
+    and every other vector; scanned or unrolled layers alike."""
     def decayed(path: tuple[Any, ...], p: jax.Array) -> bool:
-        stacked = any(getattr(k, "key", None) == "blocks" for k in path)
-        return p.ndim - stacked >= 2
+        return getattr(path[-1], "key", None) in DECAYED
 
     return jax.tree_util.tree_map_with_path(decayed, params)
 

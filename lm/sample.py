@@ -4,8 +4,9 @@ The model is rebuilt from the workdir alone (config and tokenizer travel in the 
 parameters are restored. `generate` (the library entry point) batches every prompt and sample: prompts are
 left-padded to a bucket length (padding is a segment never attended), prefilled in one call, then decoded one
 token per step inside one jitted loop that ends when every row has met the end-of-text id; stop strings cut
-the text afterwards. When the cache is full, the newest half of the context is prefilled again, so samples
-can be longer than the context. Temperature 0 is greedy; the same seed gives the same text.
+the text afterwards. Samples can be longer than the context: when a sample's context would pass the model's,
+it is cut to its newest half and prefilled again, so a greedy sample does not depend on its batch-mates.
+Temperature 0 is greedy; the same seed gives the same text.
 """
 
 import functools
@@ -56,70 +57,86 @@ def sample_token(
     return jax.lax.cond(temperature > 0, draw, lambda: jnp.argmax(logits, axis=-1).astype(jnp.int32))
 
 
-@functools.partial(jax.jit, static_argnames=("apply_fn", "max_new_tokens"))
+@functools.partial(jax.jit, static_argnames=("apply_fn", "max_new_tokens", "context"))
 def decode(
     apply_fn: ApplyFn, params: Any, cache: Cache, prompt: jax.Array, key: jax.Array, max_new_tokens: int,
     temperature: float | jax.Array = 1.0, top_k: int | jax.Array = 0, top_p: float | jax.Array = 1.0,
-    prompt_lens: jax.Array | None = None, eos_id: int | jax.Array = -1,
+    prompt_lens: jax.Array | None = None, eos_id: int | jax.Array = -1, context: int | None = None,
 ) -> tuple[jax.Array, jax.Array]:
     """Continues prompt [B, P] (each row left-padded to P: its last `prompt_lens` [B] slots are the prompt;
-    P <= the cache length); returns tokens [B, max_new_tokens] and how many come before `eos_id` [B].
+    P <= `context`); returns tokens [B, max_new_tokens] and how many come before `eos_id` [B].
 
-    A row stops at `eos_id` (its later tokens are `eos_id`); the loop ends when every row has stopped. One
-    compilation serves every prompt padded to the same P.
+    A row's context is its own tokens, at most `context` of them (default: the cache's slots): a token that
+    would make it longer cuts it to its newest `context // 2` tokens, and then every row's context is prefilled
+    again into the cache (as also when the cache is full). So a row gives the tokens it would give alone,
+    whatever its batch-mates and its padding. The cache needs room for the whole sample, or more slots than
+    `context`. A row stops at `eos_id` (its later tokens are `eos_id`); the loop ends when every row has
+    stopped. One compilation serves every prompt padded to the same P.
     """
     b, p = prompt.shape
     slots = cache["segment_ids"].shape[1]
-    window = max(min(slots // 2, p + max_new_tokens), 1)  # context kept when the cache is full
+    context = context or slots
+    if p > context or (p + max_new_tokens > slots and slots <= context):
+        raise ValueError(f"a cache of {slots} slots holds neither the {p} + {max_new_tokens} tokens nor a context "
+                         f"of {context} and room to decode; give it more than {context} slots")
+    keep = max(context // 2, 1)
     lens = jnp.full((b,), p, jnp.int32) if prompt_lens is None else prompt_lens.astype(jnp.int32)
     pad = p - lens  # [B] slots before each prompt
     arange = jnp.arange(p)[None, :]
     segments = (arange >= pad[:, None]).astype(jnp.int32)  # padding is segment 0: never attended
     empty = jax.tree.map(jnp.zeros_like, cache)
     logits, cache = apply_fn(params, prompt, jnp.maximum(arange - pad[:, None], 0), segments, cache)
-    buf = jnp.zeros((b, p + max_new_tokens), jnp.int32).at[:, :p].set(prompt)
+    # Every token in one buffer, after `context` empty slots (so that a refill's window always fits in it):
+    # the prompt at [context, context + P), token i at context + P + i.
+    buf = jnp.zeros((b, context + p + max_new_tokens), jnp.int32).at[:, context:context + p].set(prompt)
+    start = context + pad  # [B] buffer index of each row's first token of context
     done = jnp.zeros((b,), bool)
-    # offset: cache slot minus position of each row's tokens (its padding; after a refill, what is left of it)
-    carry = (0, buf, logits[:, -1], cache, done, jnp.zeros((b,), jnp.int32), pad)
+    carry = (0, buf, logits[:, -1], cache, done, jnp.zeros((b,), jnp.int32), start)
 
     def advance(carry, feed):
         """Samples token i from the last logits, records it, and `feed`s it to the model (extend or refill)."""
-        i, buf, last, cache, done, lengths, offset = carry
+        i, buf, last, cache, done, lengths, start = carry
         token = sample_token(last, jax.random.fold_in(key, i), temperature, top_k, top_p)  # [B]
         token = jnp.where(done, eos_id, token)
-        buf = buf.at[:, p + i].set(token)
+        end = context + p + i  # the token's buffer index
+        buf = buf.at[:, end].set(token)
         lengths = jnp.where(done | (token == eos_id), lengths, i + 1)
         done = done | (token == eos_id)
-        last, cache, offset = feed(token, i, buf, cache, offset)
-        return i + 1, buf, last, cache, done, lengths, offset
+        last, cache, start = feed(token, end, buf, cache, start)
+        return i + 1, buf, last, cache, done, lengths, start
 
-    def extend(token, i, buf, cache, offset):
-        positions = (cache["index"] - offset)[:, None]
-        out, cache = apply_fn(params, token[:, None], positions, jnp.ones((b, 1), jnp.int32), cache)
-        return out[:, -1], cache, offset
+    def extend(token, end, buf, cache, start):
+        out, cache = apply_fn(params, token[:, None], (end - start)[:, None], jnp.ones((b, 1), jnp.int32), cache)
+        return out[:, -1], cache, start
 
-    def refill(token, i, buf, cache, offset):
-        first = p + i + 1 - window  # buffer index of the window's first token
-        recent = jax.lax.dynamic_slice_in_dim(buf, first, window, axis=1)
-        offset = jnp.maximum(pad - first, 0)  # padding still inside the window
-        w = jnp.arange(window)[None, :]
-        segs = (w >= offset[:, None]).astype(jnp.int32)
-        out, cache = apply_fn(params, recent, jnp.maximum(w - offset[:, None], 0), segs, empty)
-        return out[:, -1], cache, offset
+    width = min(context, slots)  # of a refill: the longest context (a cache of fewer slots is never refilled)
+
+    def refill(token, end, buf, cache, start):
+        start = jnp.where(end + 1 - start > context, end + 1 - keep, start)  # contexts that grew too long: cut
+        first = end + 1 - width  # buffer index of the window's first slot
+        window = jax.lax.dynamic_slice_in_dim(buf, first, width, axis=1)  # [B, width], each row left-padded
+        slot = first + jnp.arange(width)[None, :]
+        segs = (slot >= start[:, None]).astype(jnp.int32)
+        out, cache = apply_fn(params, window, jnp.maximum(slot - start[:, None], 0), segs, empty)
+        return out[:, -1], cache, start
 
     def running(carry) -> jax.Array:
         return (carry[0] < max_new_tokens) & ~jnp.all(carry[4])
 
+    def needs_refill(carry) -> jax.Array:
+        """The cache is full, or the next token makes some row's context longer than `context`."""
+        i, cache, start = carry[0], carry[3], carry[6]
+        return (cache["index"] >= slots) | jnp.any(context + p + i + 1 - start > context)
+
     def chunk(carry):
-        """A refill if the cache is full, then one token per step until it is full again (or all rows stop):
-        the inner loop has no branch, so its cache is updated in place."""
-        carry = jax.lax.cond(carry[3]["index"] >= slots, lambda c: advance(c, refill), lambda c: c, carry)
-        return jax.lax.while_loop(lambda c: running(c) & (c[3]["index"] < slots), lambda c: advance(c, extend),
-                                  carry)
+        """A refill if one is needed, then one token per step until the next is (or all rows stop): the inner
+        loop has no branch, so its cache is updated in place."""
+        carry = jax.lax.cond(needs_refill(carry), lambda c: advance(c, refill), lambda c: c, carry)
+        return jax.lax.while_loop(lambda c: running(c) & ~needs_refill(c), lambda c: advance(c, extend), carry)
 
     _, buf, _, _, _, lengths, _ = jax.lax.while_loop(running, chunk, carry)
     kept = jnp.arange(max_new_tokens)[None, :] < lengths[:, None]  # a row that never stopped keeps all
-    return jnp.where(kept, buf[:, p:], eos_id), lengths
+    return jnp.where(kept, buf[:, context + p:], eos_id), lengths
 
 
 @functools.cache
@@ -135,6 +152,14 @@ def model_apply(model: TransformerLM) -> ApplyFn:
 def bucket(length: int, limit: int) -> int:
     """The padded prompt length for `length` tokens: a power of two from 16, at most `limit`."""
     return min(max(16, 1 << (length - 1).bit_length()), limit)
+
+
+def cache_slots(width: int, new_tokens: int, context: int) -> int:
+    """Cache slots for prompts padded to `width` and `new_tokens` more: no more than the sample needs, in a
+    bucket; past the context, the context and room for half a context between refills."""
+    if width + new_tokens <= context:
+        return bucket(width + new_tokens, context)
+    return context + max(context // 2, 1)
 
 
 def _until_stop(tokenizer: AnyTokenizer, ids: list[int], stop: Sequence[str]) -> tuple[str, int] | None:
@@ -169,11 +194,11 @@ def generate(params: Any, model_config: ModelConfig, tokenizer: AnyTokenizer, pr
     for i, r in enumerate(rows):
         prompt[i, width - len(r):] = r
     lens = np.asarray([len(r) for r in rows], np.int32)
-    slots = bucket(width + max_new_tokens, model_config.max_len)  # a cache no longer than the sample needs
+    context = model_config.max_len
     tokens, lengths = decode(model_apply(TransformerLM(model_config)), params,
-                             init_cache(model_config, len(rows), slots),
+                             init_cache(model_config, len(rows), cache_slots(width, max_new_tokens, context)),
                              jnp.asarray(prompt), jax.random.key(seed), max_new_tokens, temperature, top_k, top_p,
-                             jnp.asarray(lens), tokenizer.eos_id)
+                             jnp.asarray(lens), tokenizer.eos_id, context)
     out = []
     for i, (row, n) in enumerate(zip(np.asarray(tokens).tolist(), np.asarray(lengths).tolist(), strict=True)):
         ids = row[:n]

@@ -59,3 +59,4 @@ def tiny_run(tiny_config, tmp_path_factory):
 
     workdir = str(tmp_path_factory.mktemp("tiny_run"))
     return workdir, train(tiny_config, workdir)
+

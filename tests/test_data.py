@@ -98,11 +98,18 @@ def test_missing_and_empty_data_are_one_line_errors(tmp_path, cache_dir):
 
 
 def test_folder_of_files_is_one_corpus(tmp_path, cache_dir):
-    for i in range(3):
-        (tmp_path / f"{i}.txt").write_text(f"document {i} " * 50 + "\n\n" + f"second {i} " * 50)
-    builder = data.build(str(tmp_path), "\n\n", 0.2, cache_dir)
-    docs = list(data.texts(builder, "train")) + list(data.texts(builder, "validation"))
-    assert sum(len(d) for d in docs) > 0 and any("document 2" in d for d in docs)
+    """Every document of every .txt file under the folder (a subfolder's too; hidden and other files skipped),
+    in file order: with a quarter of the characters for validation, exactly the last document is validation."""
+    docs = [f"{name} {i}".ljust(20, ".") for i in range(3) for name in ("first", "second")]  # 20 characters each
+    docs[-1] = docs[-1].ljust(34, "!")  # 5 x 20 + 34 + 5 separators of 2 = 144 = 4 x (34 + 2)
+    (tmp_path / "sub").mkdir()
+    for i, path in enumerate([tmp_path / "0.txt", tmp_path / "1.txt", tmp_path / "sub" / "2.txt"]):
+        path.write_text(docs[2 * i] + "\n\n" + docs[2 * i + 1])
+    (tmp_path / ".hidden.txt").write_text("not part of the corpus")
+    (tmp_path / "notes.md").write_text("nor is this")
+    builder = data.build(str(tmp_path), "\n\n", 0.25, cache_dir)
+    assert sorted(data.texts(builder, "train")) == sorted(docs[:5])
+    assert list(data.texts(builder, "validation")) == docs[5:]
 
 
 def test_jsonl_rows_are_documents_and_a_bad_row_is_named(tmp_path, cache_dir):

@@ -135,3 +135,38 @@ def test_a_decode_step_reads_every_weight_in_place(batch):
     copies = [line.strip()[:200] for line in hlo.split("\n")
               if 'op_name="variables[' in line and re.search(r"= \S+ (copy|transpose|fusion)\(", line)]
     assert not copies, copies
+
+
+def test_z_loss_value_and_gradient_are_the_closed_form():
+    """summed_loss adds z * log(Z)^2 over counted targets; its gradient with respect to the logits is
+    softmax - onehot(target) + 2 z log(Z) softmax, carried back to the parameters through the logits."""
+    model, params = _setup()
+    z = 0.3
+    rng = np.random.default_rng(3)
+    tokens = jnp.asarray(rng.integers(0, CFG.vocab_size, (2, 17)), jnp.int32)
+    segments = jnp.asarray([[1] * 9 + [2] * 8, [1] * 13 + [0] * 4])  # two documents; padding at the end
+    positions = jnp.asarray([list(range(9)) + list(range(8)), list(range(13)) + [0] * 4])
+    batch = {"tokens": tokens, "segment_ids": segments, "positions": positions}
+
+    def logits_of(p):
+        return model.apply({"params": p}, tokens[:, :-1], positions[:, :-1], segments[:, :-1])  # [B, T, V]
+
+    logits, vjp = jax.vjp(logits_of, params)
+    logits = np.asarray(logits, np.float64)
+    seg = np.asarray(segments)
+    counted = (seg[:, 1:] == seg[:, :-1]) & (seg[:, 1:] > 0)  # 15 + 12 targets
+    assert counted.sum() == 27
+    log_z = np.log(np.exp(logits - logits.max(-1, keepdims=True)).sum(-1)) + logits.max(-1)
+    targets = np.asarray(tokens[:, 1:])
+    picked = np.take_along_axis(logits, targets[..., None], -1)[..., 0]
+    want = ((log_z - picked) * counted).sum() + z * (log_z**2 * counted).sum()
+    softmax = np.exp(logits - log_z[..., None])
+    onehot = np.eye(CFG.vocab_size)[targets]
+    d_logits = (softmax - onehot + 2 * z * log_z[..., None] * softmax) * counted[..., None]
+    (want_grads,) = vjp(jnp.asarray(d_logits, jnp.float32))
+
+    value, grads = jax.jit(jax.value_and_grad(lambda p: objective.summed_loss(model, p, batch, z)[0]))(params)
+    np.testing.assert_allclose(value, want, rtol=1e-5)
+    assert z * (log_z**2 * counted).sum() > 1.0  # the penalty is a visible part of the value
+    for g, w in zip(jax.tree.leaves(grads), jax.tree.leaves(want_grads), strict=True):
+        np.testing.assert_allclose(g, w, atol=1e-5, rtol=1e-4)

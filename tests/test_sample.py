@@ -1,17 +1,19 @@
-"""Sampling: filters checked against a fake logits function, determinism, and greedy decoding of a real model."""
+"""Sampling: filters checked against a fake logits function, determinism, and greedy decoding of a trained model."""
 
+import dataclasses
 import functools
 
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
 import numpy as np
+import pytest
 
 from lm import sharding as shd
 from lm import state as state_lib
 from lm.config import ModelConfig
 from lm.model import TransformerLM, init_cache
-from lm.sample import decode, generate, model_apply
+from lm.sample import cache_slots, decode, generate, model_apply
 from lm.state import boxed_params
 
 V = 20
@@ -26,7 +28,8 @@ def fake_apply(params, tokens, positions, segment_ids, cache):
 def _fake_generate(logits, steps=50, batch=16, seed=0, **kw):
     cache = {"index": jnp.zeros((), jnp.int32), "segment_ids": jnp.zeros((batch, 8), jnp.int32)}
     prompt = jnp.zeros((batch, 3), jnp.int32)
-    out, _ = decode(fake_apply, jnp.asarray(logits, jnp.float32), cache, prompt, jax.random.key(seed), steps, **kw)
+    out, _ = decode(fake_apply, jnp.asarray(logits, jnp.float32), cache, prompt, jax.random.key(seed), steps,
+                    context=4, **kw)  # the context refilled many times
     return np.asarray(out)
 
 
@@ -59,24 +62,61 @@ def test_same_seed_same_samples():
     assert len({tuple(row) for row in a}) > 1  # rows are different samples
 
 
-def test_greedy_decoding_of_a_real_model_matches_full_forward_passes():
-    """Cached greedy decoding, also past the context (where the newest half of the context is prefilled again)."""
-    cfg = ModelConfig(vocab_size=30, max_len=8, num_layers=2, num_heads=2, embed_dim=16, mlp_dim=32)
-    model = TransformerLM(cfg)
-    params = nn.unbox(boxed_params(model, 1))
-    forward = jax.jit(functools.partial(model.apply, {"params": params}))
-    prompt = [1, 5, 7]
-    steps = 20
-    out, _ = decode(model_apply(model), params, init_cache(cfg, 1), jnp.asarray([prompt]), jax.random.key(0), steps,
-                    temperature=0.0)
-    tokens, start = list(prompt), 0  # reference: the same context policy, recomputed from scratch each step
+def _varied_model(family):
+    """A model whose greedy continuations vary and hang on the whole context: weights drawn wide (std 0.3), as
+    training would not make a model of this size in a test's time (a default-initialized or briefly trained one
+    repeats one token, or 'the the the')."""
+    cfg = ModelConfig(vocab_size=40, max_len=32, num_layers=2, num_heads=4, embed_dim=32, mlp_dim=64)
+    if family == "llama":  # RoPE, RMSNorm, SwiGLU, grouped-query attention, untied head, unrolled layers
+        cfg = dataclasses.replace(cfg, num_kv_heads=2, position="rope", norm="rmsnorm", mlp="swiglu",
+                                  use_bias=False, tie_embeddings=False, scan_layers=False)
+    shapes = jax.eval_shape(lambda: nn.unbox(boxed_params(TransformerLM(cfg), 0)))
+    rng = np.random.default_rng({"gpt2": 2, "llama": 0}[family])
+    params = jax.tree_util.tree_map_with_path(
+        lambda path, s: (path[-1].key == "scale") + rng.normal(0, 0.3, s.shape).astype(np.float32), shapes)
+    return cfg, params
+
+
+def _greedy_by_full_forward_passes(forward, prompt, steps, context):
+    """Greedy tokens after `prompt`, each the argmax of a forward pass over the row's context recomputed from
+    scratch: all its tokens, until one more would pass `context`; then its newest context // 2."""
+    tokens, start = list(prompt), 0
     for _ in range(steps):
-        if len(tokens) - start > cfg.max_len:
-            start = len(tokens) - cfg.max_len // 2
-        ctx = np.asarray([tokens[start:]])
-        logits = forward(ctx, np.arange(ctx.shape[1])[None], np.ones_like(ctx))
-        tokens.append(int(np.argmax(logits[0, -1])))
-    assert np.asarray(out)[0].tolist() == tokens[len(prompt):]
+        if len(tokens) - start > context:
+            start = len(tokens) - context // 2
+        n = len(tokens) - start  # the context, then padding (segment 0) that no earlier slot attends to
+        ctx, segments = np.zeros((1, context), np.int32), (np.arange(context) < n)[None].astype(np.int32)
+        ctx[0, :n] = tokens[start:]
+        tokens.append(int(np.argmax(forward(ctx, np.arange(context)[None], segments)[0, n - 1])))
+    return tokens[len(prompt):]
+
+
+@pytest.mark.parametrize("family", ["gpt2", "llama"])
+def test_greedy_decoding_matches_full_forward_passes_past_the_context_and_left_padded(family):
+    """Cached greedy decoding of prompts of 1 to 25 tokens, left-padded in one batch (and one alone), 90 tokens
+    past a context of 32 (so each row's context is cut and prefilled again several times, at steps of its own):
+    every token is the one full forward passes give."""
+    cfg, params = _varied_model(family)
+    forward = jax.jit(functools.partial(TransformerLM(cfg).apply, {"params": params}))
+    prompts = [[1, 5, 7], [2, 9, 4, 4, 8, 1, 3, 11, 20, 30, 31, 32], [6], list(range(3, 28))]
+    steps, width = 90, max(len(p) for p in prompts)
+    want = [_greedy_by_full_forward_passes(forward, p, steps, cfg.max_len) for p in prompts]
+    assert all(len(set(row)) >= 8 for row in want), want  # continuations that vary
+    batch = np.zeros((len(prompts), width), np.int32)
+    for i, p in enumerate(prompts):
+        batch[i, width - len(p):] = p
+    apply = model_apply(TransformerLM(cfg))
+
+    def greedy(prompt, lens=None):
+        cache = init_cache(cfg, len(prompt), cache_slots(prompt.shape[1], steps, cfg.max_len))
+        out, _ = decode(apply, params, cache, jnp.asarray(prompt), jax.random.key(0), steps, 0.0, 0, 1.0, lens,
+                        context=cfg.max_len)
+        return np.asarray(out).tolist()
+
+    together = greedy(batch, jnp.asarray([len(p) for p in prompts]))
+    for i in range(len(prompts)):
+        assert together[i] == want[i], i
+    assert greedy(np.asarray([prompts[1]]))[0] == want[1]  # alone, unpadded
 
 
 def test_rows_stop_at_eos_and_the_loop_ends_when_all_have():
@@ -97,23 +137,6 @@ def test_rows_stop_at_eos_and_the_loop_ends_when_all_have():
 def _tiny_model(max_len=32):
     cfg = ModelConfig(vocab_size=30, max_len=max_len, num_layers=2, num_heads=2, embed_dim=16, mlp_dim=32)
     return cfg, nn.unbox(boxed_params(TransformerLM(cfg), 1))
-
-
-def test_prompts_of_different_lengths_in_one_batch_decode_as_alone():
-    """Left padding is invisible: each row of a batch gives the tokens it gives alone, also past the context."""
-    cfg, params = _tiny_model(max_len=16)
-    apply = model_apply(TransformerLM(cfg))
-    prompts = [[1, 5, 7], [2, 9, 4, 4, 8, 1, 3], [6]]
-    width = 8
-    batch = np.zeros((3, width), np.int32)
-    for i, p in enumerate(prompts):
-        batch[i, width - len(p):] = p
-    lens = jnp.asarray([len(p) for p in prompts])
-    together, _ = decode(apply, params, init_cache(cfg, 3), jnp.asarray(batch), jax.random.key(0), 30, 0.0, 0, 1.0,
-                         lens)
-    for i, p in enumerate(prompts):
-        alone, _ = decode(apply, params, init_cache(cfg, 1), jnp.asarray([p]), jax.random.key(0), 30, 0.0)
-        assert np.asarray(together)[i].tolist() == np.asarray(alone)[0].tolist(), i
 
 
 class _Chars:

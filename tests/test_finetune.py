@@ -9,7 +9,6 @@ import numpy as np
 import pytest
 
 from lm import checkpoint, data, objective
-from lm import config as config_lib
 from lm import sharding as shd
 from lm.cli import UserError
 from lm.convert import import_gpt2
@@ -25,16 +24,16 @@ def _first_record(workdir):
 
 
 def _source_loss_on_first_batch(cfg, source):
-    """The mean loss of `source`'s parameters on the first batch a run of `cfg` trains on."""
+    """The mean loss of the source model itself (its own layers, scanned or not, and vocabulary padding, as
+    saved) on the first batch a run of `cfg` trains on."""
     ckpt, step, saved, tok, _ = checkpoint.open_run(source)
     layout = shd.make_layout(cfg.mesh)
-    c = config_lib.model_config(cfg, saved.vocab_size)
-    params = checkpoint.init_params(ckpt, step, saved, c, layout, source)
+    model = TransformerLM(saved)
+    params = ckpt.params(step, checkpoint.abstract_params(model, layout))
     corpus = data.build(cfg.data.path, cfg.data.separator, cfg.data.validation_fraction, cfg.data.cache_dir)
-    batches = data.TrainBatches(corpus, tok, c.max_len + 1, cfg.train.batch_size, cfg.seed, 1, 0, 1)
+    batches = data.TrainBatches(corpus, tok, saved.max_len + 1, cfg.train.batch_size, cfg.seed, 1, 0, 1)
     with layout.scope():
-        return float(jax.jit(lambda p, b: objective.mean_loss(TransformerLM(c), p, b))(
-            params, layout.global_batch(next(batches))))
+        return float(jax.jit(lambda p, b: objective.mean_loss(model, p, b))(params, layout.global_batch(next(batches))))
 
 
 def test_first_loss_of_a_fine_tune_is_the_source_loss_on_that_batch(tiny_run, tiny_config, tmp_path):
@@ -53,22 +52,34 @@ def test_first_loss_of_a_fine_tune_is_the_source_loss_on_that_batch(tiny_run, ti
     assert not os.path.exists(tmp_path / "ft" / "tokenizer.model")  # none was trained
 
 
-def test_fine_tune_from_an_imported_gpt2_scanned_into_unrolled_and_padded(tiny_config, tmp_path):
+def test_fine_tune_converts_layers_and_vocabulary_padding_either_way(tiny_config, tmp_path):
+    """An imported GPT-2 (scanned, vocabulary 400 unpadded) fine-tunes unrolled with the table padded to 512 rows;
+    that run fine-tunes scanned and unpadded again. Each first loss is the source model's own on that batch."""
     import_gpt2(GPT2_BPE, str(tmp_path / "gpt2"), scan_layers=True)
     cfg = tiny_config.copy_and_resolve_references()
     cfg.init_from = str(tmp_path / "gpt2") + ":0"
-    # vocabulary 400 imported unpadded, trained with the table padded to 512 rows
     cfg.model.update(num_layers=2, num_heads=4, embed_dim=32, max_len=64, scan_layers=False, vocab_multiple=128)
     cfg.train.update(steps=2, log_every=1, eval_every=1000, eval_batches=2)
-    result = train(cfg, str(tmp_path / "ft"))
-    first = _first_record(str(tmp_path / "ft"))
+    result = train(cfg, str(tmp_path / "unrolled"))
+    first = _first_record(str(tmp_path / "unrolled"))
     assert first["loss"] == pytest.approx(_source_loss_on_first_batch(cfg, str(tmp_path / "gpt2")), rel=1e-5)
     assert np.isfinite(result["loss"]) and result["bits_per_byte"] > 0
-    ckpt, step, c, tok, _ = checkpoint.open_run(str(tmp_path / "ft"))
+    ckpt, step, c, tok, _ = checkpoint.open_run(str(tmp_path / "unrolled"))
     expected = json.load(open(os.path.join(GPT2_BPE, "expected.json")))
     assert c.vocab_size == 400 and tok.encode(expected["texts"][0]) == expected["ids"][0]
     params = ckpt.params(step, checkpoint.abstract_params(TransformerLM(c), shd.make_layout(cfg.mesh)))
-    assert params["token_embedding"].shape == (512, 32)
+    assert params["token_embedding"].shape == (512, 32) and "block_1" in params
+
+    back = cfg.copy_and_resolve_references()
+    back.init_from = str(tmp_path / "unrolled")  # its step-2 checkpoint: unrolled, 512 rows
+    back.seed = 3
+    back.model.update(scan_layers=True, vocab_multiple=1)
+    train(back, str(tmp_path / "scanned"))
+    source_loss = _source_loss_on_first_batch(back, str(tmp_path / "unrolled"))
+    assert _first_record(str(tmp_path / "scanned"))["loss"] == pytest.approx(source_loss, rel=1e-5)
+    ckpt, step, c, _, _ = checkpoint.open_run(str(tmp_path / "scanned"))
+    params = ckpt.params(step, checkpoint.abstract_params(TransformerLM(c), shd.make_layout(back.mesh)))
+    assert params["token_embedding"].shape == (400, 32) and params["blocks"]["mlp"]["fc"]["kernel"].shape[0] == 2
 
 
 def test_init_from_errors_are_one_line(tiny_run, tiny_config, tmp_path):

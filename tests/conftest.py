@@ -1,5 +1,5 @@
-"""Test setup: 8 fake CPU devices (set before jax is imported), a shared dataset cache, a trained tiny run, and
-helpers that run the command-line tools as a user does."""
+"""Test setup: 8 fake CPU devices (set before jax is imported), a shared dataset cache, a trained tiny run,
+helpers that run the command-line tools as a user does, and a workdir's validation loss computed by hand."""
 
 import importlib.util
 import os
@@ -9,6 +9,8 @@ import sys
 os.environ["XLA_FLAGS"] = os.environ.get("XLA_FLAGS", "") + " --xla_force_host_platform_device_count=8"
 os.environ.setdefault("JAX_PLATFORMS", "cpu")
 
+import jax  # noqa: E402
+import numpy as np  # noqa: E402
 import pytest  # noqa: E402
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -60,3 +62,42 @@ def tiny_run(tiny_config, tmp_path_factory):
     workdir = str(tmp_path_factory.mktemp("tiny_run"))
     return workdir, train(tiny_config, workdir)
 
+
+def score_by_hand(workdir: str, max_batches: int = 0) -> tuple[float, int, int]:
+    """(summed loss in nats, targets counted, UTF-8 bytes they stand for) of a workdir's latest checkpoint on its
+    validation rows (the first `max_batches` batches; 0: all), computed without lm's objective or byte counts:
+    a log-softmax of the model's logits at every target that continues its document, and the bytes of the text
+    those targets decode to, run by run, each EOS standing for the separator."""
+    from lm import checkpoint, data
+    from lm import sharding as shd
+    from lm import state as state_lib
+    from lm.model import TransformerLM
+
+    ckpt, step, c, tok, run = checkpoint.open_run(workdir)
+    model = TransformerLM(c)
+    layout = shd.make_layout({"data": 1, "fsdp": 1, "tensor": 1}, jax.devices()[:1])
+    params = ckpt.params(step, state_lib.abstract_params(model, layout))
+    forward = jax.jit(lambda t, p, s: model.apply({"params": params}, t, p, s))
+    separator = len(run["data"]["separator"].encode("utf-8"))
+    nll = count = nbytes = 0
+    rows = data.eval_batches(data.open_corpus(run["data"]), tok, c.max_len + 1, run["train"]["batch_size"],
+                             run["data"]["shards"], max_batches=max_batches)
+    for b in rows:
+        tokens, segments = b["tokens"], b["segment_ids"]
+        logits = np.asarray(forward(tokens[:, :-1], b["positions"][:, :-1], segments[:, :-1]), np.float64)
+        log_probs = logits - np.log(np.exp(logits - logits.max(-1, keepdims=True)).sum(-1, keepdims=True)) - \
+            logits.max(-1, keepdims=True)
+        counted = (segments[:, 1:] == segments[:, :-1]) & (segments[:, 1:] > 0)
+        targets = tokens[:, 1:]
+        nll -= np.take_along_axis(log_probs, targets[..., None], -1)[..., 0][counted].sum()
+        count += int(counted.sum())
+        for row, keep in zip(targets, counted, strict=True):
+            run_ids = []
+            for t in list(row[keep]) + [tok.eos_id]:  # each run of text ends at an EOS (or the row's end)
+                if t == tok.eos_id:
+                    nbytes += len(tok.decode(run_ids).encode("utf-8"))
+                    run_ids = []
+                else:
+                    run_ids.append(int(t))
+            nbytes += separator * int((row[keep] == tok.eos_id).sum())
+    return nll, count, nbytes

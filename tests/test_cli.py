@@ -134,12 +134,8 @@ def test_prompt_longer_than_the_context_is_one_line(tiny_run):
     one_line_error(run_module("lm.sample", "--workdir", workdir, "--prompt", "x" * 100), "context is 32")
 
 
-def test_evaluate_and_sample_from_a_workdir(tiny_run):
+def test_sampling_from_a_workdir_is_the_same_for_the_same_seed(tiny_run):
     workdir, _ = tiny_run
-    result = run_module("lm.evaluate", "--workdir", workdir)
-    assert result.returncode == 0, result.stderr
-    metrics = json.loads(result.stdout.strip().splitlines()[-1])
-    assert metrics["step"] == 20 and 0 < metrics["bits_per_byte"] < 8 and metrics["perplexity"] > 1
     args = ("lm.sample", "--workdir", workdir, "--prompt", "ROMEO:", "--max_new_tokens", "60", "--num_samples", "3",
             "--seed", "0", "--temperature", "1.0", "--top_k", "0")
     first, second = run_module(*args), run_module(*args)

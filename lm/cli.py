@@ -15,6 +15,7 @@ class UserError(Exception):
 
 
 EXIT_USER_ERROR = 2
+EXIT_SIGINT = 130  # 128 + SIGINT
 
 
 class DiskFull(UserError):
@@ -88,7 +89,8 @@ def _without_closed_loop(hook: Callable) -> Callable:
 
 
 def run(main: Callable[[Sequence[str]], None]) -> None:
-    """Runs an absl `main`; a UserError anywhere in it ends the program with one line and status 2."""
+    """Runs an absl `main`; a UserError anywhere in it ends the program with one line and status 2, an
+    interrupt (Ctrl-C) with one line and status 130."""
 
     def guarded(argv: Sequence[str]) -> None:
         if not flags.FLAGS["verbosity"].present:  # orbax and TFDS are chatty; --verbosity=0 shows it all
@@ -106,5 +108,10 @@ def run(main: Callable[[Sequence[str]], None]) -> None:
         except Stopped as e:
             print(str(e), file=sys.stderr, flush=True)
             sys.exit(e.status)
+        except KeyboardInterrupt:  # a second SIGINT (lm/preemption.py), or one outside a training loop
+            print("stopped at once by SIGINT (a checkpoint being written is dropped); rerun the same command to "
+                  "resume from the last checkpoint", file=sys.stderr, flush=True)
+            sys.stdout.flush()
+            os._exit(EXIT_SIGINT)  # at once: not after the threads of a save in flight
 
     app.run(guarded, flags_parser=_parse)

@@ -1,12 +1,15 @@
-"""Real processes on 127.0.0.1: two processes of 4 devices train like one process of 8, and checkpoints move
-between the two."""
+"""Real processes on 127.0.0.1: two processes of 4 devices train like one process of 8, checkpoints move between
+the two, and a signal to one process stops both at the same step."""
 
 import json
 import os
+import re
 import shutil
+import signal
 import socket
 import subprocess
 import sys
+import time
 
 import numpy as np
 from conftest import TINY
@@ -67,3 +70,30 @@ def test_two_processes_train_like_one_and_checkpoints_move_between_them(tmp_path
     assert "resuming at step 3" in out
     for resumed in (_losses(tmp_path / "two_then_one"), _losses(tmp_path / "one_then_two")):
         np.testing.assert_allclose([resumed[k] for k in (4, 5, 6, -6)], [b[k] for k in (4, 5, 6, -6)], rtol=1e-5)
+
+
+def test_sigterm_to_one_of_two_processes_stops_both_after_the_same_step(tmp_path, cache_dir):
+    env = {k: v for k, v in os.environ.items() if k != "XLA_FLAGS"}
+    env["XLA_FLAGS"] = "--xla_force_host_platform_device_count=4"
+    workdir = tmp_path / "run"
+    cmd = [sys.executable, "-m", "lm.train", "--config", TINY, "--workdir", str(workdir),
+           f"--config.data.cache_dir={cache_dir}", "--config.train.steps=1000", "--config.train.log_every=5",
+           "--config.train.eval_every=1000", "--config.checkpoint.every=1000",
+           f"--coordinator_address=127.0.0.1:{_free_port()}", "--num_processes=2"]
+    procs = [subprocess.Popen(cmd + [f"--process_id={i}"], cwd=ROOT, env=env, stdout=subprocess.DEVNULL,
+                              stderr=subprocess.PIPE, text=True) for i in range(2)]
+    metrics = workdir / "metrics.jsonl"
+    deadline = time.time() + 240
+    try:
+        while not (metrics.is_file() and metrics.read_text().count("\n") >= 2):  # written by process 0
+            assert time.time() < deadline and all(p.poll() is None for p in procs), [p.poll() for p in procs]
+            time.sleep(0.1)
+        procs[1].send_signal(signal.SIGTERM)  # process 1 only
+        errors = [p.communicate(timeout=120)[1] for p in procs]
+    finally:
+        for p in procs:
+            p.kill()
+    assert [p.returncode for p in procs] == [143, 143], errors
+    steps = [int(re.search(r"stopped by SIGTERM after step (\d+); checkpoint \1 saved", e).group(1)) for e in errors]
+    assert steps[0] == steps[1] < 1000, errors
+    assert max(int(s) for s in os.listdir(workdir / "checkpoints") if s.isdigit()) == steps[0]  # saved there

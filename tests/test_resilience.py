@@ -118,22 +118,40 @@ def test_killed_three_times_the_run_ends_bitwise_equal_to_an_uninterrupted_one(t
         np.testing.assert_array_equal(x, y)
 
 
-def test_sigterm_saves_the_current_step_and_exits_143_then_the_run_resumes_there(tmp_path, cache_dir):
+def test_sigint_and_sigterm_save_the_current_step_and_exit_130_and_143_a_second_sigint_stops_at_once(tmp_path,
+                                                                                                      cache_dir):
     workdir = tmp_path / "run"
     metrics = workdir / "metrics.jsonl"
-    proc, cmd, _ = _start_training(workdir, cache_dir, lambda out: metrics.is_file() and metrics.read_text().strip(),
-                                "--config.train.steps=300", "--config.checkpoint.every=1000",
-                                "--config.train.log_every=10")
-    sent = time.time()
-    proc.send_signal(signal.SIGTERM)
-    _, stderr = proc.communicate(timeout=60)
-    print(f"stopped {time.time() - sent:.1f} s after SIGTERM: {stderr.strip().splitlines()[-1]}")
-    assert proc.returncode == 143, stderr
-    stopped_at = int(re.search(r"stopped by SIGTERM after step (\d+); checkpoint \1 saved", stderr).group(1))
-    assert 10 <= stopped_at < 300 and _steps(workdir / "checkpoints")[-1] == stopped_at  # no save interval asked
+    overrides = ("--config.train.steps=300", "--config.checkpoint.every=1000", "--config.train.log_every=10")
+
+    def start_then(signals, after_step):
+        """Starts (or resumes) the run and, once it has logged `after_step`, sends `signals` 20 ms apart."""
+        proc, cmd, out = _start_training(workdir, cache_dir, lambda _: max(_losses(workdir), default=0) >= after_step
+                                         if metrics.is_file() else False, *overrides)
+        for i, signum in enumerate(signals):
+            time.sleep(0.02 * (i > 0))
+            proc.send_signal(signum)
+        _, stderr = proc.communicate(timeout=120)
+        return proc.returncode, stderr, open(out).read(), cmd
+
+    stopped = {}
+    for signum in (signal.SIGINT, signal.SIGTERM):  # each run resumes the one before it
+        code, stderr, out, cmd = start_then([signum], max(stopped.values(), default=0) + 10)
+        name = signal.Signals(signum).name
+        assert code == 128 + signum, stderr  # 130, 143
+        step = int(re.search(rf"stopped by {name} after step (\d+); checkpoint \1 saved", stderr).group(1))
+        assert step < 300 and _steps(workdir / "checkpoints")[-1] == step  # saved there, no interval asked
+        assert ("starting at step 0" if not stopped else f"resuming at step {stopped['SIGINT']}") in out
+        stopped[name] = step
+    assert stopped["SIGTERM"] > stopped["SIGINT"]
+    code, stderr, out, cmd = start_then([signal.SIGINT, signal.SIGINT], stopped["SIGTERM"] + 10)
+    assert code == 130 and stderr.strip().splitlines() == [
+        "stopped at once by SIGINT (a checkpoint being written is dropped); rerun the same command to resume from "
+        "the last checkpoint"], stderr
+    assert f"resuming at step {stopped['SIGTERM']}" in out
     result = subprocess.run(cmd, cwd=ROOT, env=USER_ENV, capture_output=True, text=True, timeout=300)
     assert result.returncode == 0, result.stderr
-    assert f"resuming at step {stopped_at}" in result.stdout
+    assert f"resuming at step {stopped['SIGTERM']}" in result.stdout and not _unfinished(workdir / "checkpoints")
 
 
 def _adam_count(state):

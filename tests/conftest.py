@@ -63,6 +63,41 @@ def tiny_run(tiny_config, tmp_path_factory):
     return workdir, train(tiny_config, workdir)
 
 
+def wide_params(cfg, seed: int):
+    """Parameters of a model of `cfg` drawn wide (std 0.3; norm scales 1 + that): its greedy text varies from token
+    to token and hangs on the whole context, as a default-initialized or briefly trained model's does not (it
+    repeats one token)."""
+    import flax.linen as nn
+
+    from lm.model import TransformerLM
+    from lm.state import boxed_params
+
+    shapes = jax.eval_shape(lambda: nn.unbox(boxed_params(TransformerLM(cfg), 0)))
+    rng = np.random.default_rng(seed)
+    return jax.tree_util.tree_map_with_path(
+        lambda path, s: (path[-1].key == "scale") + rng.normal(0, 0.3, s.shape).astype(np.float32), shapes)
+
+
+@pytest.fixture(scope="session")
+def wide_run(cache_dir, tmp_path_factory) -> str:
+    """A workdir of wide-drawn weights (see `wide_params`) with a character tokenizer of the bundled corpus:
+    checkpoints 1 and 2 (other weights), for the sampling command."""
+    from lm import checkpoint, data, tokenizer
+    from lm.config import ModelConfig
+
+    tok = tokenizer.train(data.texts(data.build("", "\n\n", 0.1, cache_dir), "train"), "char", 256)
+    cfg = ModelConfig(vocab_size=tok.vocab_size, max_len=32, num_layers=2, num_heads=4, embed_dim=32, mlp_dim=64,
+                      num_kv_heads=2, position="rope", norm="rmsnorm", mlp="swiglu", use_bias=False,
+                      tie_embeddings=False)  # Llama style: wide-drawn, its greedy text varies most
+    workdir = str(tmp_path_factory.mktemp("wide_run"))
+    ckpt = checkpoint.Checkpointer(workdir)
+    for step, seed in ((1, 1), (2, 3)):
+        ckpt.save_params(step, wide_params(cfg, seed), checkpoint.make_meta(cfg, tok, {"made_by": "wide_run"}))
+    ckpt.wait()
+    ckpt.close()
+    return workdir
+
+
 def score_by_hand(workdir: str, max_batches: int = 0) -> tuple[float, int, int]:
     """(summed loss in nats, targets counted, UTF-8 bytes they stand for) of a workdir's latest checkpoint on its
     validation rows (the first `max_batches` batches; 0: all), computed without lm's objective or byte counts:

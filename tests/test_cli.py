@@ -6,10 +6,15 @@ import os
 import re
 import shutil
 
+import jax
 import pytest
 from conftest import TINY, load_config, one_line_error, run_module
 
-from lm import data
+from lm import checkpoint, data, quantize
+from lm import sharding as shd
+from lm import state as state_lib
+from lm.model import TransformerLM
+from lm.sample import generate
 
 
 def test_config_key_typo_names_the_key(tmp_path, cache_dir):
@@ -160,9 +165,8 @@ def test_sample_batches_prompts_from_flags_and_a_jsonl_file(tiny_run, tmp_path):
     one_line_error(run_module("lm.sample", "--workdir", str(tmp_path)), "holds no checkpoints")
 
 
-def test_sample_split_over_devices_or_from_int8_weights(tiny_run):
-    workdir, _ = tiny_run
-    args = ("lm.sample", "--workdir", workdir, "--prompt", "ROMEO:", "--prompt", "KING:", "--max_new_tokens", "30",
+def test_sample_split_over_devices_or_from_int8_weights(wide_run):
+    args = ("lm.sample", "--workdir", wide_run, "--prompt", "ROMEO:", "--prompt", "KING:", "--max_new_tokens", "30",
             "--temperature", "0", "--format", "jsonl")
     one, split = run_module(*args), run_module(*args, "--tensor", "2")
     int8, int8_split = (run_module(*args, "--quantize", "int8_dynamic", *more) for more in ((), ("--tensor", "2")))
@@ -170,8 +174,40 @@ def test_sample_split_over_devices_or_from_int8_weights(tiny_run):
         assert result.returncode == 0, result.stderr
     assert split.stdout == one.stdout  # two devices, the same greedy text
     assert int8_split.stdout == int8.stdout  # int8 matmuls sum exactly in int32, split or not
+    assert int8.stdout != one.stdout  # (so the two equalities above are not those of one text)
     assert [json.loads(line)["prompt"] for line in int8.stdout.strip().splitlines()] == ["ROMEO:", "KING:"]
     one_line_error(run_module(*args, "--tensor", "3"), "is not divisible by mesh")
+
+
+def _generated(workdir, step, fmt, **kw):
+    """`generate()` in this process on the weights of checkpoint `step` in format `fmt`."""
+    ckpt, step, c, tok, _ = checkpoint.open_run(workdir, step)
+    layout = shd.make_layout({"data": 1, "fsdp": 1, "tensor": 1}, jax.devices()[:1])
+    params = quantize.convert(ckpt.params(step, state_lib.abstract_params(TransformerLM(c), layout)), fmt)
+    return generate(params, c, tok, ["ROMEO:", "KING:"], temperature=0.0, **kw)
+
+
+def test_sample_reads_the_step_weight_format_and_stop_strings_it_is_given(wide_run):
+    """`--step 1 --quantize int8` gives the greedy text of checkpoint 1's weights in int8, and `--quantize bfloat16
+    --stop S` that of checkpoint 2's in bfloat16 cut before S; each differs from what the other settings give."""
+    args = ("lm.sample", "--workdir", wide_run, "--prompt", "ROMEO:", "--prompt", "KING:", "--max_new_tokens", "40",
+            "--temperature", "0", "--format", "jsonl")
+    int8 = run_module(*args, "--step", "1", "--quantize", "int8")
+    assert int8.returncode == 0, int8.stderr
+    want = _generated(wide_run, 1, "int8", max_new_tokens=40)
+    assert [json.loads(line) for line in int8.stdout.strip().splitlines()] == want
+    for other in (_generated(wide_run, 2, "int8", max_new_tokens=40), _generated(wide_run, 1, "none",
+                                                                                max_new_tokens=40)):
+        assert [r["sample"] for r in other] != [r["sample"] for r in want]
+
+    free = _generated(wide_run, None, "bfloat16", max_new_tokens=40)
+    assert [r["sample"] for r in free] != [r["sample"] for r in _generated(wide_run, None, "none", max_new_tokens=40)]
+    stop = free[0]["sample"][10:12]  # a string the first sample meets after at least 10 characters
+    cut = run_module(*args, "--quantize", "bfloat16", "--stop", stop)
+    assert cut.returncode == 0, cut.stderr
+    first = json.loads(cut.stdout.splitlines()[0])
+    k = free[0]["sample"].index(stop)
+    assert first["sample"] == free[0]["sample"][:k] and first["stop_reason"] == "stop", (first, stop)
 
 
 def test_bench_prints_its_figures_and_profile():

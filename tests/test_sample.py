@@ -8,6 +8,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
+from conftest import wide_params
 
 from lm import sharding as shd
 from lm import state as state_lib
@@ -63,18 +64,12 @@ def test_same_seed_same_samples():
 
 
 def _varied_model(family):
-    """A model whose greedy continuations vary and hang on the whole context: weights drawn wide (std 0.3), as
-    training would not make a model of this size in a test's time (a default-initialized or briefly trained one
-    repeats one token, or 'the the the')."""
+    """A small model whose greedy continuations vary (see conftest.wide_params), GPT-2 or Llama style."""
     cfg = ModelConfig(vocab_size=40, max_len=32, num_layers=2, num_heads=4, embed_dim=32, mlp_dim=64)
     if family == "llama":  # RoPE, RMSNorm, SwiGLU, grouped-query attention, untied head, unrolled layers
         cfg = dataclasses.replace(cfg, num_kv_heads=2, position="rope", norm="rmsnorm", mlp="swiglu",
                                   use_bias=False, tie_embeddings=False, scan_layers=False)
-    shapes = jax.eval_shape(lambda: nn.unbox(boxed_params(TransformerLM(cfg), 0)))
-    rng = np.random.default_rng({"gpt2": 2, "llama": 0}[family])
-    params = jax.tree_util.tree_map_with_path(
-        lambda path, s: (path[-1].key == "scale") + rng.normal(0, 0.3, s.shape).astype(np.float32), shapes)
-    return cfg, params
+    return cfg, wide_params(cfg, {"gpt2": 2, "llama": 0}[family])
 
 
 def _greedy_by_full_forward_passes(forward, prompt, steps, context):

@@ -1,7 +1,10 @@
 """SentencePiece tokenizers (char, BPE, unigram) trained on the training split, behind one small interface.
 
-Trained with settings that make `decode(encode(text)) == text` for any text (identity normalization, kept
-whitespace and newlines, full character coverage, byte fallback), so bits per byte are honest.
+Trained with settings that make `decode(encode(text)) == text` (identity normalization, kept whitespace and
+newlines, full character coverage), so bits per byte are honest. BPE and unigram models also fall back to
+bytes, so they round-trip any text; the char model (as nanoGPT's) has no byte pieces (SentencePiece's char
+trainer takes none): a character absent from its training text becomes <unk>, decodes as ' ⁇ ' and counts as
+one byte.
 """
 
 import base64

@@ -46,3 +46,17 @@ def test_trained_on_a_sample_or_loaded_from_a_model_file(tmp_path):
     (tmp_path / "broken.model").write_bytes(b"not a model")
     with pytest.raises(UserError, match=r"broken.model is not a SentencePiece model file; set config.tokenizer.path"):
         tokenizer.load_or_train(str(tmp_path / "other"), "char", 256, [], path=str(tmp_path / "broken.model"))
+
+
+def test_the_char_tokenizer_reads_a_character_it_never_saw_as_unknown():
+    """No byte fallback in the char model (as the README says): 'é' and '字', absent from the training text, become
+    <unk> (id 0), which decodes as ' ⁇ ' and counts one byte; the characters around them round-trip."""
+    tok = tokenizer.train([TEXT], "char", 256)
+    assert "é" not in TEXT and "字" not in TEXT
+    one = {c: tok.encode(c) for c in "caf !"}
+    assert all(len(ids) == 1 and ids[0] != 0 for ids in one.values())
+    ids = tok.encode("café 字!")
+    assert ids == [*one["c"], *one["a"], *one["f"], 0, *one[" "], 0, *one["!"]]
+    unknown = " \u2047 "  # SentencePiece's text for <unk>
+    assert tok.decode(ids) == "caf" + unknown + " " + unknown + "!"
+    assert tok.token_bytes(2)[ids].tolist() == [1] * 7

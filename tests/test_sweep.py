@@ -1,5 +1,6 @@
-"""`python -m lm.sweep`: dry-run commands that run, a 2-run sweep of the tiny config to the end, a rerun that trains
-nothing, the results table against each run's JSONL, and every experiment file loading and expanding."""
+"""`python -m lm.sweep`: dry-run commands that run, a 2-run sweep of the tiny config that resumes an interrupted run
+and finishes both, a rerun that trains nothing, the results table against each run's JSONL, and every experiment
+file loading and expanding."""
 
 import glob
 import importlib.util
@@ -17,7 +18,8 @@ from lm import config as config_lib
 
 EXPERIMENT = """
 BASE = {base!r}
-FIXED = {{"data.cache_dir": {cache!r}, "train.steps": 10, "train.eval_every": 10, "train.log_every": 2}}
+FIXED = {{"data.cache_dir": {cache!r}, "train.steps": 10, "train.eval_every": 10, "train.log_every": 2,
+         "checkpoint.every": 2}}
 
 def sweep(add):
     add({{"optim.lr": 0.001}})
@@ -29,8 +31,8 @@ def _mtimes(root: str) -> dict[str, float]:
     return {p: os.stat(p).st_mtime_ns for p in glob.glob(f"{root}/**/*", recursive=True)}
 
 
-def test_dry_run_commands_run_a_sweep_runs_to_the_end_and_a_rerun_trains_nothing(tmp_path, cache_dir, capsys,
-                                                                                    monkeypatch):
+def test_dry_run_commands_run_a_sweep_resumes_and_finishes_its_runs_and_a_rerun_trains_nothing(tmp_path, cache_dir,
+                                                                                                capfd, monkeypatch):
     monkeypatch.delenv("XLA_FLAGS")  # the runs' processes see the one CPU device a user has, not the tests' eight
     path = tmp_path / "two_lrs.py"
     path.write_text(EXPERIMENT.format(base=TINY, cache=cache_dir))
@@ -39,23 +41,29 @@ def test_dry_run_commands_run_a_sweep_runs_to_the_end_and_a_rerun_trains_nothing
 
     # --dry_run prints the commands and trains nothing; the second, run as printed, trains its run to the end.
     assert sweep.run(str(path), root, dry_run=True) == [] and not os.path.exists(root)
-    commands = capsys.readouterr().out.strip().splitlines()
+    commands = capfd.readouterr().out.strip().splitlines()
     assert len(commands) == 2 and all(" -m lm.train --config " in c for c in commands)
     done = subprocess.run(shlex.split(commands[1]), cwd=ROOT, env=USER_ENV, capture_output=True, text=True,
                           timeout=300)
     assert done.returncode == 0, done.stderr
     assert json.loads((tmp_path / "runs" / "two_lrs" / names[1] / "summary.json").read_text())["steps"] == 10
 
-    # The sweep trains the first run and skips the second, which its printed command finished.
+    # The first run is interrupted: its printed command stops at a non-finite step 6, checkpoint 4 its last.
+    stopped = subprocess.run(shlex.split(commands[0]) + ["--config.train.nan_steps=(6,)"], cwd=ROOT, env=USER_ENV,
+                             capture_output=True, text=True, timeout=300)
+    assert stopped.returncode == 3 and "checkpoint 4 is the last good state" in stopped.stderr, stopped.stderr
+    # The sweep resumes the first run from there and skips the second, which its printed command finished.
+    capfd.readouterr()
     rows = sweep.run(str(path), root)
-    out = capsys.readouterr().out
+    out = capfd.readouterr().out
     assert f"{names[0]}: training in" in out and f"{names[1]}: finished earlier, skipped" in out
+    assert "resuming at step 4" in out and "starting at step 0" not in out
     assert [r["run"] for r in rows] == names
     for row in rows:
         with open(os.path.join(root, "two_lrs", row["run"], "metrics.jsonl")) as f:
             records = [json.loads(line) for line in f]
         train = [r for r in records if "loss" in r]
-        assert train[-1]["step"] == 10 and row["train_loss"] == train[-1]["loss"]
+        assert [r["step"] for r in train] == [2, 4, 6, 8, 10] and row["train_loss"] == train[-1]["loss"]
         assert row["val_loss"] == [r["val_loss"] for r in records if "val_loss" in r][-1]
         assert row["tokens"] == train[-1]["train_tokens"] == 10 * 8 * 32  # steps x batch x context
         assert row["flops"] == train[-1]["train_flops"] > 0 and row["tokens_per_sec"] > 0 and row["wall_s"] > 0
@@ -66,7 +74,7 @@ def test_dry_run_commands_run_a_sweep_runs_to_the_end_and_a_rerun_trains_nothing
 
     before = _mtimes(os.path.join(root, "two_lrs"))
     assert sweep.run(str(path), root) == rows
-    assert capsys.readouterr().out.count("finished earlier, skipped") == 2
+    assert capfd.readouterr().out.count("finished earlier, skipped") == 2
     after = _mtimes(os.path.join(root, "two_lrs"))
     assert {p: t for p, t in after.items() if "/results." not in p and not p.endswith("loss.png")} == \
         {p: t for p, t in before.items() if "/results." not in p and not p.endswith("loss.png")}  # nothing retrained

@@ -26,6 +26,7 @@ from lm.bpe import GPT2Tokenizer
 from lm.checkpoint import Checkpointer, make_meta, open_run
 from lm.config import ModelConfig
 from lm.model import TransformerLM
+from lm.tokenizer import AnyTokenizer
 
 GELU_TANH = ("gelu_new", "gelu_pytorch_tanh", "gelu_fast")
 
@@ -44,8 +45,9 @@ def gpt2_model_config(hf: dict[str, Any], scan_layers: bool = True) -> ModelConf
                        norm_eps=hf.get("layer_norm_epsilon", 1e-5), scan_layers=scan_layers)
 
 
-def gpt2_hf_config(c: ModelConfig) -> dict[str, Any]:
-    """A Hugging Face GPT-2 `config.json` for a GPT-2-style ModelConfig."""
+def gpt2_hf_config(c: ModelConfig, tokenizer: AnyTokenizer | None = None) -> dict[str, Any]:
+    """A Hugging Face GPT-2 `config.json` for a GPT-2-style ModelConfig, with the tokenizer's start and end ids
+    (none without one: `transformers` would take GPT-2's 50256, outside a smaller vocabulary)."""
     gpt2_style = (c.position, c.norm, c.mlp, c.use_bias, c.tie_embeddings, c.qk_norm, c.kv_heads) == (
         "learned", "layernorm", "gelu", True, True, False, c.num_heads)
     if not gpt2_style:
@@ -54,7 +56,9 @@ def gpt2_hf_config(c: ModelConfig) -> dict[str, Any]:
     return {"model_type": "gpt2", "architectures": ["GPT2LMHeadModel"], "vocab_size": c.vocab_size,
             "n_positions": c.max_len, "n_embd": c.embed_dim, "n_layer": c.num_layers, "n_head": c.num_heads,
             "n_inner": c.mlp_dim, "activation_function": "gelu_new", "layer_norm_epsilon": c.norm_eps,
-            "tie_word_embeddings": True, "resid_pdrop": 0.0, "embd_pdrop": 0.0, "attn_pdrop": 0.0}
+            "tie_word_embeddings": True, "resid_pdrop": 0.0, "embd_pdrop": 0.0, "attn_pdrop": 0.0,
+            "bos_token_id": tokenizer.bos_id if tokenizer else None,
+            "eos_token_id": tokenizer.eos_id if tokenizer else None}
 
 
 def _layer_from_gpt2(t: dict[str, np.ndarray], i: int, c: ModelConfig) -> dict[str, Any]:
@@ -142,7 +146,7 @@ def import_gpt2(hf_dir: str, workdir: str, scan_layers: bool = True) -> ModelCon
 def export_gpt2(workdir: str, out_dir: str, step: int | None = None) -> None:
     """Writes config.json + model.safetensors of a GPT-2-style workdir's checkpoint."""
     ckpt, step, c, tokenizer, _ = open_run(workdir, step)
-    hf_config = gpt2_hf_config(c)
+    hf_config = gpt2_hf_config(c, tokenizer)
     layout = shd.make_layout({"data": 1, "fsdp": 1, "tensor": 1}, jax.devices()[:1])
     params = ckpt.params(step, state_lib.abstract_params(TransformerLM(c), layout))
     os.makedirs(out_dir, exist_ok=True)

@@ -1,6 +1,7 @@
 """Parity with Hugging Face GPT-2: models built and saved by `transformers` (tests/fixtures/gpt2_tiny and
 gpt2_bpe, made by tests/fixtures/make_gpt2_fixture.py) import into workdirs whose logits, tokenizer ids and
-greedy text equal the reference's, and export back."""
+greedy text equal the reference's, and export back; an lm model exports to the files `transformers` loaded with
+lm's logits (tests/fixtures/lm_export)."""
 
 import json
 import os
@@ -10,6 +11,7 @@ import sys
 import jax
 import numpy as np
 import pytest
+from fixtures import lm_export_source
 from safetensors.numpy import load_file
 
 from lm import sharding as shd
@@ -22,6 +24,7 @@ from lm.model import TransformerLM, init_cache
 from lm.sample import decode, model_apply
 
 FIXTURE = os.path.join(os.path.dirname(__file__), "fixtures", "gpt2_tiny")
+EXPORTED = os.path.join(os.path.dirname(__file__), "fixtures", "lm_export")
 BPE_FIXTURE = os.path.join(os.path.dirname(__file__), "fixtures", "gpt2_bpe")
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -56,6 +59,25 @@ def test_export_round_trips_the_safetensors(tmp_path):
         np.testing.assert_array_equal(v, original[k])
     configs = [json.load(open(p)) for p in (tmp_path / "hf" / "config.json", os.path.join(FIXTURE, "config.json"))]
     assert gpt2_model_config(configs[0]) == gpt2_model_config(configs[1])
+
+
+def test_export_writes_what_transformers_loaded_with_lm_logits(tmp_path):
+    """An lm model (unrolled layers, 90 ids in 96 padded rows) exported by `python -m lm.convert --export` gives
+    the files that `transformers` loaded when the fixture was made (make_gpt2_fixture.py checked its logits
+    against lm's there), and lm's logits are the ones `transformers` computed from them."""
+    c, params = lm_export_source.load(os.path.join(EXPORTED, lm_export_source.PARAMS))
+    lm_export_source.write_workdir(c, params, str(tmp_path / "run"))
+    done = subprocess.run([sys.executable, "-m", "lm.convert", "--workdir", str(tmp_path / "run"), "--export",
+                           str(tmp_path / "hf")], cwd=ROOT, capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr
+    got, want = load_file(str(tmp_path / "hf" / "model.safetensors")), load_file(os.path.join(EXPORTED,
+                                                                                             "model.safetensors"))
+    assert sorted(got) == sorted(want) and got["transformer.wte.weight"].shape == (90, 32)
+    for name, tensor in want.items():
+        np.testing.assert_array_equal(got[name], tensor, err_msg=name)
+    assert json.load(open(tmp_path / "hf" / "config.json")) == json.load(open(os.path.join(EXPORTED, "config.json")))
+    logits = lm_export_source.lm_logits(str(tmp_path / "run"), lm_export_source.TOKENS)
+    np.testing.assert_allclose(logits, np.load(os.path.join(EXPORTED, "logits.npy")), atol=1e-4, rtol=0)
 
 
 @pytest.mark.parametrize("fixture", ["gpt2_tiny", "gpt2_bpe"])
@@ -117,3 +139,6 @@ def test_imported_gpt2_with_its_tokenizer_writes_the_greedy_text_of_transformers
     export_gpt2(str(tmp_path / "w"), str(tmp_path / "hf"))
     again = GPT2Tokenizer.from_folder(str(tmp_path / "hf"))
     assert again.encode(expected["texts"][1]) == expected["ids"][1]
+    exported, original = (json.load(open(os.path.join(d, "config.json"))) for d in (tmp_path / "hf", BPE_FIXTURE))
+    assert [exported[k] for k in ("bos_token_id", "eos_token_id")] == [original[k] for k in ("bos_token_id",
+                                                                                             "eos_token_id")]

@@ -1,17 +1,28 @@
 """Test setup: 8 fake CPU devices (set before jax is imported), a shared dataset cache, a trained tiny run,
 helpers that run the command-line tools as a user does, and a workdir's validation loss computed by hand."""
 
+import atexit
 import importlib.util
 import os
+import shutil
 import subprocess
 import sys
+import tempfile
 
 os.environ["XLA_FLAGS"] = os.environ.get("XLA_FLAGS", "") + " --xla_force_host_platform_device_count=8"
 os.environ.setdefault("JAX_PLATFORMS", "cpu")
+# The commands the tests run share compiled programs through JAX's persistent cache, in a folder of this session
+# (most of them compile the same tiny model's steps); the test process itself compiles afresh.
+_COMPILED = tempfile.mkdtemp(prefix="lm-tests-compiled-")
+atexit.register(shutil.rmtree, _COMPILED, True)
+os.environ.update(JAX_COMPILATION_CACHE_DIR=_COMPILED, JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS="0",
+                  JAX_PERSISTENT_CACHE_MIN_ENTRY_SIZE_BYTES="0")
 
 import jax  # noqa: E402
 import numpy as np  # noqa: E402
 import pytest  # noqa: E402
+
+jax.config.update("jax_enable_compilation_cache", False)
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 TINY = os.path.join(ROOT, "configs", "tiny.py")

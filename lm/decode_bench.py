@@ -87,11 +87,10 @@ def transformers_decoder(c: ModelConfig, params: Any, batch: int, prompt_len: in
     return run
 
 
-def agreement(c: ModelConfig, params: Any, weights: Any, batch: int, prompt_len: int,
-              new_tokens: int) -> tuple[float, float]:
+def agreement(c: ModelConfig, params: Any, weights: Any, want: np.ndarray, prompt_len: int) -> tuple[float, float]:
     """How close `weights` (another format of `params`) come to them: the share of greedy tokens equal to
-    float32's, and the relative error of the logits on float32's greedy sequence (teacher-forced)."""
-    want = np.asarray(lm_decoder(c, params, batch, prompt_len, new_tokens)())
+    float32's (`want` [B, new tokens]), and the relative error of the logits on that sequence (teacher-forced)."""
+    batch, new_tokens = want.shape
     got = np.asarray(lm_decoder(c, weights, batch, prompt_len, new_tokens)())
     prompt = np.random.default_rng(0).integers(0, c.vocab_size, (batch, prompt_len))
     tokens = np.concatenate([prompt, want], axis=1)[:, : c.max_len]
@@ -112,12 +111,15 @@ def measure(c: ModelConfig, params: Any, batches: Sequence[int], formats: Sequen
         bandwidth = max(bandwidth, copy_bandwidth())  # measured again per batch: the best copy is the ceiling
         runs: dict[str, tuple[Callable[[], Any], int]] = {}
         agree: dict[str, tuple[float, float]] = {}
+        want = None  # float32's greedy tokens, decoded once per batch
         for fmt in formats:
             weights = quantize.convert(params, fmt)
             runs[f"lm {fmt}"] = (lm_decoder(c, weights, batch, prompt_len, new_tokens),
                                  weight_bytes_per_token(c, weights))
             if fmt != "none":
-                agree[f"lm {fmt}"] = agreement(c, params, weights, batch, prompt_len, new_tokens)
+                if want is None:
+                    want = np.asarray(lm_decoder(c, params, batch, prompt_len, new_tokens)())
+                agree[f"lm {fmt}"] = agreement(c, params, weights, want, prompt_len)
         peer = transformers_decoder(c, params, batch, prompt_len, new_tokens)
         if peer is not None:
             runs["transformers float32"] = (peer, weight_bytes_per_token(c, params))

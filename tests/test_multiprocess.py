@@ -1,6 +1,8 @@
 """Real processes on 127.0.0.1: two processes of 4 devices train like one process of 8, checkpoints move between
 the two, and a signal to one process stops both at the same step."""
 
+import contextlib
+import io
 import json
 import os
 import re
@@ -12,7 +14,9 @@ import sys
 import time
 
 import numpy as np
-from conftest import TINY
+from conftest import TINY, load_config
+
+from lm.train import train
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -24,17 +28,24 @@ def _free_port() -> int:
 
 
 def _train(workdir, cache_dir, processes: int, steps: int = 6) -> str:
-    """Runs `python -m lm.train` on 8 CPU devices split over `processes` processes; returns process 0's output."""
+    """Trains on 8 CPU devices split over `processes` processes (`python -m lm.train`; one process: this one, with
+    its 8 devices); returns process 0's output."""
+    if processes == 1:
+        cfg = load_config()
+        cfg.data.update(cache_dir=str(cache_dir), shards=2)
+        cfg.train.update(steps=steps, log_every=1, eval_every=3)
+        cfg.checkpoint.every = 3
+        with contextlib.redirect_stdout(io.StringIO()) as out:
+            train(cfg, str(workdir))
+        return out.getvalue()
     env = {k: v for k, v in os.environ.items() if k != "XLA_FLAGS"}
     env["XLA_FLAGS"] = f"--xla_force_host_platform_device_count={8 // processes}"
     cmd = [sys.executable, "-m", "lm.train", "--config", TINY, "--workdir", str(workdir),
            f"--config.data.cache_dir={cache_dir}", "--config.data.shards=2", f"--config.train.steps={steps}",
-           "--config.train.log_every=1", "--config.train.eval_every=3", "--config.checkpoint.every=3"]
-    if processes > 1:
-        port = _free_port()
-        cmd += [f"--coordinator_address=127.0.0.1:{port}", f"--num_processes={processes}"]
-    procs = [subprocess.Popen(cmd + ([f"--process_id={i}"] if processes > 1 else []), cwd=ROOT, env=env,
-                              stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True) for i in range(processes)]
+           "--config.train.log_every=1", "--config.train.eval_every=3", "--config.checkpoint.every=3",
+           f"--coordinator_address=127.0.0.1:{_free_port()}", f"--num_processes={processes}"]
+    procs = [subprocess.Popen(cmd + [f"--process_id={i}"], cwd=ROOT, env=env, stdout=subprocess.PIPE,
+                              stderr=subprocess.STDOUT, text=True) for i in range(processes)]
     outputs = [p.communicate(timeout=300)[0] for p in procs]
     for p, out in zip(procs, outputs, strict=True):
         assert p.returncode == 0, out[-3000:]

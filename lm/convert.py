@@ -23,7 +23,7 @@ from lm import cli
 from lm import sharding as shd
 from lm import state as state_lib
 from lm.bpe import GPT2Tokenizer
-from lm.checkpoint import Checkpointer, make_meta, open_run
+from lm.checkpoint import Checkpointer, make_meta, read
 from lm.config import ModelConfig
 from lm.model import TransformerLM
 from lm.tokenizer import AnyTokenizer
@@ -145,10 +145,9 @@ def import_gpt2(hf_dir: str, workdir: str, scan_layers: bool = True) -> ModelCon
 
 def export_gpt2(workdir: str, out_dir: str, step: int | None = None) -> None:
     """Writes config.json + model.safetensors of a GPT-2-style workdir's checkpoint."""
-    ckpt, step, c, tokenizer, _ = open_run(workdir, step)
-    hf_config = gpt2_hf_config(c, tokenizer)
     layout = shd.make_layout({"data": 1, "fsdp": 1, "tensor": 1}, jax.devices()[:1])
-    params = ckpt.params(step, state_lib.abstract_params(TransformerLM(c), layout))
+    step, params, c, tokenizer, _ = read(workdir, step, lambda run: layout)
+    hf_config = gpt2_hf_config(c, tokenizer)
     os.makedirs(out_dir, exist_ok=True)
     save_file(gpt2_from_params(params, c), os.path.join(out_dir, "model.safetensors"), metadata={"format": "pt"})
     with open(os.path.join(out_dir, "config.json"), "w") as f:

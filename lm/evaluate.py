@@ -17,7 +17,7 @@ from absl import flags
 from lm import cli, data, objective
 from lm import sharding as shd
 from lm import state as state_lib
-from lm.checkpoint import open_run, require_tokenizer
+from lm.checkpoint import read, require_tokenizer
 from lm.model import TransformerLM
 
 EvalStep = Callable[[Any, dict[str, jax.Array]], dict[str, jax.Array]]
@@ -62,11 +62,10 @@ def evaluate(eval_step: EvalStep, params: Any, batches: Iterable[dict[str, np.nd
 def main(argv: Sequence[str]) -> None:
     del argv
     f = flags.FLAGS
-    ckpt, step, model_config, tokenizer, run = open_run(f.workdir, f.step)
+    step, params, model_config, tokenizer, run = read(f.workdir, f.step, lambda run: shd.make_layout(run["mesh"]))
     tokenizer = require_tokenizer(tokenizer, f.workdir)
     layout = shd.make_layout(run["mesh"])
     model = TransformerLM(model_config)
-    params = ckpt.params(step, state_lib.abstract_params(model, layout))
     d = run["data"]
     corpus = data.open_corpus(d)
     eval_step = make_eval_step(model, tokenizer.token_bytes(len(d["separator"].encode())), layout)

@@ -22,8 +22,7 @@ from absl import flags
 
 from lm import cli, quantize
 from lm import sharding as shd
-from lm import state as state_lib
-from lm.checkpoint import open_run, require_tokenizer
+from lm.checkpoint import read, require_tokenizer
 from lm.config import ModelConfig
 from lm.model import Cache, TransformerLM, init_cache
 from lm.tokenizer import AnyTokenizer
@@ -236,9 +235,8 @@ def main(argv: Sequence[str]) -> None:
     f = flags.FLAGS
     layout = shd.tensor_layout(f.tensor)  # on a CPU host: one JAX device per model slice
     prompts = _read_prompts(f.prompt or [], f.prompt_file)
-    ckpt, step, model_config, tokenizer, _ = open_run(f.workdir, f.step)
+    step, params, model_config, tokenizer, _ = read(f.workdir, f.step, lambda run: layout)
     tokenizer = require_tokenizer(tokenizer, f.workdir)
-    params = ckpt.params(step, state_lib.abstract_params(TransformerLM(model_config), layout))
     with layout.scope():
         params = quantize.convert(params, f.quantize)
         results = generate(params, model_config, tokenizer, prompts, max_new_tokens=f.max_new_tokens,

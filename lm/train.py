@@ -170,13 +170,12 @@ def train(cfg: ml_collections.ConfigDict, workdir: str) -> dict[str, float]:
     d = cfg.data
     corpus = data.open_corpus(d)
     ckpt = checkpoint.Checkpointer(workdir, cfg.checkpoint.every, cfg.checkpoint.keep)
-    start = ckpt.latest_step()
+    start, saved, damaged = ckpt.newest_meta()  # damaged: newer checkpoints whose meta does not read
     if start == 0:
         raise cli.UserError(f"{workdir} holds imported weights (step 0); train from them with "
                             f"--config.init_from={workdir} and a new --workdir")
     start = start or 0
     if start:  # resuming: the tokenizer and vocabulary the run began with
-        saved = ckpt.meta(start)
         tok, vocab = tokenizer.from_json(saved["tokenizer"]), saved["model"]["vocab_size"]
     elif cfg.init_from:
         source_ckpt, source_step, source_model, tok, _ = checkpoint.init_source(cfg.init_from)
@@ -196,10 +195,13 @@ def train(cfg: ml_collections.ConfigDict, workdir: str) -> dict[str, float]:
 
     if start:
         checkpoint.check_compatible(saved, model_config, cfg.tokenizer.to_dict(), workdir)
-        start, state, data_state, damaged = ckpt.restore_newest_good(start, state_lib.abstract(model, tx, layout))
-        if damaged and process == 0:
-            print(f"warning: checkpoint {', '.join(damaged)} is damaged and was moved aside as damaged-STEP; "
-                  f"resuming from checkpoint {start} instead", file=sys.stderr, flush=True)
+        start, state, data_state, more = ckpt.restore_newest_good(start, state_lib.abstract(model, tx, layout))
+        damaged += more
+    if damaged and process == 0:
+        resumed = f"resuming from checkpoint {start} instead" if start else "starting afresh: none of them reads"
+        print(f"warning: checkpoint {', '.join(damaged)} is damaged and was moved aside as damaged-STEP; {resumed}",
+              file=sys.stderr, flush=True)
+    if start:
         shards = d.shards or data_state["shards"]
     else:
         if cfg.init_from:

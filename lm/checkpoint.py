@@ -358,10 +358,12 @@ def require_tokenizer(tokenizer: AnyTokenizer | None, workdir: str) -> AnyTokeni
     return tokenizer
 
 
-def check_compatible(saved: dict[str, Any], current: ModelConfig, tokenizer: dict[str, Any], workdir: str) -> None:
+def check_compatible(saved: dict[str, Any], current: ModelConfig, tokenizer: dict[str, Any], batch_size: int,
+                     workdir: str) -> None:
     """Stops with one line when a workdir's checkpoint (its meta) holds a model of another shape, was trained
-    with other tokenizer settings than `tokenizer` (config.tokenizer), or holds an optimizer state in another
-    format (written by an older lm, before `optim.adamw`)."""
+    with other tokenizer settings than `tokenizer` (config.tokenizer) or another batch size (the step counts
+    the tokens and the data position), or holds an optimizer state in another format (written by an older lm,
+    before `optim.adamw`)."""
     model = ModelConfig.from_dict(saved["model"]).to_dict()  # older checkpoints: fields added since take defaults
     if model != current.to_dict():
         diff = ", ".join(f"{k}: saved {model.get(k)}, config {v}" for k, v in current.to_dict().items()
@@ -373,6 +375,11 @@ def check_compatible(saved: dict[str, Any], current: ModelConfig, tokenizer: dic
     if diff:  # (settings added since an older checkpoint was written are not compared)
         raise UserError(f"{workdir} holds a run trained with another tokenizer ({diff}); use a new --workdir or the "
                         "saved settings")
+    was_batch = saved.get("config", {}).get("train", {}).get("batch_size", batch_size)
+    if was_batch != batch_size:
+        raise UserError(f"{workdir} holds a run trained with batch size {was_batch}, not {batch_size}; resume with "
+                        f"--config.train.batch_size={was_batch}, or continue from its parameters with "
+                        f"--config.init_from={workdir} and a new --workdir")
     found = saved.get("optimizer_state")
     if found != optim.STATE_FORMAT:
         written = repr(found) if found else "that of an older lm"

@@ -9,13 +9,14 @@ from typing import Any
 
 from absl import app, flags, logging
 
+from lm import interrupt
+
 
 class UserError(Exception):
     """A problem the user can fix; printed as one line (what is wrong and what to do), exit status 2."""
 
 
 EXIT_USER_ERROR = 2
-EXIT_SIGINT = 130  # 128 + SIGINT
 
 
 class DiskFull(UserError):
@@ -39,19 +40,35 @@ def _flag_for(argv: Sequence[str], name: str) -> str:
     return name
 
 
+def _config_path(argv: Sequence[str]) -> str:
+    """The value of --config on the command line (without a `:argument` suffix)."""
+    for i, arg in enumerate(argv):
+        if arg.startswith(("--config=", "-config=")):
+            return arg.split("=", 1)[1].split(":")[0]
+        if arg in ("--config", "-config") and i + 1 < len(argv):
+            return argv[i + 1].split(":")[0]
+    return "?"
+
+
 def _parse(argv: Sequence[str]) -> list[str]:
     """absl flag parsing whose failures become one line instead of a traceback."""
     try:
         rest = flags.FLAGS(argv)
     except AttributeError as e:  # ml_collections: an override names a key the config does not have
         text = str(e)
+        if "get_config" in text:
+            _die(f"config file {_config_path(argv)} has no get_config() function; define one that returns the "
+                 "run's ml_collections.ConfigDict (see configs/tiny.py)")
         name = re.search(r"'([^'\\]+)", text)
         hint = re.search(r'Did you mean "([^"]+)"', text)
         flag = _flag_for(argv, name.group(1)) if name else "?"
         more = f" (did you mean '{hint.group(1)}'?)" if hint else ""
         _die(f"unknown config key in {flag}{more}; see the config file for the valid keys")
     except flags.Error as e:
-        _die(f"{e}")
+        lines = [line.strip() for line in str(e).strip().splitlines() if line.strip()]
+        if "Error whilst parsing config file" in lines[0]:  # get_config() raised: its exception, last
+            _die(f"cannot load config file {_config_path(argv)}: get_config() raised {lines[-1]}")
+        _die(lines[0] if lines else type(e).__name__)
     except SyntaxError as e:  # in a config file
         _die(f"cannot load config file {e.filename}: {e.msg} at line {e.lineno}")
     config = flags.FLAGS["config"] if "config" in flags.FLAGS else None
@@ -108,10 +125,7 @@ def run(main: Callable[[Sequence[str]], None]) -> None:
         except Stopped as e:
             print(str(e), file=sys.stderr, flush=True)
             sys.exit(e.status)
-        except KeyboardInterrupt:  # a second SIGINT (lm/preemption.py), or one outside a training loop
-            print("stopped at once by SIGINT (a checkpoint being written is dropped); rerun the same command to "
-                  "resume from the last checkpoint", file=sys.stderr, flush=True)
-            sys.stdout.flush()
-            os._exit(EXIT_SIGINT)  # at once: not after the threads of a save in flight
+        except KeyboardInterrupt:  # SIGINT in a process whose handler is Python's own
+            interrupt.stop_at_once()
 
     app.run(guarded, flags_parser=_parse)

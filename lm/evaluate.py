@@ -4,8 +4,10 @@ Bits per byte divide the summed loss (in bits) by the UTF-8 bytes of the text th
 so they compare across tokenizers.
 """
 
+import contextlib
 import json
 import math
+import sys
 from collections.abc import Callable, Iterable, Sequence
 from typing import Any
 
@@ -59,6 +61,15 @@ def evaluate(eval_step: EvalStep, params: Any, batches: Iterable[dict[str, np.nd
     }
 
 
+def _data_settings(saved: dict[str, Any], data_path: str, cache_dir: str) -> dict[str, Any]:
+    """The run's data settings with the reader's own cache folder (never one a workdir names: it would choose
+    where this command writes) and no downloads; `data_path` (if given) in place of the run's data."""
+    d = dict(saved, cache_dir=cache_dir, tfds_download=False)
+    if data_path:
+        d.update(path=data_path, tfds_name="")
+    return d
+
+
 def main(argv: Sequence[str]) -> None:
     del argv
     f = flags.FLAGS
@@ -66,8 +77,12 @@ def main(argv: Sequence[str]) -> None:
     tokenizer = require_tokenizer(tokenizer, f.workdir)
     layout = shd.make_layout(run["mesh"])
     model = TransformerLM(model_config)
-    d = run["data"]
-    corpus = data.open_corpus(d)
+    d = _data_settings(run["data"], f.data_path, f.cache_dir)
+    what = f"TFDS dataset {d['tfds_name']}" if d.get("tfds_name") else d["path"]
+    whose = "the given --data_path" if f.data_path else "the run's data; --data_path chooses other data"
+    print(f"evaluating the {f.split} split of {what} ({whose})", file=sys.stderr, flush=True)
+    with contextlib.redirect_stdout(sys.stderr):  # stdout holds the result alone
+        corpus = data.open_corpus(d)
     eval_step = make_eval_step(model, tokenizer.token_bytes(len(d["separator"].encode())), layout)
     rows = data.eval_batches(corpus, tokenizer, model_config.max_len + 1, run["train"]["batch_size"], d["shards"],
                              jax.process_index(), jax.process_count(), f.split)
@@ -79,4 +94,6 @@ if __name__ == "__main__":
     flags.DEFINE_string("workdir", None, "Run directory holding checkpoints.", required=True)
     flags.DEFINE_integer("step", None, "Checkpoint step (default: the latest).")
     flags.DEFINE_enum("split", "validation", data.SPLITS, "Split to evaluate.")
+    flags.DEFINE_string("data_path", "", "Text to evaluate on, as config.data.path takes it (default: the run's data).")
+    flags.DEFINE_string("cache_dir", "", "Folder for the prepared dataset (default: ~/.cache/lm/tfds).")
     cli.run(main)

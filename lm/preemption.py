@@ -10,6 +10,8 @@ import jax
 import numpy as np
 from jax.experimental import multihost_utils
 
+from lm import interrupt
+
 SIGNALS = (signal.SIGTERM, signal.SIGINT)
 
 
@@ -31,7 +33,7 @@ class StopSignal:
 
     def _handle(self, signum: int, frame: FrameType | None) -> None:
         if self.signum == signal.SIGINT and signum == signal.SIGINT:
-            raise KeyboardInterrupt  # asked twice: stop now
+            interrupt.stop_at_once()  # asked twice: stop now
         self.signum = self.signum or signum
 
     def agreed(self) -> int:

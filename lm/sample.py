@@ -235,6 +235,8 @@ def main(argv: Sequence[str]) -> None:
     f = flags.FLAGS
     layout = shd.tensor_layout(f.tensor)  # on a CPU host: one JAX device per model slice
     prompts = _read_prompts(f.prompt or [], f.prompt_file)
+    if "" in (f.stop or []):
+        raise cli.UserError("--stop '' would end every sample before its first character; pass the text to stop at")
     step, params, model_config, tokenizer, _ = read(f.workdir, f.step, lambda run: layout)
     tokenizer = require_tokenizer(tokenizer, f.workdir)
     with layout.scope():

@@ -9,7 +9,9 @@ one byte.
 
 import base64
 import io
+import json
 import os
+import sys
 from collections.abc import Iterable, Iterator
 from typing import Any
 
@@ -21,6 +23,8 @@ from lm.cli import UserError
 from lm.progress import Progress
 
 MODEL_FILE = "tokenizer.model"
+MAX_LINE = 1 << 14  # characters: longer lines of text reach the tokenizer trainer in pieces of this size
+SETTINGS = ".settings.json"  # beside MODEL_FILE: the config.tokenizer settings it was made with
 
 
 class Tokenizer:
@@ -90,7 +94,8 @@ def from_json(saved: dict[str, Any] | str | None) -> AnyTokenizer | None:
 
 
 def _lines(texts: Iterable[str], sample_chars: int = 0) -> Iterator[str]:
-    """The lines of `texts`, up to `sample_chars` characters in all (0: all), with a progress line."""
+    """The lines of `texts` (in pieces of at most MAX_LINE characters), up to `sample_chars` characters in all
+    (0: all), with a progress line."""
     progress = Progress("text for the tokenizer", sample_chars, at_most=True) if sample_chars else None
     taken = 0
     for text in texts:
@@ -98,7 +103,8 @@ def _lines(texts: Iterable[str], sample_chars: int = 0) -> Iterator[str]:
             text = text[:sample_chars - taken]
             taken += len(text)
             progress.advance(len(text))  # characters, counted as bytes
-        yield from text.split("\n")
+        for line in text.split("\n"):  # a long line in pieces: SentencePiece skips a sentence longer than its limit
+            yield from (line[i:i + MAX_LINE] for i in range(0, max(len(line), 1), MAX_LINE))
         if sample_chars and taken >= sample_chars:
             break
     if progress:
@@ -123,7 +129,7 @@ def train(texts: Iterable[str], model_type: str, vocab_size: int, sample_chars: 
             character_coverage=1.0,
             byte_fallback=model_type != "char",
             user_defined_symbols=["\n"],
-            max_sentence_length=1 << 16,
+            max_sentence_length=4 * MAX_LINE,  # bytes: MAX_LINE characters of up to 4 bytes each
             num_threads=os.cpu_count() or 1,
             minloglevel=2,
         )
@@ -135,17 +141,32 @@ def train(texts: Iterable[str], model_type: str, vocab_size: int, sample_chars: 
 
 def load_or_train(workdir: str, model_type: str, vocab_size: int, texts: Iterable[str], path: str = "",
                   sample_chars: int = 0) -> Tokenizer:
-    """The workdir's tokenizer if it has one (resume); else the SentencePiece model file `path` if given, else
-    one trained on (a sample of) `texts`; saved in the workdir."""
+    """The workdir's tokenizer if it was made with these settings (a run that stopped before its first
+    checkpoint); else the SentencePiece model file `path` if given, else one trained on (a sample of) `texts`;
+    saved in the workdir with its settings beside it (tokenizer.model.settings.json)."""
     saved = os.path.join(workdir, MODEL_FILE)
+    settings = {"type": model_type, "vocab_size": vocab_size, "path": os.path.abspath(path) if path else "",
+                "sample_chars": sample_chars}
     if os.path.exists(saved):
-        return Tokenizer.load(saved)
+        try:
+            with open(saved + SETTINGS) as f:
+                found = json.load(f)
+        except (OSError, ValueError):
+            found = None
+        if found == settings:
+            return Tokenizer.load(saved)
+        what = "unrecorded" if not isinstance(found, dict) else ", ".join(
+            f"{k} {found.get(k)!r}" for k, v in settings.items() if found.get(k) != v)
+        print(f"warning: {saved} was made with other settings ({what}) than config.tokenizer asks for; replacing it",
+              file=sys.stderr, flush=True)
     if path:
         tok = Tokenizer.load(path, "set config.tokenizer.path to a .model file written by SentencePiece")
     else:
         tok = train(texts, model_type, vocab_size, sample_chars)
     os.makedirs(workdir, exist_ok=True)
-    tmp = saved + ".tmp"
-    tok.save(tmp)
-    os.replace(tmp, saved)
+    tok.save(saved + ".tmp")
+    with open(saved + SETTINGS + ".tmp", "w") as f:
+        json.dump(settings, f)
+    os.replace(saved + ".tmp", saved)
+    os.replace(saved + SETTINGS + ".tmp", saved + SETTINGS)
     return tok

@@ -5,12 +5,14 @@ shardings and donated. Metrics go to the console, to WORKDIR/metrics.jsonl and t
 WORKDIR.
 """
 
+import contextlib
+import errno
 import json
 import os
 import signal
 import sys
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from typing import Any
 
 import flax.linen as nn
@@ -27,6 +29,7 @@ from lm import checkpoint, cli, data, flops, nonfinite, objective, optim, preemp
 from lm import config as config_lib
 from lm import sharding as shd
 from lm import state as state_lib
+from lm import workdir as workdir_lib
 from lm.evaluate import evaluate, make_eval_step
 from lm.model import TransformerLM
 
@@ -116,28 +119,51 @@ def make_train_step(model: TransformerLM, tx: optax.GradientTransformationExtraA
 
 class MetricsLog:
     """Console lines, a JSONL file and TensorBoard event files in the workdir (written by process 0 only);
-    resuming drops records past the restored step."""
+    resuming drops records past the restored step, and a record torn by a write cut short (a full disk)."""
 
     def __init__(self, workdir: str, resume_step: int):
         self.active = jax.process_index() == 0
         self.path = os.path.join(workdir, METRICS)
         if self.active and os.path.exists(self.path):
-            with open(self.path) as f:
-                kept = [line for line in f if line.strip() and json.loads(line)["step"] <= resume_step]
-            with open(self.path + ".tmp", "w") as f:
-                f.writelines(kept)
-            os.replace(self.path + ".tmp", self.path)  # a kill during the rewrite loses no records
+            kept, torn = [], 0
+            with open(self.path, errors="replace") as f:
+                for line in f:
+                    try:
+                        record = json.loads(line)
+                    except ValueError:
+                        torn += bool(line.strip())
+                        continue
+                    if record["step"] <= resume_step:
+                        kept.append(json.dumps(record) + "\n")
+            if torn:
+                print(f"warning: dropped {torn} torn line(s) of {self.path} (a write cut short)", file=sys.stderr,
+                      flush=True)
+            with self._disk_full_is_one_line():
+                with open(self.path + ".tmp", "w") as f:
+                    f.writelines(kept)
+                os.replace(self.path + ".tmp", self.path)  # a kill during the rewrite loses no records
         self.events = tensorboard.EventWriter(workdir, resume_step) if self.active else None
+
+    @contextlib.contextmanager
+    def _disk_full_is_one_line(self) -> Iterator[None]:
+        try:
+            yield
+        except OSError as e:
+            if e.errno != errno.ENOSPC:
+                raise
+            raise cli.DiskFull(f"the disk filled up while writing the metrics in {os.path.dirname(self.path)}; free "
+                               "some space and rerun the same command to resume from the last checkpoint") from None
 
     def write(self, record: dict[str, Any] | None, line: str) -> None:
         if self.active:
             print(line, flush=True)
         if self.active and record is not None:
-            with open(self.path, "a") as f:
-                f.write(json.dumps(record) + "\n")
-            self.events.scalars(record["step"], {
-                f"val/{k[4:]}" if k.startswith("val_") else f"train/{k}": v
-                for k, v in record.items() if k != "step" and isinstance(v, int | float)})
+            with self._disk_full_is_one_line():
+                with open(self.path, "a") as f:
+                    f.write(json.dumps(record) + "\n")
+                self.events.scalars(record["step"], {
+                    f"val/{k[4:]}" if k.startswith("val_") else f"train/{k}": v
+                    for k, v in record.items() if k != "step" and isinstance(v, int | float)})
 
 
 def _duration(seconds: float) -> str:
@@ -159,14 +185,23 @@ def _start_up_lines(layout: shd.Layout, state: state_lib.TrainState, model_confi
 
 
 def train(cfg: ml_collections.ConfigDict, workdir: str) -> dict[str, float]:
-    """Trains (or resumes) the run of `cfg` in `workdir`; returns the final validation metrics."""
+    """Trains (or resumes) the run of `cfg` in `workdir`, which it holds alone while it runs; returns the final
+    validation metrics."""
     config_lib.validate(cfg)
     layout = shd.make_layout(cfg.mesh)
-    processes, process = jax.process_count(), jax.process_index()
     batch = cfg.train.batch_size
     if batch % layout.data_parallel:
         raise cli.UserError(f"config.train.batch_size={batch} is not divisible by the data-parallel size "
                             f"{layout.data_parallel} (mesh data x fsdp)")
+    # Whether the mesh divides the model, before a tokenizer is trained (a vocabulary any mesh divides).
+    state_lib.abstract_params(TransformerLM(config_lib.model_config(cfg, layout.mesh.size * 128)), layout)
+    with workdir_lib.hold(workdir):
+        return _train(cfg, workdir, layout)
+
+
+def _train(cfg: ml_collections.ConfigDict, workdir: str, layout: shd.Layout) -> dict[str, float]:
+    processes, process = jax.process_count(), jax.process_index()
+    batch = cfg.train.batch_size
     d = cfg.data
     corpus = data.open_corpus(d)
     ckpt = checkpoint.Checkpointer(workdir, cfg.checkpoint.every, cfg.checkpoint.keep)
@@ -194,7 +229,7 @@ def train(cfg: ml_collections.ConfigDict, workdir: str) -> dict[str, float]:
     tx, lr = optim.optimizer(cfg.optim, cfg.train.steps)
 
     if start:
-        checkpoint.check_compatible(saved, model_config, cfg.tokenizer.to_dict(), workdir)
+        checkpoint.check_compatible(saved, model_config, cfg.tokenizer.to_dict(), batch, workdir)
         start, state, data_state, more = ckpt.restore_newest_good(start, state_lib.abstract(model, tx, layout))
         damaged += more
     if damaged and process == 0:

@@ -40,9 +40,9 @@ def test_bits_per_byte_of_a_text_counted_by_hand(tmp_path, cache_dir):
     assert result["bits_per_byte"] == pytest.approx(9 * math.log2(10) / 12, rel=1e-6)
 
 
-def test_evaluate_reports_the_loss_and_bytes_recomputed_from_the_logits(tiny_run):
+def test_evaluate_reports_the_loss_and_bytes_recomputed_from_the_logits(tiny_run, cache_dir):
     workdir, _ = tiny_run
-    result = run_module("lm.evaluate", "--workdir", workdir)
+    result = run_module("lm.evaluate", "--workdir", workdir, "--cache_dir", cache_dir)
     assert result.returncode == 0, result.stderr
     metrics = json.loads(result.stdout.strip().splitlines()[-1])
     nll, count, nbytes = score_by_hand(workdir)

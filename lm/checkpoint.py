@@ -315,7 +315,10 @@ def read(workdir: str, step: int | None, layout_for: Callable[[dict[str, Any]], 
         raise UserError(f"{workdir} holds no checkpoints; train first with python -m lm.train --workdir {workdir}")
     damaged: list[str] = []
     for _ in range(10):  # each retry follows a checkpoint deleted by a trainer while it was read
-        ckpt = Checkpointer(workdir, read_only=True)
+        try:
+            ckpt = Checkpointer(workdir, read_only=True)
+        except FileNotFoundError:
+            continue  # a step deleted by a trainer between listing the folder and looking inside it
         steps = ckpt.all_steps()
         if not steps:
             raise UserError(f"{workdir} holds no finished checkpoint; train first with python -m lm.train")

@@ -8,6 +8,7 @@ import shutil
 import subprocess
 import sys
 import tempfile
+import time
 
 os.environ["XLA_FLAGS"] = os.environ.get("XLA_FLAGS", "") + " --xla_force_host_platform_device_count=8"
 os.environ.setdefault("JAX_PLATFORMS", "cpu")
@@ -31,6 +32,27 @@ def run_module(*args: str, timeout: float = 300) -> subprocess.CompletedProcess:
     """`python -m ARGS` as a user runs it, from the repository root."""
     return subprocess.run([sys.executable, "-m", *args], cwd=ROOT, env=USER_ENV, capture_output=True, text=True,
                           timeout=timeout)
+
+
+def train_command(workdir, cache_dir, *overrides) -> list[str]:
+    """`python -m lm.train` on the tiny config, with the shared dataset cache and evaluation at the end only."""
+    return [sys.executable, "-m", "lm.train", "--config", TINY, "--workdir", str(workdir),
+            "--config.train.eval_every=1000", f"--config.data.cache_dir={cache_dir}", *overrides]
+
+
+def start_training(workdir, cache_dir, ready, *overrides, poll=0.1):
+    """`train_command` in a subprocess, returned once `ready(its stdout so far)`: (process, command, stdout file)."""
+    cmd = train_command(workdir, cache_dir, *overrides)
+    out = f"{workdir}.{time.time_ns()}.out"
+    with open(out, "w") as stdout:
+        proc = subprocess.Popen(cmd, cwd=ROOT, env=USER_ENV, stdout=stdout, stderr=subprocess.PIPE, text=True)
+    deadline = time.time() + 240
+    while not ready(open(out).read()):
+        if proc.poll() is not None or time.time() > deadline:
+            proc.kill()
+            raise AssertionError(f"training ended before the point it was waited for: {proc.communicate()[1]}")
+        time.sleep(poll)
+    return proc, cmd, out
 
 
 def one_line_error(result: subprocess.CompletedProcess, *fragments: str) -> None:

@@ -5,39 +5,17 @@ import os
 import re
 import signal
 import subprocess
-import sys
 import time
 
 import jax
 import ml_collections
 import numpy as np
-from conftest import ROOT, TINY, USER_ENV
+from conftest import ROOT, USER_ENV, start_training, train_command
 
 from lm import checkpoint, optim
 from lm import sharding as shd
 from lm import state as state_lib
 from lm.model import TransformerLM
-
-
-def _train_command(workdir, cache_dir, *overrides):
-    return [sys.executable, "-m", "lm.train", "--config", TINY, "--workdir", str(workdir),
-            "--config.train.eval_every=1000", f"--config.data.cache_dir={cache_dir}", *overrides]
-
-
-def _start_training(workdir, cache_dir, ready, *overrides, poll=0.1):
-    """`python -m lm.train` on the tiny config in a subprocess, returned once `ready(its stdout so far)`:
-    (process, command, stdout file)."""
-    cmd = _train_command(workdir, cache_dir, *overrides)
-    out = f"{workdir}.{time.time_ns()}.out"
-    with open(out, "w") as stdout:
-        proc = subprocess.Popen(cmd, cwd=ROOT, env=USER_ENV, stdout=stdout, stderr=subprocess.PIPE, text=True)
-    deadline = time.time() + 240
-    while not ready(open(out).read()):
-        if proc.poll() is not None or time.time() > deadline:
-            proc.kill()
-            raise AssertionError(f"training ended before the point it was to be killed at: {proc.communicate()[1]}")
-        time.sleep(poll)
-    return proc, cmd, out
 
 
 def _losses(workdir):
@@ -67,7 +45,7 @@ def test_killed_three_times_the_run_ends_bitwise_equal_to_an_uninterrupted_one(t
     steps = 60
     overrides = (f"--config.train.steps={steps}", "--config.checkpoint.every=10", "--config.train.log_every=1")
     reference = tmp_path / "reference"
-    result = subprocess.run(_train_command(reference, cache_dir, *overrides), cwd=ROOT, env=USER_ENV,
+    result = subprocess.run(train_command(reference, cache_dir, *overrides), cwd=ROOT, env=USER_ENV,
                             capture_output=True, text=True, timeout=300)
     assert result.returncode == 0, result.stderr
     want = _losses(reference)
@@ -81,9 +59,10 @@ def test_killed_three_times_the_run_ends_bitwise_equal_to_an_uninterrupted_one(t
     def run_and_kill(point, ready, poll=0.1):
         """Starts (or resumes) the run, SIGKILLs it once `ready()`, and checks what it logged; returns the command."""
         newest = max(_steps(checkpoints), default=0)
-        proc, cmd, out = _start_training(workdir, cache_dir, ready, *overrides, poll=poll)
+        proc, cmd, out = start_training(workdir, cache_dir, ready, *overrides, poll=poll)
         proc.send_signal(signal.SIGKILL)
         proc.communicate()
+        assert (workdir / "lock").is_file()  # the killed run's lock file stays; its lock does not (rerun below)
         out = open(out).read()
         assert (f"resuming at step {newest}" if newest else "starting at step 0") in out, out
         seen = _losses(workdir)
@@ -126,7 +105,7 @@ def test_sigint_and_sigterm_save_the_current_step_and_exit_130_and_143_a_second_
 
     def start_then(signals, after_step):
         """Starts (or resumes) the run and, once it has logged `after_step`, sends `signals` 20 ms apart."""
-        proc, cmd, out = _start_training(workdir, cache_dir, lambda _: max(_losses(workdir), default=0) >= after_step
+        proc, cmd, out = start_training(workdir, cache_dir, lambda _: max(_losses(workdir), default=0) >= after_step
                                          if metrics.is_file() else False, *overrides)
         for i, signum in enumerate(signals):
             time.sleep(0.02 * (i > 0))
@@ -164,7 +143,7 @@ def _adam_count(state):
 
 def test_a_nan_step_stops_the_run_or_is_skipped_as_configured(tmp_path, cache_dir):
     common = ("--config.train.log_every=1", "--config.train.eval_every=1000")
-    stopped = subprocess.run(_train_command(tmp_path / "stop", cache_dir, *common, "--config.train.nan_steps=(12,)"),
+    stopped = subprocess.run(train_command(tmp_path / "stop", cache_dir, *common, "--config.train.nan_steps=(12,)"),
                              cwd=ROOT, env=USER_ENV, capture_output=True, text=True, timeout=300)
     assert stopped.returncode == 3, stopped.stderr
     assert stopped.stderr.strip().splitlines() == [
@@ -174,7 +153,7 @@ def test_a_nan_step_stops_the_run_or_is_skipped_as_configured(tmp_path, cache_di
     assert _steps(tmp_path / "stop" / "checkpoints") == [1, 10] and max(_losses(tmp_path / "stop")) == 12
 
     # skip: step 5 and then 12, 13 are skipped; the third in a row (14) is more than max_skips=2.
-    skipped = subprocess.run(_train_command(tmp_path / "skip", cache_dir, *common, "--config.train.nonfinite=skip",
+    skipped = subprocess.run(train_command(tmp_path / "skip", cache_dir, *common, "--config.train.nonfinite=skip",
                                             "--config.train.max_skips=2", "--config.train.nan_steps=(5, 12, 13, 14)"),
                              cwd=ROOT, env=USER_ENV, capture_output=True, text=True, timeout=300)
     assert skipped.returncode == 3, skipped.stderr
@@ -193,7 +172,7 @@ def test_a_full_disk_stops_the_run_with_one_line_and_the_previous_checkpoint_res
     """A real full disk: a size-limited tmpfs in a private mount namespace (unshare, no privileges needed).
     Too few bytes are caught before a save starts; too few inodes (not foreseen) while orbax writes."""
     disk, run = tmp_path / "disk", tmp_path / "disk" / "run"
-    train = " ".join(_train_command(run, cache_dir, "--config.train.steps=12"))
+    train = " ".join(train_command(run, cache_dir, "--config.train.steps=12"))
     script = tmp_path / "full_disk.sh"
     script.write_text(f"""set -u
 mkdir -p {disk}

@@ -99,7 +99,7 @@ def test_bad_meshes_stop_with_one_line_naming_the_sizes(tiny_config, tmp_path):
     fails(r"config.mesh \(data=3, fsdp=1, tensor=1\) needs 3 devices but 8 are present", mesh__data=3)
     fails(r"config.mesh \(data=3, fsdp=1, tensor=-1\) does not divide the 8 devices", mesh__data=3, mesh__tensor=-1)
     fails(r"model.num_heads=2 is not divisible by mesh tensor=8", mesh__data=1, mesh__tensor=8)
-    fails(r"vocabulary size=68 is not divisible by mesh tensor=8", mesh__data=1, mesh__tensor=8)
+    fails(r"vocabulary size=68 is not divisible by mesh tensor=8", mesh__data=1, mesh__tensor=8, model__num_heads=8)
     fails(r"model.mlp_dim=33 is not divisible by mesh tensor=2", mesh__data=4, mesh__tensor=2, model__mlp_dim=33)
     fails(r"model.num_kv_heads=2 is not divisible by mesh tensor=4", mesh__data=2, mesh__tensor=4, model__num_heads=4,
           model__num_kv_heads=2, tokenizer__vocab_size=512, tokenizer__type="bpe")

@@ -1,0 +1,429 @@
+"""Faults a user meets by hand: damaged checkpoints and metrics, two trainers on one workdir, leftovers of other
+settings, readers racing a trainer, read-only folders, a workdir that names where to write, and interrupts or bad
+input at any moment. Each ends in one line (a warning and the run goes on, or an error and exit status 2)."""
+
+import glob
+import json
+import os
+import shutil
+import signal
+import subprocess
+import time
+
+import jax
+import ml_collections
+import numpy as np
+import pytest
+from conftest import ROOT, USER_ENV, one_line_error, run_module, start_training, train_command
+
+from lm import checkpoint, data, optim, tokenizer
+from lm import sharding as shd
+from lm import state as state_lib
+from lm.cli import UserError
+from lm.model import TransformerLM
+from lm.train import train
+
+ONE_DEVICE = lambda run: shd.make_layout({"data": 1, "fsdp": 1, "tensor": 1}, jax.devices()[:1])  # noqa: E731
+
+
+def _copy(tiny_run, tmp_path, name="run") -> str:
+    """A copy of the tiny run's workdir (checkpoints 10 and 20), to damage."""
+    target = str(tmp_path / name)
+    shutil.copytree(tiny_run[0], target)
+    return target
+
+
+def _array_files(workdir: str, step: int, item: str = "*") -> list[str]:
+    """The files that hold a checkpoint's array data (OCDBT data files of params and opt_state, or of `item`)."""
+    return sorted(glob.glob(os.path.join(workdir, "checkpoints", str(step), item, "ocdbt.process_0", "d", "*")))
+
+
+def _flip(path: str, at: float = 0.5) -> None:
+    """Flips every bit of one byte of a file, `at` of the way in."""
+    with open(path, "r+b") as f:
+        f.seek(int(os.path.getsize(path) * at))
+        byte = f.read(1)
+        f.seek(-1, 1)
+        f.write(bytes([byte[0] ^ 0xFF]))
+
+
+def _stderr_lines(capsys) -> list[str]:
+    return [line for line in capsys.readouterr().err.splitlines() if line.strip()]
+
+
+def _meta_file(workdir: str, step: int) -> str:
+    return os.path.join(workdir, "checkpoints", str(step), "meta", "metadata")
+
+
+def _edit_meta(workdir: str, step: int, edit) -> None:
+    with open(_meta_file(workdir, step)) as f:
+        meta = json.load(f)
+    edit(meta)
+    with open(_meta_file(workdir, step), "w") as f:
+        json.dump(meta, f)
+
+
+def _abstract_state(workdir: str, step: int):
+    ckpt, _, model_config, _, run = checkpoint.open_run(workdir, step)
+    tx, _ = optim.optimizer(ml_collections.ConfigDict(run["optim"]), run["train"]["steps"])
+    return ckpt, state_lib.abstract(TransformerLM(model_config), tx, ONE_DEVICE(run))
+
+
+# 1. Bytes flipped inside a checkpoint's array files.
+
+def test_a_flipped_byte_in_any_array_file_is_caught_at_restore_or_changes_nothing_read(tiny_run, tmp_path):
+    workdir = _copy(tiny_run, tmp_path)
+    ckpt, abstract = _abstract_state(workdir, 20)
+    want = jax.device_get(ckpt.restore(20, abstract)[0])
+    files = _array_files(workdir, 20)
+    caught = []
+    for path in files:
+        original = open(path, "rb").read()
+        _flip(path)
+        try:
+            got = jax.device_get(ckpt.restore(20, abstract)[0])
+        except checkpoint.Damaged as e:
+            caught.append(str(e))
+        else:  # the byte held nothing that is read back (e.g. an index entry of data not restored)
+            for x, y in zip(jax.tree.leaves(want), jax.tree.leaves(got), strict=True):
+                np.testing.assert_array_equal(x, y)
+        open(path, "wb").write(original)
+    print(f"{len(caught)} of {len(files)} array files changed what is read back; each was caught: {caught}")
+    assert len(files) >= 4 and caught
+    assert any("does not match the checksum written at save" in why for why in caught)
+
+
+def test_train_sample_and_evaluate_take_the_checkpoint_before_one_with_a_flipped_byte(tiny_run, tiny_config, tmp_path,
+                                                                                      cache_dir, capsys):
+    workdir = _copy(tiny_run, tmp_path)
+    ckpt, abstract = _abstract_state(workdir, 20)
+    for path in _array_files(workdir, 20, "params"):  # the first whose flipped byte changes a parameter read
+        original = open(path, "rb").read()
+        _flip(path)
+        try:
+            ckpt.params(20, abstract.params)
+        except checkpoint.Damaged:
+            break
+        open(path, "wb").write(original)
+    else:
+        raise AssertionError("no flipped byte changed the restored state")
+    ckpt.close()
+    warning = f"warning: checkpoint 20 in {workdir} is damaged ("
+    sampled = run_module("lm.sample", "--workdir", workdir, "--prompt", "ROMEO:", "--max_new_tokens", "8")
+    assert sampled.returncode == 0, sampled.stderr
+    lines = sampled.stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith(warning) and lines[0].endswith("reading the one before it")
+    assert sampled.stdout.startswith("--- sample 1 (step 10, 8 tokens")
+    scored = run_module("lm.evaluate", "--workdir", workdir, "--cache_dir", cache_dir)
+    assert scored.returncode == 0, scored.stderr
+    assert [line for line in scored.stderr.splitlines() if line.startswith("warning")] == lines
+    assert json.loads(scored.stdout)["step"] == 10
+    explicit = run_module("lm.sample", "--workdir", workdir, "--step", "20", "--prompt", "a")
+    one_line_error(explicit, "checkpoint 20", "is damaged", "read another --step of [10]")
+
+    capsys.readouterr()
+    train(tiny_config, workdir)  # resumes from 10 and ends bitwise where the uninterrupted run ended
+    lines = _stderr_lines(capsys)
+    assert len(lines) == 1 and lines[0].startswith("warning: checkpoint 20 (") and lines[0].endswith(
+        "is damaged and was moved aside as damaged-STEP; resuming from checkpoint 10 instead"), lines
+    assert os.path.isdir(os.path.join(workdir, "checkpoints", "damaged-20"))
+    a = jax.device_get(_abstract_state(tiny_run[0], 20)[0].restore(20, abstract)[0])
+    b = jax.device_get(_abstract_state(workdir, 20)[0].restore(20, abstract)[0])
+    for x, y in zip(jax.tree.leaves(a), jax.tree.leaves(b), strict=True):
+        np.testing.assert_array_equal(x, y)
+
+
+def test_parameters_that_are_not_finite_are_damage_a_reader_says_so_and_reads_the_one_before(tiny_run, tmp_path,
+                                                                                            capsys):
+    workdir = str(tmp_path / "nan")
+    source = checkpoint.read(tiny_run[0], 20, ONE_DEVICE)
+    ckpt = checkpoint.Checkpointer(workdir)
+    meta = checkpoint.make_meta(source.model, source.tokenizer, source.run)
+    params = jax.device_get(source.params)
+    ckpt.save_params(1, params, meta)
+    poisoned = jax.tree.map(np.copy, params)
+    poisoned["token_embedding"][3, 5] = np.nan  # checksums written at save match: the save itself was of a NaN
+    ckpt.save_params(2, poisoned, meta)
+    ckpt.wait()
+    ckpt.close()
+    capsys.readouterr()
+    assert checkpoint.read(workdir, None, ONE_DEVICE).step == 1
+    assert _stderr_lines(capsys) == [f"warning: checkpoint 2 in {workdir} is damaged (its parameters are not finite); "
+                                     "reading the one before it"]
+
+
+# 2. A torn last line in metrics.jsonl, and a disk that fills during a metrics write.
+
+def test_a_torn_metrics_line_is_dropped_on_resume_with_one_warning(tiny_run, tiny_config, tmp_path, capsys):
+    workdir = _copy(tiny_run, tmp_path)
+    metrics = os.path.join(workdir, "metrics.jsonl")
+    before = open(metrics).read().splitlines()
+    with open(metrics, "a") as f:
+        f.write('{"step": 20, "loss": 3.4')  # a write cut short
+    cfg = tiny_config.copy_and_resolve_references()
+    cfg.train.steps = 30
+    capsys.readouterr()
+    train(cfg, workdir)
+    assert _stderr_lines(capsys) == [f"warning: dropped 1 torn line(s) of {metrics} (a write cut short)"]
+    after = [json.loads(line) for line in open(metrics)]
+    assert [json.dumps(r) for r in after[:len(before)]] == [json.dumps(json.loads(x)) for x in before]
+    train_steps = [r["step"] for r in after if "loss" in r]
+    assert train_steps == [5, 10, 15, 20, 25, 30]  # every record once, in order
+
+
+def test_a_full_disk_during_a_metrics_write_is_one_line_and_the_run_resumes(tmp_path, cache_dir):
+    """A real full disk: a tmpfs in a private mount namespace, filled up to 64 KiB before a run that logs every
+    step and saves only at its end."""
+    disk, run = tmp_path / "disk", tmp_path / "disk" / "run"
+    first = " ".join(train_command(run, cache_dir, "--config.train.steps=10", "--config.train.log_every=1"))
+    long = " ".join(train_command(run, cache_dir, "--config.train.steps=400", "--config.train.log_every=1",
+                                  "--config.checkpoint.every=1000"))
+    script = tmp_path / "full_disk.sh"
+    script.write_text(f"""set -u
+mkdir -p {disk}
+cd {ROOT}
+O={tmp_path}
+mount -t tmpfs -o size=4m tmpfs {disk}
+{first} > $O/out1 2> $O/err1; echo $? > $O/rc1
+free=$(df --output=avail -B1 {disk} | tail -1)
+head -c $((free - 65536)) /dev/zero > {disk}/filler
+{long} > $O/out2 2> $O/err2; echo $? > $O/rc2
+rm {disk}/filler
+{long} > $O/out3 2> $O/err3; echo $? > $O/rc3
+cp {run}/metrics.jsonl $O/metrics
+""")
+    done = subprocess.run(["unshare", "--user", "--map-root-user", "--mount", "bash", str(script)], env=USER_ENV,
+                          capture_output=True, text=True, timeout=600)
+    assert done.returncode == 0, done.stderr
+    out = {i: {k: (tmp_path / f"{k}{i}").read_text() for k in ("rc", "out", "err")} for i in (1, 2, 3)}
+    assert out[1]["rc"].strip() == "0", out[1]["err"]
+    assert out[2]["rc"].strip() == "2" and out[2]["err"].splitlines() == [
+        f"error: the disk filled up while writing the metrics in {run}; free some space and rerun the same command to "
+        "resume from the last checkpoint"], out[2]["err"]
+    assert "resuming at step 10" in out[3]["out"] and out[3]["rc"].strip() == "0", out[3]["err"]
+    assert len(out[3]["err"].splitlines()) <= 1  # at most the warning of a torn line
+    steps = [json.loads(line)["step"] for line in open(tmp_path / "metrics") if '"loss"' in line]
+    assert steps == list(range(1, 401))  # nothing lost but what the rerun computed again
+
+
+# 3. A damaged meta in the newest checkpoint.
+
+def test_a_newest_checkpoint_without_its_meta_is_set_aside_and_the_run_resumes(tiny_run, tmp_path, cache_dir):
+    workdir = _copy(tiny_run, tmp_path)
+    shutil.rmtree(os.path.join(workdir, "checkpoints", "20", "meta"))
+    result = subprocess.run(train_command(workdir, cache_dir, "--config.train.steps=25"), cwd=ROOT, env=USER_ENV,
+                            capture_output=True, text=True, timeout=300)
+    assert result.returncode == 0, result.stderr
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("warning: checkpoint 20 (") and lines[0].endswith(
+        "is damaged and was moved aside as damaged-STEP; resuming from checkpoint 10 instead"), lines
+    assert "resuming at step 10" in result.stdout and "step     25/25" in result.stdout
+
+
+def test_a_truncated_newest_meta_is_set_aside(tiny_run, tmp_path):
+    workdir = _copy(tiny_run, tmp_path)
+    with open(_meta_file(workdir, 20), "r+") as f:
+        f.truncate(100)
+    ckpt = checkpoint.Checkpointer(workdir)
+    step, meta, damaged = ckpt.newest_meta()
+    assert step == 10 and meta["model"]["num_layers"] == 2 and len(damaged) == 1 and damaged[0].startswith("20 (")
+    assert ckpt.all_steps() == [10] and os.path.isdir(os.path.join(workdir, "checkpoints", "damaged-20"))
+
+
+# 4. Two trainers on one workdir.
+
+def test_a_second_trainer_on_a_workdir_is_refused_and_the_first_run_goes_on_intact(tmp_path, cache_dir):
+    workdir = tmp_path / "run"
+    overrides = ("--config.train.steps=300", "--config.checkpoint.every=20", "--config.train.log_every=5")
+    first, cmd, out = start_training(workdir, cache_dir, lambda out: "step      5/300" in out, *overrides)
+    second = subprocess.run(cmd, cwd=ROOT, env=USER_ENV, capture_output=True, text=True, timeout=300)
+    one_line_error(second, f"{workdir} is in use by another trainer (pid {first.pid} on ",
+                   "wait for it to end or stop it, or use another --workdir")
+    _, stderr = first.communicate(timeout=300)
+    assert first.returncode == 0, stderr
+    steps = [json.loads(line)["step"] for line in open(workdir / "metrics.jsonl") if '"loss"' in line]
+    assert steps == list(range(5, 301, 5))
+    assert sorted(int(p) for p in os.listdir(workdir / "checkpoints") if p.isdigit()) == [280, 300]
+
+
+# 5. A leftover tokenizer of other settings; 6. another batch size on resume.
+
+def test_a_leftover_tokenizer_of_other_settings_is_replaced_with_one_warning(tiny_config, tmp_path, capsys):
+    workdir = str(tmp_path / "run")
+    corpus = data.open_corpus(tiny_config.data)
+    char = tokenizer.load_or_train(workdir, "char", 256, data.texts(corpus, "train"))  # a run killed early
+    os.remove(os.path.join(workdir, tokenizer.MODEL_FILE + tokenizer.SETTINGS))  # as lm before this check left it
+    cfg = tiny_config.copy_and_resolve_references()
+    cfg.tokenizer.update(type="bpe", vocab_size=500)
+    cfg.train.update(steps=2, eval_every=2)
+    capsys.readouterr()
+    train(cfg, workdir)
+    assert _stderr_lines(capsys) == [f"warning: {workdir}/tokenizer.model was made with other settings (unrecorded) "
+                                     "than config.tokenizer asks for; replacing it"]
+    saved = checkpoint.read(workdir, None, ONE_DEVICE).tokenizer
+    assert char.vocab_size < 100 and saved.vocab_size == 500
+    cfg.tokenizer.update(type="unigram", vocab_size=400)  # and a leftover recorded with other settings
+    shutil.rmtree(os.path.join(workdir, "checkpoints"))
+    train(cfg, workdir)
+    assert _stderr_lines(capsys)[0] == (f"warning: {workdir}/tokenizer.model was made with other settings (type 'bpe', "
+                                        "vocab_size 500) than config.tokenizer asks for; replacing it")
+    assert checkpoint.read(workdir, None, ONE_DEVICE).tokenizer.vocab_size == 400
+
+
+def test_resuming_with_another_batch_size_is_refused(tiny_run, tiny_config, tmp_path):
+    workdir = _copy(tiny_run, tmp_path)
+    cfg = tiny_config.copy_and_resolve_references()
+    cfg.train.update(batch_size=16, steps=30)
+    with pytest.raises(UserError, match=f"{workdir} holds a run trained with batch size 8, not 16; resume with "
+                                        "--config.train.batch_size=8"):
+        train(cfg, workdir)
+
+
+# 7. Readers: damaged checkpoints of every kind, and a trainer deleting them.
+
+def _truncate_array(w):
+    f = max(_array_files(w, 20, "params"), key=os.path.getsize)
+    os.truncate(f, os.path.getsize(f) // 2)
+
+
+def _garbage(w):
+    """checkpoints/20 holding random bytes where its items were."""
+    for item in ("params", "meta"):
+        shutil.rmtree(os.path.join(w, "checkpoints", "20", item))
+        with open(os.path.join(w, "checkpoints", "20", item), "wb") as f:
+            f.write(os.urandom(4096))
+
+
+DAMAGE = {
+    "truncated array file": _truncate_array,
+    "missing array file": lambda w: os.remove(max(_array_files(w, 20, "params"), key=os.path.getsize)),
+    "missing params": lambda w: shutil.rmtree(os.path.join(w, "checkpoints", "20", "params")),
+    "missing meta": lambda w: shutil.rmtree(os.path.join(w, "checkpoints", "20", "meta")),
+    "garbage": _garbage,
+    "bad tokenizer": lambda w: _edit_meta(w, 20, lambda m: m["tokenizer"].update(model="Z2FyYmFnZQ==")),
+    "unknown model key": lambda w: _edit_meta(w, 20, lambda m: m["model"].update(flux_capacitor=1)),
+}
+
+
+def test_readers_read_the_newest_good_checkpoint_past_every_kind_of_damage(tiny_run, tmp_path, capsys):
+    for name, damage in DAMAGE.items():
+        workdir = _copy(tiny_run, tmp_path, name.replace(" ", "_"))
+        damage(workdir)
+        capsys.readouterr()
+        assert checkpoint.read(workdir, None, ONE_DEVICE).step == 10, name
+        lines = _stderr_lines(capsys)
+        assert len(lines) == 1 and lines[0].startswith(f"warning: checkpoint 20 in {workdir} is damaged ("), \
+            (name, lines)
+        with pytest.raises(UserError, match=r"checkpoint 20 in .* is damaged \(.*\); read another --step of \[10\]"):
+            checkpoint.read(workdir, 20, ONE_DEVICE)
+        assert sorted(os.listdir(os.path.join(workdir, "checkpoints"))) == ["10", "20"], name  # readers never move
+    sampled = run_module("lm.sample", "--workdir", str(tmp_path / "garbage"), "--prompt", "a", "--max_new_tokens", "4")
+    assert sampled.returncode == 0 and len(sampled.stderr.strip().splitlines()) == 1, sampled.stderr
+    assert "(step 10, 4 tokens" in sampled.stdout
+
+
+def test_a_reader_takes_a_committed_checkpoint_while_a_trainer_writes_and_deletes_them(tmp_path, cache_dir):
+    workdir = tmp_path / "run"
+    overrides = ("--config.train.steps=100000", "--config.checkpoint.every=5", "--config.checkpoint.keep=2",
+                 "--config.train.log_every=100")
+    trainer, _, _ = start_training(workdir, cache_dir, lambda _: len(os.listdir(workdir / "checkpoints")) >= 2
+                                   if (workdir / "checkpoints").is_dir() else False, *overrides, poll=0.01)
+    read = []
+    try:
+        while len(read) < 27 and trainer.poll() is None:
+            read.append(checkpoint.read(str(workdir), None, ONE_DEVICE).step)
+        sampled = run_module("lm.sample", "--workdir", str(workdir), "--prompt", "a", "--max_new_tokens", "4")
+        alive = trainer.poll() is None
+    finally:
+        trainer.send_signal(signal.SIGTERM)
+        trainer.communicate(timeout=120)
+    print(f"steps read while the trainer saved every 5 and kept 2: {read}")
+    assert len(read) == 27 and len(set(read)) > 1 and read == sorted(read)
+    assert alive and sampled.returncode == 0 and sampled.stderr == "", sampled.stderr
+
+
+# 8. A read-only checkpoints folder; 9. a workdir that names where a reader writes.
+
+def test_a_read_only_checkpoints_folder_is_one_line_before_training(tiny_run, tmp_path, cache_dir):
+    workdir = _copy(tiny_run, tmp_path)
+    checkpoints = os.path.join(workdir, "checkpoints")
+    command = " ".join(train_command(workdir, cache_dir, "--config.train.steps=30"))
+    script = tmp_path / "read_only.sh"
+    script.write_text(f"mount --bind {checkpoints} {checkpoints} && mount -o remount,bind,ro {checkpoints} && "
+                      f"cd {ROOT} && {command}")
+    result = subprocess.run(["unshare", "--user", "--map-root-user", "--mount", "bash", str(script)], env=USER_ENV,
+                            capture_output=True, text=True, timeout=300)
+    one_line_error(result, f"cannot write in {checkpoints} (Read-only file system); make it writable or use another "
+                           "--workdir")
+    assert "step" not in result.stdout
+
+
+def test_evaluate_writes_only_where_its_reader_says_and_names_the_data(tiny_run, tmp_path, cache_dir):
+    workdir = _copy(tiny_run, tmp_path)
+    chosen, secret = tmp_path / "chosen", tmp_path / "notes.txt"
+    secret.write_text("private notes\n\n" * 200)
+    for step in (10, 20):
+        _edit_meta(workdir, step, lambda m: m["config"]["data"].update(path=str(secret), cache_dir=str(chosen)))
+    mine = tmp_path / "mine"
+    result = run_module("lm.evaluate", "--workdir", workdir, "--cache_dir", str(mine))
+    assert result.returncode == 0, result.stderr
+    assert not chosen.exists() and mine.is_dir()
+    assert f"evaluating the validation split of {secret} (the run's data; --data_path chooses other data)" in \
+        result.stderr.splitlines()
+    assert json.loads(result.stdout)["step"] == 20
+    other = run_module("lm.evaluate", "--workdir", workdir, "--cache_dir", str(mine), "--data_path",
+                       os.path.join(ROOT, "lm", "data", "tinyshakespeare.txt"))
+    assert other.returncode == 0 and json.loads(other.stdout)["tokens"] != json.loads(result.stdout)["tokens"]
+
+
+# 10. and 11. Interrupts and bad input at any moment: one line.
+
+def test_sigint_at_start_up_or_twice_in_a_save_is_one_line_and_exit_130(tmp_path, cache_dir):
+    workdir = tmp_path / "run"
+    moments = {
+        "while importing": lambda out: time.sleep(1.0) or True,
+        "before the first step": lambda out: "starting at step 0" in out or "resuming at step" in out,
+    }
+    for moment, ready in moments.items():
+        proc, cmd, _ = start_training(workdir, cache_dir, ready, "--config.train.steps=500", poll=0.001)
+        proc.send_signal(signal.SIGINT)
+        _, stderr = proc.communicate(timeout=120)
+        assert proc.returncode == 130 and len(stderr.strip().splitlines()) == 1, (moment, stderr)
+    # Twice at once while every step saves: the second lands in the save the first asked for.
+    proc, cmd, _ = start_training(workdir, cache_dir, lambda out: "step     10/40" in out, "--config.train.steps=40",
+                                  "--config.checkpoint.every=1", "--config.train.log_every=10", poll=0.001)
+    proc.send_signal(signal.SIGINT)
+    time.sleep(0.005)  # (sent at once, the kernel may deliver the two as one)
+    proc.send_signal(signal.SIGINT)
+    _, stderr = proc.communicate(timeout=120)
+    assert proc.returncode == 130 and stderr.strip().splitlines() in ([
+        "stopped at once by SIGINT (a checkpoint being written is dropped); rerun the same command to resume from "
+        "the last checkpoint"], [f"stopped by SIGINT after step {s}; checkpoint {s} saved in {workdir}; rerun the same "
+                                 "command to resume" for s in range(10, 41)]), stderr
+    result = subprocess.run(cmd, cwd=ROOT, env=USER_ENV, capture_output=True, text=True, timeout=300)
+    assert result.returncode == 0 and "resuming at step" in result.stdout, result.stderr
+
+
+def test_bad_input_is_one_line(tmp_path, cache_dir):
+    raising, without = tmp_path / "raising.py", tmp_path / "without.py"
+    raising.write_text("def get_config():\n    raise ValueError('no such size')\n")
+    without.write_text("SIZE = 1\n")
+    one_line_error(run_module("lm.train", "--config", str(raising), "--workdir", str(tmp_path / "w")),
+                   f"cannot load config file {raising}: get_config() raised ValueError: no such size")
+    one_line_error(run_module("lm.train", "--config", str(without), "--workdir", str(tmp_path / "w")),
+                   f"config file {without} has no get_config() function")
+    a_file = tmp_path / "a_file"
+    a_file.write_text("")
+    one_line_error(run_module(*train_command(a_file, cache_dir)[2:]), f"--workdir {a_file} is a file, not a folder")
+    fresh = tmp_path / "fresh"
+    one_line_error(run_module(*train_command(fresh, cache_dir, "--config.mesh.tensor=3",
+                                             "--config.mesh.cpu_devices=3")[2:]),
+                   "model.num_heads=2 is not divisible by mesh tensor=3")
+    assert not os.path.exists(fresh / tokenizer.MODEL_FILE)  # said before a tokenizer was trained
+    one_line_error(run_module("lm.sample", "--workdir", str(fresh), "--stop", ""), "--stop ''")
+
+
+def test_a_corpus_of_one_long_line_trains_a_tokenizer(tmp_path):
+    text = ("the quick brown fox jumps over the lazy dog; " * 20000).strip()  # 900 KB on one line
+    tok = tokenizer.train([text], "bpe", 300)
+    assert tok.vocab_size == 300 and tok.decode(tok.encode(text[:5000])) == text[:5000]

@@ -90,7 +90,7 @@ def _verify(name: str, tree: Any, expected: dict[str, int] | None) -> None:
 
 def _first_line(e: BaseException) -> str:
     """An exception as one short line: its type and the first line of its message."""
-    text = str(e).strip().splitlines()
+    text = str(e).strip().split(". See full TensorStore details")[0].splitlines()  # (a spec of ~60 lines follows)
     return f"{type(e).__name__}: {text[0][:160]}" if text else type(e).__name__
 
 

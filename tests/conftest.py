@@ -10,7 +10,11 @@ import sys
 import tempfile
 import time
 
-os.environ["XLA_FLAGS"] = os.environ.get("XLA_FLAGS", "") + " --xla_force_host_platform_device_count=8"
+# The suite compiles hundreds of small programs and runs each for a few steps: XLA's CPU backend compiles them
+# faster without its LLVM optimizations, and every side of a comparison (in-process, subprocess) runs with it.
+TEST_XLA_FLAGS = "--xla_backend_optimization_level=0"
+os.environ["XLA_FLAGS"] = (f"{os.environ.get('XLA_FLAGS', '')} {TEST_XLA_FLAGS} "
+                           "--xla_force_host_platform_device_count=8")
 os.environ.setdefault("JAX_PLATFORMS", "cpu")
 # The tests and the commands they run share compiled programs through JAX's persistent cache, in a folder of this
 # session (many compile the same tiny model's steps): the suite takes about a quarter less time.
@@ -25,7 +29,7 @@ import pytest  # noqa: E402
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 TINY = os.path.join(ROOT, "configs", "tiny.py")
-USER_ENV = {k: v for k, v in os.environ.items() if k != "XLA_FLAGS"}  # one CPU device, as a user has
+USER_ENV = {**os.environ, "XLA_FLAGS": TEST_XLA_FLAGS}  # the CPU devices a user has, not the tests' eight
 
 
 def run_module(*args: str, timeout: float = 300) -> subprocess.CompletedProcess:

@@ -14,7 +14,7 @@ import sys
 import time
 
 import numpy as np
-from conftest import TINY, load_config
+from conftest import TEST_XLA_FLAGS, TINY, USER_ENV, load_config
 
 from lm.train import train
 
@@ -38,8 +38,7 @@ def _train(workdir, cache_dir, processes: int, steps: int = 6) -> str:
         with contextlib.redirect_stdout(io.StringIO()) as out:
             train(cfg, str(workdir))
         return out.getvalue()
-    env = {k: v for k, v in os.environ.items() if k != "XLA_FLAGS"}
-    env["XLA_FLAGS"] = f"--xla_force_host_platform_device_count={8 // processes}"
+    env = {**USER_ENV, "XLA_FLAGS": f"{TEST_XLA_FLAGS} --xla_force_host_platform_device_count={8 // processes}"}
     cmd = [sys.executable, "-m", "lm.train", "--config", TINY, "--workdir", str(workdir),
            f"--config.data.cache_dir={cache_dir}", "--config.data.shards=2", f"--config.train.steps={steps}",
            "--config.train.log_every=1", "--config.train.eval_every=3", "--config.checkpoint.every=3",
@@ -84,8 +83,7 @@ def test_two_processes_train_like_one_and_checkpoints_move_between_them(tmp_path
 
 
 def test_sigterm_to_one_of_two_processes_stops_both_after_the_same_step(tmp_path, cache_dir):
-    env = {k: v for k, v in os.environ.items() if k != "XLA_FLAGS"}
-    env["XLA_FLAGS"] = "--xla_force_host_platform_device_count=4"
+    env = {**USER_ENV, "XLA_FLAGS": f"{TEST_XLA_FLAGS} --xla_force_host_platform_device_count=4"}
     workdir = tmp_path / "run"
     cmd = [sys.executable, "-m", "lm.train", "--config", TINY, "--workdir", str(workdir),
            f"--config.data.cache_dir={cache_dir}", "--config.train.steps=1000", "--config.train.log_every=5",

@@ -11,7 +11,7 @@ import subprocess
 
 import numpy as np
 import pytest
-from conftest import ROOT, TINY, USER_ENV
+from conftest import ROOT, TEST_XLA_FLAGS, TINY, USER_ENV
 
 from lm import cli, sweep
 from lm import config as config_lib
@@ -33,7 +33,7 @@ def _mtimes(root: str) -> dict[str, float]:
 
 def test_dry_run_commands_run_a_sweep_resumes_and_finishes_its_runs_and_a_rerun_trains_nothing(tmp_path, cache_dir,
                                                                                                 capfd, monkeypatch):
-    monkeypatch.delenv("XLA_FLAGS")  # the runs' processes see the one CPU device a user has, not the tests' eight
+    monkeypatch.setenv("XLA_FLAGS", TEST_XLA_FLAGS)  # the runs see the CPU devices a user has, not the eight
     path = tmp_path / "two_lrs.py"
     path.write_text(EXPERIMENT.format(base=TINY, cache=cache_dir))
     root = str(tmp_path / "runs")

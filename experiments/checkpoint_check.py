@@ -60,7 +60,7 @@ def main() -> None:
         for _ in range(args.repeats):
             t = time.perf_counter()
             out = ckpt.manager.restore(1, args=plain_args)
-            jax.block_until_ready(out)
+            jax.block_until_ready((out.params, out.opt_state))
             plain.append(time.perf_counter() - t)
             t = time.perf_counter()
             checkpoint.fingerprint(out.params)

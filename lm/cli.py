@@ -86,11 +86,13 @@ def _die(message: str) -> None:
     sys.exit(EXIT_USER_ERROR)
 
 
-def _not_disk_full(record: std_logging.LogRecord) -> bool:
-    """False for log records of a full disk (orbax's and asyncio's, with tracebacks): the command says it in one
-    line."""
+def _not_handled(record: std_logging.LogRecord) -> bool:
+    """False for log records of what the command handles itself: a full disk (orbax's and asyncio's records, with
+    tracebacks; said in one line), and a checkpoint's metadata file that a trainer deleted while orbax read it (a
+    reader then takes another step)."""
     text = record.getMessage() + (str(record.exc_info[1]) if record.exc_info else "")
-    return "No space left on device" not in text
+    deleted = text.startswith("Failed to read Metadata file") and "No such file or directory" in text
+    return "No space left on device" not in text and not deleted
 
 
 def _without_closed_loop(hook: Callable) -> Callable:
@@ -112,7 +114,7 @@ def run(main: Callable[[Sequence[str]], None]) -> None:
     def guarded(argv: Sequence[str]) -> None:
         if not flags.FLAGS["verbosity"].present:  # orbax and TFDS are chatty; --verbosity=0 shows it all
             logging.set_verbosity(logging.ERROR)
-            logging.get_absl_handler().addFilter(_not_disk_full)
+            logging.get_absl_handler().addFilter(_not_handled)
             sys.unraisablehook = _without_closed_loop(sys.unraisablehook)
         try:
             main(argv)

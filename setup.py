@@ -7,7 +7,7 @@ setup(
     version="0.1.0",
     description="JAX/Flax pretraining of decoder-only Transformers, from a laptop CPU to a device mesh.",
     packages=find_packages(include=["lm", "lm.*"]),
-    package_data={"lm": ["data/*.txt"]},
+    package_data={"lm.data": ["*.txt"]},
     python_requires=">=3.10",
     install_requires=[
         "jax>=0.6",
@@ -25,6 +25,8 @@ setup(
         "absl-py>=2.1",
         "numpy>=1.26",
         "matplotlib>=3.7",  # lm.plot
+        "tensorboardX>=2.6",  # TensorBoard event files without TensorFlow
+        "tqdm>=4.60",  # progress lines
     ],
     extras_require={"test": ["pytest>=8", "ruff>=0.6", "tensorboard>=2.15"]},
 )

@@ -19,11 +19,12 @@ import warnings
 import jax
 import orbax.checkpoint as ocp
 
-from lm import checkpoint, optim
 from lm import config as config_lib
-from lm import sharding as shd
-from lm import state as state_lib
-from lm.model import TransformerLM
+from lm import optim
+from lm.checkpoint import integrity, manager
+from lm.model.transformer import TransformerLM
+from lm.parallel import mesh as shd
+from lm.train import state as state_lib
 
 
 def _load(path: str):
@@ -48,7 +49,7 @@ def main() -> None:
     nbytes = sum(x.nbytes for x in jax.tree.leaves(state))
     abstract = state_lib.abstract(model, tx, layout)
     with tempfile.TemporaryDirectory() as workdir:
-        ckpt = checkpoint.Checkpointer(workdir)
+        ckpt = manager.Checkpointer(workdir)
         ckpt.save(1, state, {"position": 0}, {"note": "checkpoint_check"})
         ckpt.wait()
         del state
@@ -63,8 +64,8 @@ def main() -> None:
             jax.block_until_ready((out.params, out.opt_state))
             plain.append(time.perf_counter() - t)
             t = time.perf_counter()
-            checkpoint.fingerprint(out.params)
-            checkpoint.fingerprint(out.opt_state)
+            integrity.fingerprint(out.params)
+            integrity.fingerprint(out.opt_state)
             sums.append(time.perf_counter() - t)
             del out
             t = time.perf_counter()

@@ -14,8 +14,10 @@ from collections.abc import Sequence
 import numpy as np
 from absl import flags
 
-from lm import cli, data
 from lm import sweep as sweep_lib
+from lm.cli import runner
+from lm.data import sources
+from lm.errors import UserError
 
 BASE = "configs/shakespeare_char.py"
 TOKENS_PER_PARAMETER = 20
@@ -96,7 +98,7 @@ def write_report(rows: list[dict], out_dir: str) -> tuple[float, float, float]:
 
     header = ("layers", "width", "heads", "N", "parameters", "tokens", "epochs", "train FLOPs", "train loss",
               "val loss", "fit", "wall s", "tokens/s")
-    with open(data.bundled_corpus(), encoding="utf-8") as f:
+    with open(sources.bundled_corpus(), encoding="utf-8") as f:
         train_chars = 0.9 * len(f.read())  # the training split: the first 90% (validation_fraction 0.1)
     lines = [f"# {__doc__.splitlines()[0]} {__doc__.splitlines()[1]}", "",
              "    python experiments/scaling.py", "",
@@ -117,7 +119,7 @@ def write_report(rows: list[dict], out_dir: str) -> tuple[float, float, float]:
 
 def main(argv: Sequence[str]) -> None:
     if len(argv) != 1:
-        raise cli.UserError("usage: python experiments/scaling.py [--root runs] [--out experiments]")
+        raise UserError("usage: python experiments/scaling.py [--root runs] [--out experiments]")
     rows = sweep_lib.run(os.path.abspath(__file__), flags.FLAGS.root)
     a, alpha, c = write_report(rows, flags.FLAGS.out)
     print(f"L(N) = {a:.4g} * N^(-{alpha:.3f}) + {c:.3f}; wrote {flags.FLAGS.out}/scaling.md and scaling.png")
@@ -126,4 +128,4 @@ def main(argv: Sequence[str]) -> None:
 if __name__ == "__main__":
     flags.DEFINE_string("root", "runs", "Where the folder of runs goes.")
     flags.DEFINE_string("out", HERE, "Where scaling.md and scaling.png go.")
-    cli.run(main)
+    runner.run(main)

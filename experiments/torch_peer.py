@@ -31,12 +31,14 @@ import numpy as np
 from absl import app, flags
 
 from lm import config as config_lib
-from lm import huge_pages, optim
-from lm import sharding as shd
-from lm import state as state_lib
-from lm.bench import synthetic_batch
-from lm.model import TransformerLM
-from lm.train import make_train_step
+from lm import optim
+from lm.backends import cpu_devices
+from lm.bench.step import synthetic_batch
+from lm.cli import huge_pages
+from lm.model.transformer import TransformerLM
+from lm.parallel import mesh as shd
+from lm.train import state as state_lib
+from lm.train.step import make_train_step
 
 SHAPES = {  # name: (config file, overrides, lm steps and torch steps per round, rounds)
     "shakespeare_char recipe (4L/4H/128, ctx 64, batch 12)": ("configs/shakespeare_char.py", {}, 20, 6),
@@ -63,7 +65,7 @@ def _load(path: str, overrides: dict) -> object:
 
 def lm_step(cfg):
     """A closure running one `lm` train step of `cfg` on synthetic tokens."""
-    count = shd.cpu_device_count(cfg.mesh, cfg.train.batch_size, jax.device_count())
+    count = cpu_devices.cpu_device_count(cfg.mesh, cfg.train.batch_size, jax.device_count())
     layout = shd.make_layout(cfg.mesh, jax.devices()[:count])  # the devices lm.train would split the host into
     c = config_lib.model_config(cfg, 68 if cfg.tokenizer.type == "char" else cfg.tokenizer.vocab_size)
     model = TransformerLM(c)
@@ -112,7 +114,7 @@ def _serve(framework: str, shape: str) -> None:
     path, overrides, _, _ = SHAPES[shape]
     cfg = _load(path, overrides)
     if framework == "lm":
-        shd.split_cpu(cfg.mesh, cfg.train.batch_size)  # the devices lm.train makes of this host for cfg
+        cpu_devices.split_cpu(cfg.mesh, cfg.train.batch_size)  # the devices lm.train makes of this host for cfg
         run, _ = lm_step(cfg)
     else:
         import torch

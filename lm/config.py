@@ -1,6 +1,8 @@
-"""The typed, frozen ModelConfig built once from the run's ConfigDict, and validation of the run config.
+"""The run config: every key with its default and meaning (`defaults()`), its validation, and the typed, frozen
+ModelConfig built from it once.
 
-This is the only place where the ml_collections ConfigDict meets typed code: layers see a ModelConfig only.
+This is the only place where the ml_collections ConfigDict meets typed code: the model sees a ModelConfig only.
+Model keys are defined once, as ModelConfig's fields; `defaults()` takes them from there.
 """
 
 import dataclasses
@@ -9,17 +11,16 @@ from typing import Any
 
 import ml_collections
 
-from lm.cli import UserError
-from lm.sharding import DEFAULT_RULES
+from lm.errors import UserError
+from lm.parallel.mesh import DEFAULT_RULES
 
 TOKENIZER_TYPES = ("char", "bpe", "unigram")
 DTYPES = ("float32", "bfloat16")
-
-
 POSITIONS = ("learned", "rope")
 NORMS = ("layernorm", "rmsnorm")
 MLPS = ("gelu", "swiglu")
 ATTENTIONS = ("auto", "xla", "cudnn", "cpu", "reference")
+MATMULS = ("auto", "xla", "cpu")
 REMATS = ("none", "full", "dots", "dots_no_batch")
 NONFINITE_POLICIES = ("stop", "skip")
 DECODE_ERRORS = ("strict", "replace")
@@ -30,12 +31,12 @@ DATA_FORMATS = ("auto", "text", "jsonl")
 class ModelConfig:
     """Shape and numerics of a decoder-only Transformer: GPT-2 style by default, Llama style by options."""
 
-    vocab_size: int  # ids the tokenizer makes; logits cover exactly these
-    max_len: int  # context length in tokens
-    num_layers: int
-    num_heads: int
-    embed_dim: int
-    mlp_dim: int
+    vocab_size: int = 0  # ids the tokenizer makes (set from the run's tokenizer); logits cover exactly these
+    max_len: int = 64  # context length in tokens
+    num_layers: int = 4
+    num_heads: int = 4
+    embed_dim: int = 128
+    mlp_dim: int = 0  # MLP width; 0: 4 * embed_dim
     num_kv_heads: int = 0  # 0: as many as num_heads; fewer: grouped-query attention; 1: multi-query
     position: str = "learned"  # learned | rope
     rope_theta: float = 10000.0
@@ -46,18 +47,17 @@ class ModelConfig:
     tie_embeddings: bool = True
     vocab_multiple: int = 1  # embedding/head rows rounded up to a multiple of this (128: aligned GPU matmuls)
     qk_norm: bool = False
-    attention: str = "auto"  # auto: cpu on CPUs, cudnn on NVIDIA GPUs in bfloat16, else xla; reference: einsum
+    attention: str = "auto"  # auto (CPU: cpu; NVIDIA GPU in bfloat16: cudnn; else xla) | xla | cudnn | cpu | reference
+    matmul: str = "auto"  # projections: auto (CPU: cpu; else xla) | xla | cpu (lm/backends/)
     scan_layers: bool = True  # one compiled layer, scanned: compile time does not grow with depth
     scan_unroll: int = 1  # layers per iteration of the scanned loop; 0: all (straight-line code, stacked parameters)
     remat: str = "none"  # none | full | dots | dots_no_batch: what the backward pass recomputes
-    dtype: str = "float32"  # activations
-    param_dtype: str = "float32"
+    dtype: str = "float32"  # activations and products (float32 | bfloat16)
+    param_dtype: str = "float32"  # parameters and optimizer state
 
-    # What each logical parameter axis is called in the config, for error messages.
-    AXIS_NAMES = {"embed": "model.embed_dim", "heads": "model.num_heads", "mlp": "model.mlp_dim",
-                  "kv_heads": "model.num_kv_heads",
-                  "vocab": "vocabulary size", "head_dim": "head dim (embed_dim / num_heads)",
-                  "position": "model.max_len"}
+    def __post_init__(self) -> None:
+        if not self.mlp_dim:
+            object.__setattr__(self, "mlp_dim", 4 * self.embed_dim)
 
     @property
     def head_dim(self) -> int:
@@ -77,59 +77,77 @@ class ModelConfig:
 
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> "ModelConfig":
+        """From `to_dict()`'s output, also one written by an older lm (fields added since take their defaults)."""
         return cls(**d)
 
 
 def defaults() -> ml_collections.ConfigDict:
     """Every key a run config has, with its default; config files start here and override."""
     c = ml_collections.ConfigDict()
-    c.seed = 0
-    # init_from: 'WORKDIR' or 'WORKDIR:STEP' of another run (or an imported GPT-2) whose parameters and
-    # tokenizer a new run starts from (not its optimizer state or step), e.g. to fine-tune; '' = from scratch.
-    c.init_from = ""
-    # path: a text or JSONL file, or a folder of .txt and .jsonl files ('' = the bundled tiny Shakespeare);
-    # format: auto (by extension), text or jsonl. Text is cut into documents at `separator`; a JSONL row is a
-    # document: its text_key field, after its prompt_key field if set (the loss skips the prompt's tokens).
-    # cache_dir holds the built TFDS datasets ('' = ~/.cache/lm/tfds).
-    # tfds_name: a TFDS catalog dataset instead (e.g. 'lm1b'), prepared as array_record in tfds_data_dir
-    # ('' = ~/tensorflow_datasets; downloaded and prepared first if tfds_download), its text in the text_key
-    # feature; validation reads tfds_validation_split ('' = 'validation', else 'test').
-    # shards: independent pipelines the global batch is drawn from, split among the processes (0 = one per
-    # process); runs with the same shards see the same batches whatever the process count. ahead: batches a
-    # background thread prepares while the train step runs (0: prepared between steps).
-    # decode_errors: what bytes that are not UTF-8 do: 'strict' stops with the file and offset, 'replace' reads
-    # them as U+FFFD (and says how many).
-    c.data = dict(path="", format="auto", text_key="text", prompt_key="", separator="\n\n", validation_fraction=0.1,
-                  cache_dir="", shards=0, decode_errors="strict", tfds_name="", tfds_data_dir="",
-                  tfds_validation_split="", tfds_download=False, ahead=2)
-    # type: char, bpe or unigram, trained on the first sample_chars characters of the (shuffled) training
-    # documents (0: all); or path: an existing SentencePiece .model file, used as it is.
-    c.tokenizer = dict(type="char", vocab_size=256, sample_chars=20_000_000, path="")
-    # mlp_dim 0 means 4 * embed_dim; max_len is the context length in tokens.
-    # See ModelConfig for what each key means.
-    c.model = dict(num_layers=4, num_heads=4, embed_dim=128, mlp_dim=0, max_len=64, num_kv_heads=0,
-                   position="learned", rope_theta=10000.0, norm="layernorm", norm_eps=1e-5, mlp="gelu",
-                   use_bias=True, tie_embeddings=True, vocab_multiple=1, qk_norm=False, attention="auto",
-                   scan_layers=True, scan_unroll=1, remat="none", dtype="float32", param_dtype="float32")
-    # eval_batches 0 evaluates the whole validation split; microbatches > 1 accumulates gradients over that
-    # many slices of each batch; z_loss weighs log(Z)^2 of the softmax normalizer.
-    # nonfinite: what a step with a NaN or infinite loss or gradient does (lm/nonfinite.py): 'stop' the run, or
-    # 'skip' its update (stopping after max_skips in a row); nan_steps: steps made NaN on purpose, to try that.
-    c.train = dict(batch_size=12, steps=2000, log_every=100, eval_every=500, eval_batches=0, microbatches=1,
-                   z_loss=0.0, nonfinite="stop", max_skips=10, nan_steps=())
-    c.optim = dict(lr=1e-3, min_lr=1e-4, warmup_steps=100, b1=0.9, b2=0.99, weight_decay=0.1, grad_clip=1.0)
-    c.checkpoint = dict(every=250, keep=3)
-    # Axis sizes (one may be -1: the rest of the devices) and the logical-axis rules (lm/sharding.py).
-    # cpu_devices: JAX devices to split a CPU host into (0: one per core); small models train faster so.
-    c.mesh = dict(data=-1, fsdp=1, tensor=1, rules=DEFAULT_RULES, cpu_devices=1)
+    c.seed = 0  # parameters' initialization and the data order
+    c.init_from = ""  # 'WORKDIR' or 'WORKDIR:STEP': start from that run's parameters and tokenizer ('' = from scratch)
+    c.data = dict(
+        path="",  # a text or JSONL file, or a folder of .txt and .jsonl files ('' = the bundled tiny Shakespeare)
+        format="auto",  # auto (by extension) | text | jsonl
+        text_key="text",  # the JSONL field (or TFDS feature) that holds a document's text
+        prompt_key="",  # a JSONL field read before the text whose tokens the loss skips (supervised fine-tuning)
+        separator="\n\n",  # text is cut into documents here
+        validation_fraction=0.1,  # the last characters of text, or the last JSONL rows, held out for validation
+        cache_dir="",  # where the prepared TFDS datasets are built ('' = ~/.cache/lm/tfds)
+        shards=0,  # independent pipelines the global batch is drawn from (0 = one per process)
+        decode_errors="strict",  # bytes that are not UTF-8: strict (stop, naming file and offset) | replace (U+FFFD)
+        tfds_name="",  # a TFDS catalog dataset instead (e.g. 'lm1b'), prepared as array_record in tfds_data_dir
+        tfds_data_dir="",  # '' = ~/tensorflow_datasets
+        tfds_validation_split="",  # '' = 'validation', else 'test'
+        tfds_download=False,  # download and prepare a TFDS dataset that is not prepared
+        ahead=2,  # batches a background thread prepares while the train step runs (0: between steps)
+    )
+    c.tokenizer = dict(
+        type="char",  # char | bpe | unigram, trained on the training documents
+        vocab_size=256,  # pieces of a bpe or unigram model (char: as many as the characters)
+        sample_chars=20_000_000,  # characters of the shuffled training documents it is trained on (0: all)
+        path="",  # an existing SentencePiece .model file, used as it is (then type and vocab_size are ignored)
+    )
+    c.model = {f.name: f.default for f in dataclasses.fields(ModelConfig) if f.name != "vocab_size"}
+    c.train = dict(
+        batch_size=12,  # rows of max_len tokens per step, over all devices and processes
+        steps=2000,
+        log_every=100,
+        eval_every=500,
+        eval_batches=0,  # batches of the validation split per evaluation (0: all of it)
+        microbatches=1,  # > 1: accumulate gradients over that many slices of each batch
+        z_loss=0.0,  # weight of log(Z)^2 of the softmax normalizer
+        nonfinite="stop",  # a step with a NaN or infinite loss or gradient: stop the run | skip its update
+        max_skips=10,  # with nonfinite='skip': stop after this many such steps in a row
+        nan_steps=(),  # steps fed a corrupted batch on purpose (a token id past the vocabulary), to try the policy
+    )
+    c.optim = dict(
+        name="adamw",  # any optax optimizer that takes learning_rate: adamw, lion, adam, sgd, ... (lm/optim.py)
+        lr=1e-3,  # peak learning rate, after a linear warmup
+        min_lr=1e-4,  # reached by the cosine decay at the last step
+        warmup_steps=100,
+        b1=0.9,  # passed to optimizers that take it, as b2 and weight_decay
+        b2=0.99,
+        weight_decay=0.1,  # on kernels, embeddings and the head only
+        grad_clip=1.0,  # global gradient norm clipped to this (0: off)
+    )
+    c.checkpoint = dict(
+        every=250,  # steps between checkpoints (and one at the end)
+        keep=3,  # the newest checkpoints kept
+    )
+    c.mesh = dict(
+        data=-1,  # axis sizes; one may be -1: the rest of the devices
+        fsdp=1,
+        tensor=1,
+        rules=DEFAULT_RULES,  # logical axis name -> mesh axes (lm/parallel/mesh.py)
+        cpu_devices=1,  # JAX devices a CPU host is split into (0: one per core); small models train faster so
+    )
     return ml_collections.ConfigDict(c)
 
 
 def model_config(cfg: ml_collections.ConfigDict, vocab_size: int) -> ModelConfig:
     """The ModelConfig of a validated run config, with the vocabulary size of its tokenizer."""
-    m = cfg.model
-    fields = {f.name for f in dataclasses.fields(ModelConfig)} - {"vocab_size", "mlp_dim"}
-    return ModelConfig(vocab_size=vocab_size, mlp_dim=m.mlp_dim or 4 * m.embed_dim, **{k: m[k] for k in fields})
+    return ModelConfig(vocab_size=vocab_size, **cfg.model.to_dict())
 
 
 def _check(ok: bool, message: str) -> None:
@@ -173,7 +191,8 @@ def validate(cfg: ml_collections.ConfigDict) -> None:
         f"config.model.embed_dim={m.embed_dim} is not divisible by config.model.num_heads={m.num_heads}",
     )
     for key, allowed in (("dtype", DTYPES), ("param_dtype", DTYPES), ("position", POSITIONS), ("norm", NORMS),
-                         ("mlp", MLPS), ("attention", ATTENTIONS), ("remat", REMATS)):
+                         ("mlp", MLPS), ("attention", ATTENTIONS), ("matmul", MATMULS),
+                         ("remat", REMATS)):
         _check(m[key] in allowed, f"config.model.{key} must be one of {allowed}, got {m[key]!r}")
     kv = m.num_kv_heads or m.num_heads
     _check(0 < kv <= m.num_heads and m.num_heads % kv == 0,

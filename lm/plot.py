@@ -11,7 +11,8 @@ from collections.abc import Sequence
 
 from absl import flags
 
-from lm import cli
+from lm.cli import process, runner
+from lm.errors import UserError
 
 AXES = {"steps": ("step", "step"), "tokens": ("train_tokens", "training tokens"),
         "flops": ("train_flops", "training FLOPs")}
@@ -21,11 +22,11 @@ def read_metrics(workdir: str) -> list[dict]:
     """The records of `workdir`'s metrics.jsonl; a UserError if it has none."""
     path = os.path.join(workdir, "metrics.jsonl")
     if not os.path.isfile(path):
-        raise cli.UserError(f"{workdir} has no metrics.jsonl; pass the workdir of a run (its --workdir)")
+        raise UserError(f"{workdir} has no metrics.jsonl; pass the workdir of a run (its --workdir)")
     with open(path) as f:
         records = [json.loads(line) for line in f if line.strip()]
     if not records:
-        raise cli.UserError(f"{path} is empty: the run logged no step yet")
+        raise UserError(f"{path} is empty: the run logged no step yet")
     return records
 
 
@@ -67,12 +68,13 @@ def plot(workdirs: Sequence[str], out: str, x: str = "steps") -> None:
 def main(argv: Sequence[str]) -> None:
     workdirs = argv[1:]
     if not workdirs:
-        raise cli.UserError("no workdir given; usage: python -m lm.plot WORKDIR... [--x steps|tokens|flops]")
+        raise UserError("no workdir given; usage: python -m lm.plot WORKDIR... [--x steps|tokens|flops]")
     plot(workdirs, flags.FLAGS.out, flags.FLAGS.x)
     print(f"wrote {flags.FLAGS.out}: loss against {AXES[flags.FLAGS.x][1]} of {len(workdirs)} run(s)")
 
 
 if __name__ == "__main__":
+    process.start(huge_page_memory=False)
     flags.DEFINE_enum("x", "steps", list(AXES), "The horizontal axis: steps, training tokens or training FLOPs.")
     flags.DEFINE_string("out", "loss.png", "The PNG to write.")
-    cli.run(main)
+    runner.run(main)

@@ -30,8 +30,10 @@ from typing import Any
 
 from absl import flags
 
-from lm import cli, plot
-from lm.train import SUMMARY
+from lm import plot
+from lm.cli import process, runner
+from lm.errors import Stopped, UserError
+from lm.train.loop import SUMMARY
 
 COLUMNS = ("run", "parameters", "tokens", "flops", "train_loss", "val_loss", "val_bits_per_byte", "wall_s",
            "tokens_per_sec")
@@ -40,16 +42,16 @@ COLUMNS = ("run", "parameters", "tokens", "flops", "train_loss", "val_loss", "va
 def load(path: str) -> tuple[str, dict[str, Any], list[dict[str, Any]]]:
     """(base config path, fixed overrides, one override dict per run) of the experiment file `path`."""
     if not os.path.isfile(path):
-        raise cli.UserError(f"experiment file {path} does not exist; pass experiments/NAME.py")
+        raise UserError(f"experiment file {path} does not exist; pass experiments/NAME.py")
     spec = importlib.util.spec_from_file_location(os.path.basename(path)[:-3], path)
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
     if not hasattr(module, "BASE") or not hasattr(module, "sweep"):
-        raise cli.UserError(f"{path} needs BASE (a config file) and def sweep(add); see lm/sweep.py")
+        raise UserError(f"{path} needs BASE (a config file) and def sweep(add); see lm/sweep.py")
     runs: list[dict[str, Any]] = []
     module.sweep(lambda overrides: runs.append(dict(overrides)))
     if not runs:
-        raise cli.UserError(f"sweep() in {path} added no run")
+        raise UserError(f"sweep() in {path} added no run")
     return module.BASE, dict(getattr(module, "FIXED", {})), runs
 
 
@@ -117,7 +119,7 @@ def run(path: str, root: str, dry_run: bool = False) -> list[dict[str, Any]]:
         print(f"[{i + 1}/{len(planned)}] {name}: training in {workdir}", flush=True)
         done = subprocess.run(command(base, workdir, overrides))
         if done.returncode != 0:
-            raise cli.Stopped(f"run {name} ended with exit status {done.returncode}; rerun the sweep to resume it",
+            raise Stopped(f"run {name} ended with exit status {done.returncode}; rerun the sweep to resume it",
                               done.returncode)
     rows = [result_row(name, workdir) for name, workdir, _ in planned]
     write_tables(rows, out_dir)
@@ -128,11 +130,12 @@ def run(path: str, root: str, dry_run: bool = False) -> list[dict[str, Any]]:
 
 def main(argv: Sequence[str]) -> None:
     if len(argv) != 2:
-        raise cli.UserError("usage: python -m lm.sweep experiments/NAME.py [--root runs] [--dry_run]")
+        raise UserError("usage: python -m lm.sweep experiments/NAME.py [--root runs] [--dry_run]")
     run(argv[1], flags.FLAGS.root, flags.FLAGS.dry_run)
 
 
 if __name__ == "__main__":
+    process.start(huge_page_memory=False)
     flags.DEFINE_string("root", "runs", "Where the experiment's folder of runs goes.")
     flags.DEFINE_bool("dry_run", False, "Print one `python -m lm.train` command per run instead of running them.")
-    cli.run(main)
+    runner.run(main)

@@ -92,7 +92,7 @@ def tiny_config(cache_dir):
 @pytest.fixture(scope="session")
 def tiny_run(tiny_config, tmp_path_factory):
     """A workdir in which the tiny config trained to the end: (workdir, final validation metrics)."""
-    from lm.train import train
+    from lm.train.loop import train
 
     workdir = str(tmp_path_factory.mktemp("tiny_run"))
     return workdir, train(tiny_config, workdir)
@@ -104,8 +104,8 @@ def wide_params(cfg, seed: int):
     repeats one token)."""
     import flax.linen as nn
 
-    from lm.model import TransformerLM
-    from lm.state import boxed_params
+    from lm.model.transformer import TransformerLM
+    from lm.parallel.placement import boxed_params
 
     shapes = jax.eval_shape(lambda: nn.unbox(boxed_params(TransformerLM(cfg), 0)))
     rng = np.random.default_rng(seed)
@@ -117,41 +117,47 @@ def wide_params(cfg, seed: int):
 def wide_run(cache_dir, tmp_path_factory) -> str:
     """A workdir of wide-drawn weights (see `wide_params`) with a character tokenizer of the bundled corpus:
     checkpoints 1 and 2 (other weights), for the sampling command."""
-    from lm import checkpoint, data, tokenizer
+    from lm.checkpoint import manager
     from lm.config import ModelConfig
+    from lm.data import sources
+    from lm.tokenizer import sentencepiece
 
-    tok = tokenizer.train(data.texts(data.build("", "\n\n", 0.1, cache_dir), "train"), "char", 256)
+    tok = sentencepiece.train(sources.texts(sources.build("", "\n\n", 0.1, cache_dir), "train"), "char", 256)
     cfg = ModelConfig(vocab_size=tok.vocab_size, max_len=32, num_layers=2, num_heads=4, embed_dim=32, mlp_dim=64,
                       num_kv_heads=2, position="rope", norm="rmsnorm", mlp="swiglu", use_bias=False,
                       tie_embeddings=False)  # Llama style: wide-drawn, its greedy text varies most
     workdir = str(tmp_path_factory.mktemp("wide_run"))
-    ckpt = checkpoint.Checkpointer(workdir)
+    ckpt = manager.Checkpointer(workdir)
     for step, seed in ((1, 1), (2, 3)):
-        ckpt.save_params(step, wide_params(cfg, seed), checkpoint.make_meta(cfg, tok, {"made_by": "wide_run"}))
+        ckpt.save_params(step, wide_params(cfg, seed), manager.make_meta(cfg, tok, {"made_by": "wide_run"}))
     ckpt.wait()
     ckpt.close()
     return workdir
 
 
-def score_by_hand(workdir: str, max_batches: int = 0) -> tuple[float, int, int]:
+def score_by_hand(workdir: str, max_batches: int = 0, cache_dir: str | None = None) -> tuple[float, int, int]:
     """(summed loss in nats, targets counted, UTF-8 bytes they stand for) of a workdir's latest checkpoint on its
-    validation rows (the first `max_batches` batches; 0: all), computed without lm's objective or byte counts:
+    validation rows (the first `max_batches` batches; 0: all; the dataset built under `cache_dir` if given, else
+    where the run's config says), computed without lm's objective or byte counts:
     a log-softmax of the model's logits at every target that continues its document, and the bytes of the text
     those targets decode to, run by run, each EOS standing for the separator."""
-    from lm import checkpoint, data
-    from lm import sharding as shd
-    from lm import state as state_lib
-    from lm.model import TransformerLM
+    from lm.checkpoint import reader
+    from lm.data import sources
+    from lm.data.batches import eval_batches
+    from lm.model.transformer import TransformerLM
+    from lm.parallel import mesh as shd
+    from lm.parallel import placement
 
-    ckpt, step, c, tok, run = checkpoint.open_run(workdir)
+    ckpt, step, c, tok, run = reader.open_run(workdir)
     model = TransformerLM(c)
     layout = shd.make_layout({"data": 1, "fsdp": 1, "tensor": 1}, jax.devices()[:1])
-    params = ckpt.params(step, state_lib.abstract_params(model, layout))
+    params = ckpt.params(step, placement.abstract_params(model, layout))
     forward = jax.jit(lambda t, p, s: model.apply({"params": params}, t, p, s))
     separator = len(run["data"]["separator"].encode("utf-8"))
     nll = count = nbytes = 0
-    rows = data.eval_batches(data.open_corpus(run["data"]), tok, c.max_len + 1, run["train"]["batch_size"],
-                             run["data"]["shards"], max_batches=max_batches)
+    data = dict(run["data"], cache_dir=cache_dir if cache_dir is not None else run["data"]["cache_dir"])
+    rows = eval_batches(sources.open_corpus(data), tok, c.max_len + 1, run["train"]["batch_size"],
+                        run["data"]["shards"], max_batches=max_batches)
     for b in rows:
         tokens, segments = b["tokens"], b["segment_ids"]
         logits = np.asarray(forward(tokens[:, :-1], b["positions"][:, :-1], segments[:, :-1]), np.float64)

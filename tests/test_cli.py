@@ -8,13 +8,15 @@ import shutil
 
 import jax
 import pytest
-from conftest import TINY, load_config, one_line_error, run_module
+from conftest import TINY, load_config, one_line_error, run_module, score_by_hand
 
-from lm import checkpoint, data, quantize
-from lm import sharding as shd
-from lm import state as state_lib
-from lm.model import TransformerLM
-from lm.sample import generate
+from lm.backends import select
+from lm.checkpoint import reader
+from lm.data import sources
+from lm.parallel import mesh as shd
+from lm.parallel import placement
+from lm.sample import weights as formats
+from lm.sample.generate import generate
 
 
 def test_config_key_typo_names_the_key(tmp_path, cache_dir):
@@ -57,10 +59,41 @@ def test_a_checkpoint_with_an_older_optimizer_state_is_one_line_and_kept(tiny_ru
             json.dump(meta, f)
     before = sorted(os.listdir(os.path.join(workdir, "checkpoints")))
     result = run_module("lm.train", "--config", TINY, "--workdir", workdir, f"--config.data.cache_dir={cache_dir}")
-    one_line_error(result, f"{workdir} holds an optimizer state in another format (that of an older lm; this lm "
-                           f"reads 'lm.optim.adamw: count, mu, nu'); continue from its parameters with "
-                           f"--config.init_from={workdir} and a new --workdir")
+    one_line_error(result, f"{workdir} holds an optimizer state in another format (that of an older lm; this run's "
+                           f"is 'optax: apply_if_finite(chain(clip_by_global_norm, adamw))'); continue from its "
+                           f"parameters with --config.init_from={workdir} and a new --workdir")
     assert metas and sorted(os.listdir(os.path.join(workdir, "checkpoints"))) == before
+
+
+PRE_REDESIGN = os.path.join(os.path.dirname(__file__), "fixtures", "pre_redesign_run")
+
+
+def test_a_workdir_written_before_the_redesign_samples_evaluates_and_fine_tunes_but_resumes_in_no_way(cache_dir,
+                                                                                                   tmp_path):
+    """tests/fixtures/pre_redesign_run (lm at 7c03c39): resuming it is one line naming its optimizer state and the
+    way on; sampling reads it; evaluating it gives the loss recomputed by hand from its weights; a new run starts
+    from its parameters."""
+    workdir = str(tmp_path / "old")
+    shutil.copytree(PRE_REDESIGN, workdir)
+    before = sorted(os.listdir(os.path.join(workdir, "checkpoints")))
+    common = ("--config", TINY, f"--config.data.cache_dir={cache_dir}")
+    one_line_error(run_module("lm.train", *common, "--workdir", workdir),
+                   "holds an optimizer state in another format ('lm.optim.adamw: count, mu, nu'; this run's is "
+                   "'optax: apply_if_finite(chain(clip_by_global_norm, adamw))'); continue from its parameters with "
+                   f"--config.init_from={workdir} and a new --workdir")
+    assert sorted(os.listdir(os.path.join(workdir, "checkpoints"))) == before
+    sample = run_module("lm.sample", "--workdir", workdir, "--prompt", "ROMEO:", "--max_new_tokens", "12",
+                        "--temperature", "0", "--format", "jsonl")
+    assert sample.returncode == 0, sample.stderr
+    assert json.loads(sample.stdout)["tokens"] == 12
+    evaluated = run_module("lm.evaluate", "--workdir", workdir, f"--cache_dir={cache_dir}")
+    assert evaluated.returncode == 0, evaluated.stderr
+    nll, count, _ = score_by_hand(workdir, cache_dir=cache_dir)
+    assert json.loads(evaluated.stdout)["loss"] == pytest.approx(nll / count, rel=1e-5)
+    tuned = run_module("lm.train", *common, "--workdir", str(tmp_path / "tuned"), f"--config.init_from={workdir}",
+                       "--config.train.steps=2", "--config.train.eval_every=2")
+    assert tuned.returncode == 0 and f"from the parameters and tokenizer of {workdir} (step 10)" in tuned.stdout, \
+        tuned.stderr
 
 
 def test_undecodable_bytes_stop_the_run_or_are_read_as_replacement_characters(tmp_path, cache_dir):
@@ -117,7 +150,7 @@ def test_train_on_a_folder_of_text_and_on_jsonl_building_each_dataset_once(tmp_p
     def builds(source) -> bool:  # opening the corpus as lm.train does
         cfg = load_config(TINY)
         cfg.data.update(path=str(source), cache_dir=str(cache))
-        data.open_corpus(cfg.data)
+        sources.open_corpus(cfg.data)
         return "building dataset" in capsys.readouterr().out
 
     for source, change in ((folder, lambda: (folder / "3.txt").write_text("A new file. " * 100)),
@@ -181,9 +214,9 @@ def test_sample_split_over_devices_or_from_int8_weights(wide_run):
 
 def _generated(workdir, step, fmt, **kw):
     """`generate()` in this process on the weights of checkpoint `step` in format `fmt`."""
-    ckpt, step, c, tok, _ = checkpoint.open_run(workdir, step)
+    ckpt, step, c, tok, _ = reader.open_run(workdir, step)
     layout = shd.make_layout({"data": 1, "fsdp": 1, "tensor": 1}, jax.devices()[:1])
-    params = quantize.convert(ckpt.params(step, state_lib.abstract_params(TransformerLM(c), layout)), fmt)
+    params = formats.convert(ckpt.params(step, placement.abstract_params(select.model(c), layout)), fmt)
     return generate(params, c, tok, ["ROMEO:", "KING:"], temperature=0.0, **kw)
 
 

@@ -15,15 +15,16 @@ import sentencepiece as spm
 from fixtures import lm_export_source
 from safetensors.numpy import load_file
 
-from lm import sharding as shd
-from lm import state as state_lib
-from lm import tokenizer as tokenizer_lib
-from lm.bpe import GPT2Tokenizer
-from lm.checkpoint import open_run
-from lm.cli import UserError
-from lm.convert import export_gpt2, gpt2_hf_config, gpt2_model_config, import_gpt2
-from lm.model import TransformerLM, init_cache
-from lm.sample import decode, model_apply
+from lm.backends import select
+from lm.checkpoint.reader import open_run
+from lm.convert.gpt2 import export_gpt2, gpt2_hf_config, gpt2_model_config, import_gpt2
+from lm.errors import UserError
+from lm.model.transformer import init_cache
+from lm.parallel import mesh as shd
+from lm.parallel import placement
+from lm.sample.generate import decode, model_apply
+from lm.tokenizer import sentencepiece
+from lm.tokenizer.gpt2 import GPT2Tokenizer
 
 FIXTURE = os.path.join(os.path.dirname(__file__), "fixtures", "gpt2_tiny")
 EXPORTED = os.path.join(os.path.dirname(__file__), "fixtures", "lm_export")
@@ -34,8 +35,8 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 def _logits(workdir, tokens):
     ckpt, step, c, tokenizer, _ = open_run(workdir)
     assert tokenizer is None and step == 0
-    model = TransformerLM(c)
-    params = ckpt.params(step, state_lib.abstract_params(model, shd.make_layout({"data": -1, "fsdp": 1, "tensor": 1})))
+    model = select.model(c)
+    params = ckpt.params(step, placement.abstract_params(model, shd.make_layout({"data": -1, "fsdp": 1, "tensor": 1})))
     positions = np.tile(np.arange(tokens.shape[1]), (tokens.shape[0], 1))
     return np.asarray(jax.jit(model.apply)({"params": params}, tokens, positions, np.ones_like(tokens)))
 
@@ -85,7 +86,7 @@ def test_export_writes_what_transformers_loaded_with_lm_logits(tmp_path):
 def test_export_names_the_start_and_end_ids_of_the_run_tokenizer():
     """A SentencePiece run's <s> and </s> (ids 1 and 2 by SentencePiece's convention, 0 being <unk>) become
     config.json's bos_token_id and eos_token_id; a run without a tokenizer names none."""
-    tok = tokenizer_lib.train(["to be or not to be\n"], "char", 40)
+    tok = sentencepiece.train(["to be or not to be\n"], "char", 40)
     pieces = spm.SentencePieceProcessor(model_proto=tok.proto)
     hf = gpt2_hf_config(lm_export_source.CONFIG, tok)
     assert (hf["bos_token_id"], hf["eos_token_id"]) == (pieces.piece_to_id("<s>"), pieces.piece_to_id("</s>")) == (1, 2)
@@ -100,7 +101,7 @@ def test_greedy_decoding_gives_the_tokens_of_transformers_generate(fixture, tmp_
     folder = os.path.join(os.path.dirname(__file__), "fixtures", fixture)
     import_gpt2(folder, str(tmp_path / "w"))
     ckpt, step, c, _, _ = open_run(str(tmp_path / "w"))
-    params = ckpt.params(step, state_lib.abstract_params(TransformerLM(c), shd.make_layout(
+    params = ckpt.params(step, placement.abstract_params(select.model(c), shd.make_layout(
         {"data": 1, "fsdp": 1, "tensor": 1}, jax.devices()[:1])))
     if fixture == "gpt2_tiny":
         greedy = np.load(os.path.join(folder, "greedy.npy"))
@@ -108,7 +109,7 @@ def test_greedy_decoding_gives_the_tokens_of_transformers_generate(fixture, tmp_
     else:
         expected = json.load(open(os.path.join(folder, "expected.json")))
         prompt, want = np.asarray([expected["prompt_ids"]]), np.asarray([expected["greedy"]])
-    got, _ = decode(model_apply(TransformerLM(c)), params, init_cache(c, len(prompt)), prompt, jax.random.key(0),
+    got, _ = decode(model_apply(select.model(c)), params, init_cache(c, len(prompt)), prompt, jax.random.key(0),
                     want.shape[1], 0.0)
     assert np.asarray(got).tolist() == want.tolist()
 

@@ -1,6 +1,6 @@
-"""Products on a CPU (lm/cpu_matmul.py, lm/cpu_attention.py): projections and attention, in bfloat16 and float32,
-give the values and gradients of float32 einsums over the same numbers, and a compiled bfloat16 train step runs
-every product on bfloat16 operands."""
+"""Products on a CPU (lm/backends/cpu_matmul.py, lm/backends/cpu_attention.py): projections and attention, in
+bfloat16 and float32, give the values and gradients of float32 einsums over the same numbers, and a compiled
+bfloat16 train step runs every product on bfloat16 operands."""
 
 import re
 
@@ -10,12 +10,11 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from lm import cpu_attention, cpu_matmul
-from lm.attention import attention_mask, reference_attention
+from lm.backends import cpu_attention, cpu_matmul, select
 from lm.config import ModelConfig
-from lm.model import TransformerLM
-from lm.state import boxed_params
-from lm.train import loss_and_grads
+from lm.model.attention import attention_mask, reference_attention
+from lm.parallel.placement import boxed_params
+from lm.train.step import loss_and_grads
 
 EQUATIONS = {"btd,dnh->btnh": ((2, 24, 32), (32, 4, 8)), "btk,kd->btd": ((2, 24, 32), (32, 48)),
              "btd,vd->btv": ((2, 24, 32), (40, 32)), "btd,df->btf": ((3, 8, 16), (16, 64))}
@@ -33,7 +32,7 @@ def test_projections_equal_a_float32_einsum_with_their_gradients(equation, dtype
     x, w = (_bf16_exact(rng, s) for s in EQUATIONS[equation])
     out_shape = jnp.einsum(equation, x, w).shape
     r = _bf16_exact(rng, out_shape)  # the cotangent the output meets
-    assert cpu_matmul.applies(equation, dtype)
+    assert cpu_matmul.applies(equation)
     tol = 2e-2 if dtype == "bfloat16" else 1e-5
 
     def loss(f):
@@ -50,8 +49,13 @@ def test_projections_equal_a_float32_einsum_with_their_gradients(equation, dtype
 
 
 def test_other_products_are_left_to_einsum():
-    assert not cpu_matmul.applies("btnh,bsnh->bnts", "bfloat16")  # attention scores: a batch axis in both
-    assert not cpu_matmul.applies("btd,dv->bvt", "bfloat16")  # an output in another order
+    rng = np.random.default_rng(0)
+    for equation, shapes in {"btnh,bsnh->bnts": ((2, 5, 3, 4), (2, 6, 3, 4)),  # attention scores: batch axes in both
+                             "btd,dv->bvt": ((2, 5, 4), (4, 7))}.items():  # an output in another order
+        assert not cpu_matmul.applies(equation)
+        x, w = (jnp.asarray(rng.normal(size=s), jnp.float32) for s in shapes)
+        np.testing.assert_allclose(cpu_matmul.einsum(equation, x, w, "float32"), jnp.einsum(equation, x, w),
+                                   rtol=1e-6)
 
 
 @pytest.mark.parametrize("dtype", ["bfloat16", "float32"])
@@ -108,7 +112,7 @@ def test_a_bfloat16_train_step_multiplies_every_projection_in_bfloat16(tied):
     projection, the output head, attention's products and all their gradients must stay bfloat16."""
     cfg = ModelConfig(vocab_size=96, max_len=32, num_layers=2, num_heads=4, embed_dim=64, mlp_dim=128,
                       dtype="bfloat16", tie_embeddings=tied, scan_layers=False)
-    model = TransformerLM(cfg)
+    model = select.model(cfg)
     params = jax.jit(lambda: nn.unbox(boxed_params(model, 0)))()
     tokens = jnp.zeros((4, 33), jnp.int32)
     batch = {"tokens": tokens, "positions": jnp.broadcast_to(jnp.arange(33), tokens.shape),

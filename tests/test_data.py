@@ -7,13 +7,15 @@ import pytest
 import tensorflow_datasets as tfds
 from conftest import TINY, one_line_error, run_module
 
-from lm import data, tokenizer
-from lm.cli import UserError
+from lm.data import sources
+from lm.data.batches import TrainBatches, eval_batches
+from lm.errors import UserError
+from lm.tokenizer import sentencepiece
 
 
 def test_split_is_by_characters_and_keeps_all_text():
     text = "aaaa\n\nbbbb\n\ncccc\n\ndddd\n\neeee"
-    docs = data.split_documents(text, "\n\n", 0.2)
+    docs = sources.split_documents(text, "\n\n", 0.2)
     cut = int(len(text) * 0.8)
     assert "\n\n".join(docs["train"]) == text[:cut].rstrip("\n")
     assert "".join(docs["validation"]) == text[cut:].replace("\n\n", "")
@@ -21,14 +23,14 @@ def test_split_is_by_characters_and_keeps_all_text():
 
 @pytest.fixture(scope="module")
 def corpus(cache_dir):
-    builder = data.build("", "\n\n", 0.1, cache_dir)
-    tok = tokenizer.train(data.texts(builder, "train"), "char", 256)
+    builder = sources.build("", "\n\n", 0.1, cache_dir)
+    tok = sentencepiece.train(sources.texts(builder, "train"), "char", 256)
     return builder, tok
 
 
 def test_batches_are_packed_rows_of_documents(corpus):
     builder, tok = corpus
-    batch = next(data.TrainBatches(builder, tok, 33, 4, seed=0))
+    batch = next(TrainBatches(builder, tok, 33, 4, seed=0))
     assert {k: v.shape for k, v in batch.items()} == {k: (4, 33) for k in ("tokens", "segment_ids", "positions",
                                                                           "loss_mask")}
     assert (batch["loss_mask"] == (batch["tokens"] != tok.bos_id)).all()  # plain text: every target but BOS
@@ -41,18 +43,18 @@ def test_batches_are_packed_rows_of_documents(corpus):
 @pytest.mark.parametrize("ahead", [0, 3])
 def test_iterator_state_resumes_exactly(corpus, ahead):
     builder, tok = corpus
-    it = data.TrainBatches(builder, tok, 33, 4, seed=3, shards=2, ahead=ahead)
+    it = TrainBatches(builder, tok, 33, 4, seed=3, shards=2, ahead=ahead)
     for _ in range(5):
         next(it)
     state = json.loads(json.dumps(it.global_state()))  # as it travels in a checkpoint (the thread is ahead of it)
     expected = [next(it)["tokens"] for _ in range(3)]
-    fresh = data.TrainBatches(builder, tok, 33, 4, seed=3, shards=2, ahead=ahead)
+    fresh = TrainBatches(builder, tok, 33, 4, seed=3, shards=2, ahead=ahead)
     next(fresh)  # already running ahead when rewound
     fresh.set_state(state)
     for want in expected:
         np.testing.assert_array_equal(next(fresh)["tokens"], want)
     if ahead:
-        plain = data.TrainBatches(builder, tok, 33, 4, seed=3, shards=2)
+        plain = TrainBatches(builder, tok, 33, 4, seed=3, shards=2)
         for _ in range(5):
             next(plain)
         np.testing.assert_array_equal(next(plain)["tokens"], expected[0])  # the same batches as without a thread
@@ -61,25 +63,25 @@ def test_iterator_state_resumes_exactly(corpus, ahead):
 def test_processes_read_their_rows_of_the_same_global_batches(corpus):
     """With the same shards, two processes together read exactly the batches one process reads."""
     builder, tok = corpus
-    whole = data.TrainBatches(builder, tok, 33, 8, seed=0, shards=4)
-    halves = [data.TrainBatches(builder, tok, 33, 8, seed=0, shards=4, process_index=i, process_count=2)
+    whole = TrainBatches(builder, tok, 33, 8, seed=0, shards=4)
+    halves = [TrainBatches(builder, tok, 33, 8, seed=0, shards=4, process_index=i, process_count=2)
               for i in range(2)]
     for _ in range(3):
         parts = [next(h) for h in halves]
         assert parts[0]["tokens"].shape == (4, 33)
         np.testing.assert_array_equal(np.concatenate([p["tokens"] for p in parts]), next(whole)["tokens"])
     with pytest.raises(UserError, match="multiple of the process count"):
-        data.TrainBatches(builder, tok, 33, 8, seed=0, shards=3, process_index=0, process_count=2)
+        TrainBatches(builder, tok, 33, 8, seed=0, shards=3, process_index=0, process_count=2)
 
 
 def test_eval_batches_cover_the_split_once(corpus):
     builder, tok = corpus
-    batches = data.eval_batches(builder, tok, 65, 16, shards=2)
+    batches = eval_batches(builder, tok, 65, 16, shards=2)
     assert all(b["tokens"].shape == (16, 65) for b in batches)
     tokens = sum(int((b["segment_ids"] > 0).sum()) for b in batches)
-    expected = sum(len(tok.encode(t)) + 2 for t in data.texts(builder, "validation"))
+    expected = sum(len(tok.encode(t)) + 2 for t in sources.texts(builder, "validation"))
     assert expected - 2 * 65 <= tokens <= expected  # all but each shard's final partial row
-    split = [data.eval_batches(builder, tok, 65, 16, shards=2, process_index=i, process_count=2) for i in range(2)]
+    split = [eval_batches(builder, tok, 65, 16, shards=2, process_index=i, process_count=2) for i in range(2)]
     # (in one process the counts are not equalized across processes, as they are in a multi-process run)
     assert max(len(split[0]), len(split[1])) == len(batches)
     np.testing.assert_array_equal(np.concatenate([split[0][3]["tokens"], split[1][3]["tokens"]]),
@@ -88,13 +90,13 @@ def test_eval_batches_cover_the_split_once(corpus):
 
 def test_missing_and_empty_data_are_one_line_errors(tmp_path, cache_dir):
     with pytest.raises(UserError, match="does not exist"):
-        data.build(str(tmp_path / "nope.txt"), "\n\n", 0.1, cache_dir)
+        sources.build(str(tmp_path / "nope.txt"), "\n\n", 0.1, cache_dir)
     (tmp_path / "empty.txt").write_text("")
     with pytest.raises(UserError, match="is empty"):
-        data.build(str(tmp_path / "empty.txt"), "\n\n", 0.1, cache_dir)
+        sources.build(str(tmp_path / "empty.txt"), "\n\n", 0.1, cache_dir)
     (tmp_path / "folder").mkdir()
     with pytest.raises(UserError, match="no .txt or .jsonl files"):
-        data.build(str(tmp_path / "folder"), "\n\n", 0.1, cache_dir)
+        sources.build(str(tmp_path / "folder"), "\n\n", 0.1, cache_dir)
 
 
 def test_folder_of_files_is_one_corpus(tmp_path, cache_dir):
@@ -107,32 +109,32 @@ def test_folder_of_files_is_one_corpus(tmp_path, cache_dir):
         path.write_text(docs[2 * i] + "\n\n" + docs[2 * i + 1])
     (tmp_path / ".hidden.txt").write_text("not part of the corpus")
     (tmp_path / "notes.md").write_text("nor is this")
-    builder = data.build(str(tmp_path), "\n\n", 0.25, cache_dir)
-    assert sorted(data.texts(builder, "train")) == sorted(docs[:5])
-    assert list(data.texts(builder, "validation")) == docs[5:]
+    builder = sources.build(str(tmp_path), "\n\n", 0.25, cache_dir)
+    assert sorted(sources.texts(builder, "train")) == sorted(docs[:5])
+    assert list(sources.texts(builder, "validation")) == docs[5:]
 
 
 def test_jsonl_rows_are_documents_and_a_bad_row_is_named(tmp_path, cache_dir):
     rows = tmp_path / "rows.jsonl"
     rows.write_text("".join(json.dumps({"id": i, "text": f"row {i} " * 10}) + "\n\n" for i in range(20)))
-    builder = data.build(str(rows), "\n\n", 0.1, cache_dir)
-    assert sorted(data.texts(builder, "train")) == sorted(f"row {i} " * 10 for i in range(18))  # TFDS reorders
-    assert sorted(data.texts(builder, "validation")) == [f"row {i} " * 10 for i in (18, 19)]
+    builder = sources.build(str(rows), "\n\n", 0.1, cache_dir)
+    assert sorted(sources.texts(builder, "train")) == sorted(f"row {i} " * 10 for i in range(18))  # TFDS reorders
+    assert sorted(sources.texts(builder, "validation")) == [f"row {i} " * 10 for i in (18, 19)]
     bad = tmp_path / "bad.jsonl"
     bad.write_text('{"text": "fine"}\n{"body": "no text field"}\n')
     with pytest.raises(UserError, match=rf"^{bad} line 2 has no 'text' field \(config.data.text_key\); fix the row"):
-        data.build(str(bad), "\n\n", 0.5, cache_dir)
+        sources.build(str(bad), "\n\n", 0.5, cache_dir)
     bad.write_text('{"text": "fine"}\n{"text": "ok"\n')
     with pytest.raises(UserError, match=rf"^{bad} line 2 is not a JSON object"):
-        data.build(str(bad), "\n\n", 0.5, cache_dir)
+        sources.build(str(bad), "\n\n", 0.5, cache_dir)
 
 
 def test_prompt_tokens_are_masked_out_of_the_loss(tmp_path, cache_dir):
     pairs = tmp_path / "sft.jsonl"
     pairs.write_text("".join(json.dumps({"q": f"Q{i}?", "a": f" answer {i}."}) + "\n" for i in range(40)))
-    builder = data.build(str(pairs), "\n\n", 0.1, cache_dir, prompt_key="q", text_key="a")
-    tok = tokenizer.train(data.texts(builder, "train"), "char", 256)
-    batch = next(data.TrainBatches(builder, tok, 40, 4, seed=0))
+    builder = sources.build(str(pairs), "\n\n", 0.1, cache_dir, prompt_key="q", text_key="a")
+    tok = sentencepiece.train(sources.texts(builder, "train"), "char", 256)
+    batch = next(TrainBatches(builder, tok, 40, 4, seed=0))
     for tokens, segments, mask in zip(batch["tokens"], batch["segment_ids"], batch["loss_mask"], strict=True):
         for seg in set(segments[1:]) - {segments[0]}:  # whole documents (the first may have begun in the row before)
             doc = np.flatnonzero(segments == seg)
@@ -167,8 +169,8 @@ def test_a_tfds_dataset_prepared_as_array_record_trains_by_name(tmp_path):
     result = run_module(*train, "--workdir", str(tmp_path / "run"), "--config.data.tfds_name=lm_test_quotes",
                         "--config.data.text_key=sentence")  # read from its files alone, as a catalog dataset is
     assert result.returncode == 0 and "val loss" in result.stdout, result.stderr
-    corpus = data.CatalogCorpus("lm_test_quotes", data_dir, "sentence")
-    assert sorted(data.texts(corpus, "validation")) == [f"Quote {i}: to be or not to be, that is the question."
+    corpus = sources.CatalogCorpus("lm_test_quotes", data_dir, "sentence")
+    assert sorted(sources.texts(corpus, "validation")) == [f"Quote {i}: to be or not to be, that is the question."
                                                         for i in range(300, 330)]  # the test split
     one_line_error(run_module(*train, "--workdir", str(tmp_path / "w"), "--config.data.tfds_name=lm_test_quotes"),
                    "TFDS dataset lm_test_quotes has no feature 'text' (it has id, sentence); set config.data.text_key")

@@ -16,12 +16,15 @@ import numpy as np
 import pytest
 from conftest import ROOT, USER_ENV, one_line_error, run_module, start_training, train_command
 
-from lm import checkpoint, data, optim, tokenizer
-from lm import sharding as shd
-from lm import state as state_lib
-from lm.cli import UserError
-from lm.model import TransformerLM
-from lm.train import train
+from lm import optim
+from lm.backends import select
+from lm.checkpoint import integrity, manager, reader
+from lm.data import sources
+from lm.errors import UserError
+from lm.parallel import mesh as shd
+from lm.tokenizer import sentencepiece
+from lm.train import state as state_lib
+from lm.train.loop import train
 
 ONE_DEVICE = lambda run: shd.make_layout({"data": 1, "fsdp": 1, "tensor": 1}, jax.devices()[:1])  # noqa: E731
 
@@ -64,9 +67,9 @@ def _edit_meta(workdir: str, step: int, edit) -> None:
 
 
 def _abstract_state(workdir: str, step: int):
-    ckpt, _, model_config, _, run = checkpoint.open_run(workdir, step)
+    ckpt, _, model_config, _, run = reader.open_run(workdir, step)
     tx, _ = optim.optimizer(ml_collections.ConfigDict(run["optim"]), run["train"]["steps"])
-    return ckpt, state_lib.abstract(TransformerLM(model_config), tx, ONE_DEVICE(run))
+    return ckpt, state_lib.abstract(select.model(model_config), tx, ONE_DEVICE(run))
 
 
 # 1. Bytes flipped inside a checkpoint's array files.
@@ -82,7 +85,7 @@ def test_a_flipped_byte_in_any_array_file_is_caught_at_restore_or_changes_nothin
         _flip(path)
         try:
             got = jax.device_get(ckpt.restore(20, abstract)[0])
-        except checkpoint.Damaged as e:
+        except integrity.Damaged as e:
             caught.append(str(e))
         else:  # the byte held nothing that is read back (e.g. an index entry of data not restored)
             for x, y in zip(jax.tree.leaves(want), jax.tree.leaves(got), strict=True):
@@ -102,7 +105,7 @@ def test_train_sample_and_evaluate_take_the_checkpoint_before_one_with_a_flipped
         _flip(path)
         try:
             ckpt.params(20, abstract.params)
-        except checkpoint.Damaged:
+        except integrity.Damaged:
             break
         open(path, "wb").write(original)
     else:
@@ -136,9 +139,9 @@ def test_train_sample_and_evaluate_take_the_checkpoint_before_one_with_a_flipped
 def test_parameters_that_are_not_finite_are_damage_a_reader_says_so_and_reads_the_one_before(tiny_run, tmp_path,
                                                                                             capsys):
     workdir = str(tmp_path / "nan")
-    source = checkpoint.read(tiny_run[0], 20, ONE_DEVICE)
-    ckpt = checkpoint.Checkpointer(workdir)
-    meta = checkpoint.make_meta(source.model, source.tokenizer, source.run)
+    source = reader.read(tiny_run[0], 20, ONE_DEVICE)
+    ckpt = manager.Checkpointer(workdir)
+    meta = manager.make_meta(source.model, source.tokenizer, source.run)
     params = jax.device_get(source.params)
     ckpt.save_params(1, params, meta)
     poisoned = jax.tree.map(np.copy, params)
@@ -147,7 +150,7 @@ def test_parameters_that_are_not_finite_are_damage_a_reader_says_so_and_reads_th
     ckpt.wait()
     ckpt.close()
     capsys.readouterr()
-    assert checkpoint.read(workdir, None, ONE_DEVICE).step == 1
+    assert reader.read(workdir, None, ONE_DEVICE).step == 1
     assert _stderr_lines(capsys) == [f"warning: checkpoint 2 in {workdir} is damaged (its parameters are not finite); "
                                      "reading the one before it"]
 
@@ -224,7 +227,7 @@ def test_a_truncated_newest_meta_is_set_aside(tiny_run, tmp_path):
     workdir = _copy(tiny_run, tmp_path)
     with open(_meta_file(workdir, 20), "r+") as f:
         f.truncate(100)
-    ckpt = checkpoint.Checkpointer(workdir)
+    ckpt = manager.Checkpointer(workdir)
     step, meta, damaged = ckpt.newest_meta()
     assert step == 10 and meta["model"]["num_layers"] == 2 and len(damaged) == 1 and damaged[0].startswith("20 (")
     assert ckpt.all_steps() == [10] and os.path.isdir(os.path.join(workdir, "checkpoints", "damaged-20"))
@@ -250,9 +253,10 @@ def test_a_second_trainer_on_a_workdir_is_refused_and_the_first_run_goes_on_inta
 
 def test_a_leftover_tokenizer_of_other_settings_is_replaced_with_one_warning(tiny_config, tmp_path, capsys):
     workdir = str(tmp_path / "run")
-    corpus = data.open_corpus(tiny_config.data)
-    char = tokenizer.load_or_train(workdir, "char", 256, data.texts(corpus, "train"))  # a run killed early
-    os.remove(os.path.join(workdir, tokenizer.MODEL_FILE + tokenizer.SETTINGS))  # as lm before this check left it
+    corpus = sources.open_corpus(tiny_config.data)
+    char = sentencepiece.load_or_train(workdir, "char", 256, sources.texts(corpus, "train"))  # a run killed early
+    # as lm before this check left it:
+    os.remove(os.path.join(workdir, sentencepiece.MODEL_FILE + sentencepiece.SETTINGS))
     cfg = tiny_config.copy_and_resolve_references()
     cfg.tokenizer.update(type="bpe", vocab_size=500)
     cfg.train.update(steps=2, eval_every=2)
@@ -260,14 +264,14 @@ def test_a_leftover_tokenizer_of_other_settings_is_replaced_with_one_warning(tin
     train(cfg, workdir)
     assert _stderr_lines(capsys) == [f"warning: {workdir}/tokenizer.model was made with other settings (unrecorded) "
                                      "than config.tokenizer asks for; replacing it"]
-    saved = checkpoint.read(workdir, None, ONE_DEVICE).tokenizer
+    saved = reader.read(workdir, None, ONE_DEVICE).tokenizer
     assert char.vocab_size < 100 and saved.vocab_size == 500
     cfg.tokenizer.update(type="unigram", vocab_size=400)  # and a leftover recorded with other settings
     shutil.rmtree(os.path.join(workdir, "checkpoints"))
     train(cfg, workdir)
     assert _stderr_lines(capsys)[0] == (f"warning: {workdir}/tokenizer.model was made with other settings (type 'bpe', "
                                         "vocab_size 500) than config.tokenizer asks for; replacing it")
-    assert checkpoint.read(workdir, None, ONE_DEVICE).tokenizer.vocab_size == 400
+    assert reader.read(workdir, None, ONE_DEVICE).tokenizer.vocab_size == 400
 
 
 def test_resuming_with_another_batch_size_is_refused(tiny_run, tiny_config, tmp_path):
@@ -310,12 +314,12 @@ def test_readers_read_the_newest_good_checkpoint_past_every_kind_of_damage(tiny_
         workdir = _copy(tiny_run, tmp_path, name.replace(" ", "_"))
         damage(workdir)
         capsys.readouterr()
-        assert checkpoint.read(workdir, None, ONE_DEVICE).step == 10, name
+        assert reader.read(workdir, None, ONE_DEVICE).step == 10, name
         lines = _stderr_lines(capsys)
         assert len(lines) == 1 and lines[0].startswith(f"warning: checkpoint 20 in {workdir} is damaged ("), \
             (name, lines)
         with pytest.raises(UserError, match=r"checkpoint 20 in .* is damaged \(.*\); read another --step of \[10\]"):
-            checkpoint.read(workdir, 20, ONE_DEVICE)
+            reader.read(workdir, 20, ONE_DEVICE)
         assert sorted(os.listdir(os.path.join(workdir, "checkpoints"))) == ["10", "20"], name  # readers never move
     sampled = run_module("lm.sample", "--workdir", str(tmp_path / "garbage"), "--prompt", "a", "--max_new_tokens", "4")
     assert sampled.returncode == 0 and len(sampled.stderr.strip().splitlines()) == 1, sampled.stderr
@@ -331,7 +335,7 @@ def test_a_reader_takes_a_committed_checkpoint_while_a_trainer_writes_and_delete
     read = []
     try:
         while len(read) < 27 and trainer.poll() is None:
-            read.append(checkpoint.read(str(workdir), None, ONE_DEVICE).step)
+            read.append(reader.read(str(workdir), None, ONE_DEVICE).step)
         sampled = run_module("lm.sample", "--workdir", str(workdir), "--prompt", "a", "--max_new_tokens", "4")
         alive = trainer.poll() is None
     finally:
@@ -421,11 +425,11 @@ def test_bad_input_is_one_line(tmp_path, cache_dir):
     one_line_error(run_module(*train_command(fresh, cache_dir, "--config.mesh.tensor=3",
                                              "--config.mesh.cpu_devices=3")[2:]),
                    "model.num_heads=2 is not divisible by mesh tensor=3")
-    assert not os.path.exists(fresh / tokenizer.MODEL_FILE)  # said before a tokenizer was trained
+    assert not os.path.exists(fresh / sentencepiece.MODEL_FILE)  # said before a tokenizer was trained
     one_line_error(run_module("lm.sample", "--workdir", str(fresh), "--stop", ""), "--stop ''")
 
 
 def test_a_corpus_of_one_long_line_trains_a_tokenizer(tmp_path):
     text = ("the quick brown fox jumps over the lazy dog; " * 20000).strip()  # 900 KB on one line
-    tok = tokenizer.train([text], "bpe", 300)
+    tok = sentencepiece.train([text], "bpe", 300)
     assert tok.vocab_size == 300 and tok.decode(tok.encode(text[:5000])) == text[:5000]

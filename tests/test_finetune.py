@@ -8,12 +8,17 @@ import jax
 import numpy as np
 import pytest
 
-from lm import checkpoint, data, objective
-from lm import sharding as shd
-from lm.cli import UserError
-from lm.convert import import_gpt2
-from lm.model import TransformerLM
-from lm.train import METRICS, train
+from lm.backends import select
+from lm.checkpoint import reader
+from lm.convert.gpt2 import import_gpt2
+from lm.data import sources
+from lm.data.batches import TrainBatches
+from lm.errors import UserError
+from lm.model import objective
+from lm.parallel import mesh as shd
+from lm.parallel import placement
+from lm.train.loop import train
+from lm.train.metrics import METRICS
 
 GPT2_BPE = os.path.join(os.path.dirname(__file__), "fixtures", "gpt2_bpe")
 
@@ -26,12 +31,12 @@ def _first_record(workdir):
 def _source_loss_on_first_batch(cfg, source):
     """The mean loss of the source model itself (its own layers, scanned or not, and vocabulary padding, as
     saved) on the first batch a run of `cfg` trains on."""
-    ckpt, step, saved, tok, _ = checkpoint.open_run(source)
+    ckpt, step, saved, tok, _ = reader.open_run(source)
     layout = shd.make_layout(cfg.mesh)
-    model = TransformerLM(saved)
-    params = ckpt.params(step, checkpoint.abstract_params(model, layout))
-    corpus = data.build(cfg.data.path, cfg.data.separator, cfg.data.validation_fraction, cfg.data.cache_dir)
-    batches = data.TrainBatches(corpus, tok, saved.max_len + 1, cfg.train.batch_size, cfg.seed, 1, 0, 1)
+    model = select.model(saved)
+    params = ckpt.params(step, placement.abstract_params(model, layout))
+    corpus = sources.build(cfg.data.path, cfg.data.separator, cfg.data.validation_fraction, cfg.data.cache_dir)
+    batches = TrainBatches(corpus, tok, saved.max_len + 1, cfg.train.batch_size, cfg.seed, 1, 0, 1)
     with layout.scope():
         return float(jax.jit(lambda p, b: objective.mean_loss(model, p, b))(params, layout.global_batch(next(batches))))
 
@@ -47,8 +52,8 @@ def test_first_loss_of_a_fine_tune_is_the_source_loss_on_that_batch(tiny_run, ti
     want = _source_loss_on_first_batch(cfg, source)
     print(f"first fine-tune loss {first['loss']:.6f}, source loss on that batch {want:.6f}")
     assert first["step"] == 1 and first["loss"] == pytest.approx(want, rel=1e-5)
-    _, step, _, tok, _ = checkpoint.open_run(str(tmp_path / "ft"))
-    assert step == 2 and tok.proto == checkpoint.open_run(source)[3].proto  # the source's tokenizer came along
+    _, step, _, tok, _ = reader.open_run(str(tmp_path / "ft"))
+    assert step == 2 and tok.proto == reader.open_run(source)[3].proto  # the source's tokenizer came along
     assert not os.path.exists(tmp_path / "ft" / "tokenizer.model")  # none was trained
 
 
@@ -64,10 +69,10 @@ def test_fine_tune_converts_layers_and_vocabulary_padding_either_way(tiny_config
     first = _first_record(str(tmp_path / "unrolled"))
     assert first["loss"] == pytest.approx(_source_loss_on_first_batch(cfg, str(tmp_path / "gpt2")), rel=1e-5)
     assert np.isfinite(result["loss"]) and result["bits_per_byte"] > 0
-    ckpt, step, c, tok, _ = checkpoint.open_run(str(tmp_path / "unrolled"))
+    ckpt, step, c, tok, _ = reader.open_run(str(tmp_path / "unrolled"))
     expected = json.load(open(os.path.join(GPT2_BPE, "expected.json")))
     assert c.vocab_size == 400 and tok.encode(expected["texts"][0]) == expected["ids"][0]
-    params = ckpt.params(step, checkpoint.abstract_params(TransformerLM(c), shd.make_layout(cfg.mesh)))
+    params = ckpt.params(step, placement.abstract_params(select.model(c), shd.make_layout(cfg.mesh)))
     assert params["token_embedding"].shape == (512, 32) and "block_1" in params
 
     back = cfg.copy_and_resolve_references()
@@ -77,8 +82,8 @@ def test_fine_tune_converts_layers_and_vocabulary_padding_either_way(tiny_config
     train(back, str(tmp_path / "scanned"))
     source_loss = _source_loss_on_first_batch(back, str(tmp_path / "unrolled"))
     assert _first_record(str(tmp_path / "scanned"))["loss"] == pytest.approx(source_loss, rel=1e-5)
-    ckpt, step, c, _, _ = checkpoint.open_run(str(tmp_path / "scanned"))
-    params = ckpt.params(step, checkpoint.abstract_params(TransformerLM(c), shd.make_layout(back.mesh)))
+    ckpt, step, c, _, _ = reader.open_run(str(tmp_path / "scanned"))
+    params = ckpt.params(step, placement.abstract_params(select.model(c), shd.make_layout(back.mesh)))
     assert params["token_embedding"].shape == (400, 32) and params["blocks"]["mlp"]["fc"]["kernel"].shape[0] == 2
 
 

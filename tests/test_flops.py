@@ -7,9 +7,9 @@ import jax
 import pytest
 
 from lm import flops
+from lm.backends import select
 from lm.config import ModelConfig
-from lm.model import TransformerLM
-from lm.state import boxed_params
+from lm.parallel.placement import boxed_params
 
 GPT2 = ModelConfig(vocab_size=60, max_len=16, num_layers=2, num_heads=4, embed_dim=32, mlp_dim=128, vocab_multiple=64)
 LLAMA = dataclasses.replace(GPT2, mlp_dim=64, num_kv_heads=2, position="rope", norm="rmsnorm", mlp="swiglu",
@@ -28,5 +28,5 @@ LLAMA_FLOPS = 6 * (2 * 9296 + 32 + 32 * 60) + 12 * 2 * 32 * 16
 
 @pytest.mark.parametrize("cfg,want", [(GPT2, GPT2_FLOPS), (LLAMA, LLAMA_FLOPS)], ids=["gpt2", "llama"])
 def test_flops_per_token_equal_a_count_by_hand(cfg, want):
-    params = jax.eval_shape(lambda: nn.unbox(boxed_params(TransformerLM(cfg), 0)))
+    params = jax.eval_shape(lambda: nn.unbox(boxed_params(select.model(cfg), 0)))
     assert flops.flops_per_token(cfg, params) == want

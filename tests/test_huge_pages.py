@@ -1,11 +1,12 @@
-"""`python -m lm.<command>` re-executes itself once with glibc's huge-page tunable set (lm/huge_pages.py)."""
+"""`python -m lm.<command>` re-executes itself once with glibc's huge-page tunable set (lm/cli/huge_pages.py);
+importing lm does no such thing, nor anything else to the process."""
 
 import subprocess
 import sys
 
 from conftest import ROOT, USER_ENV
 
-from lm import huge_pages
+from lm.cli import huge_pages
 
 # A config file that prints the environment its command runs in, then ends the command.
 REPORTING_CONFIG = """
@@ -36,8 +37,20 @@ def test_commands_run_with_the_tunable_added_to_the_users_and_an_explicit_settin
         "GLIBC_TUNABLES": "glibc.malloc.hugetlb=0"}  # an opt-out is kept, so no re-execution
 
 
-def test_only_lm_commands_started_with_dash_m_are_recognised():
-    assert huge_pages.command(["python", "-u", "-m", "lm.train", "--config", "x"]) == "lm.train"
-    assert huge_pages.command(["python", "-m", "lm.convert"]) is None
-    assert huge_pages.command(["python", "-c", "import lm"]) is None
-    assert huge_pages.command(["python", "-m"]) is None
+IMPORT_EVERYTHING = """
+import os, signal
+print("started", flush=True)
+before = signal.getsignal(signal.SIGINT)
+import lm, lm.train.loop, lm.sample.generate, lm.evaluate.scoring, lm.convert.gpt2, lm.bench.step, lm.sweep, lm.plot
+print("tunables", repr(os.environ.get("GLIBC_TUNABLES", "")), "handler kept", signal.getsignal(signal.SIGINT) is before)
+"""
+
+
+def test_importing_lm_changes_nothing_in_the_process():
+    """Importing the library, every command's module included, neither re-executes the process (it starts once,
+    with the environment as it was) nor takes over Ctrl-C."""
+    env = {k: v for k, v in USER_ENV.items() if k != "GLIBC_TUNABLES"}
+    result = subprocess.run([sys.executable, "-c", IMPORT_EVERYTHING], cwd=ROOT, env=env, capture_output=True,
+                            text=True, timeout=120)
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.splitlines() == ["started", "tunables '' handler kept True"], result.stdout

@@ -9,16 +9,17 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from lm import objective
+from lm.backends import select
 from lm.config import ModelConfig
-from lm.model import TransformerLM, init_cache
-from lm.state import boxed_params
+from lm.model import objective
+from lm.model.transformer import init_cache
+from lm.parallel.placement import boxed_params
 
 CFG = ModelConfig(vocab_size=50, max_len=16, num_layers=2, num_heads=2, embed_dim=16, mlp_dim=32)
 
 
 def _setup(cfg: ModelConfig = CFG):
-    model = TransformerLM(cfg)
+    model = select.model(cfg)
     params = jax.jit(lambda: nn.unbox(boxed_params(model, 0)))()
     return model, params
 
@@ -44,7 +45,7 @@ def test_logits_at_t_do_not_depend_on_later_tokens():
 def test_padded_vocabulary_rows_change_no_logit():
     """vocab_multiple pads the table to 64 rows; logits still cover exactly the 50 ids, whatever the pad rows hold."""
     model, params = _setup()
-    padded = TransformerLM(dataclasses.replace(CFG, vocab_multiple=32))
+    padded = select.model(dataclasses.replace(CFG, vocab_multiple=32))
     pad_rows = np.random.default_rng(1).normal(size=(14, CFG.embed_dim)).astype(np.float32)
     padded_params = dict(params, token_embedding=jnp.concatenate([params["token_embedding"], pad_rows]))
     tokens = np.random.default_rng(0).integers(0, CFG.vocab_size, 16)
@@ -56,7 +57,7 @@ def test_padded_vocabulary_rows_change_no_logit():
 def test_loss_over_padded_vocabulary_equals_log_softmax_of_the_logits():
     """The objective reads the head's padded columns masked (not cut) and picks targets by a compare: its losses
     and their gradients equal those of a log-softmax over the model's V logits, gathered at the targets."""
-    model = TransformerLM(dataclasses.replace(CFG, vocab_multiple=32))  # 50 ids, 64 head columns
+    model = select.model(dataclasses.replace(CFG, vocab_multiple=32))  # 50 ids, 64 head columns
     params = jax.jit(lambda: nn.unbox(boxed_params(model, 0)))()
     rng = np.random.default_rng(0)
     tokens = jnp.asarray(rng.integers(0, CFG.vocab_size, (2, 17)), jnp.int32)
@@ -92,7 +93,7 @@ def test_packed_documents_never_attend_to_each_other():
 
 
 def test_every_parameter_has_one_logical_name_per_dimension():
-    boxed = jax.eval_shape(lambda: boxed_params(TransformerLM(CFG), 0))
+    boxed = jax.eval_shape(lambda: boxed_params(select.model(CFG), 0))
     leaves = jax.tree.leaves(boxed, is_leaf=lambda x: isinstance(x, nn.Partitioned))
     assert leaves and all(isinstance(x, nn.Partitioned) for x in leaves)
     for box in leaves:

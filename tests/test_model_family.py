@@ -9,12 +9,12 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from lm import cpu_attention
-from lm.attention import attend, attention_mask, reference_attention
+from lm.backends import cpu_attention, select
 from lm.config import ModelConfig
-from lm.model import TransformerLM, init_cache
-from lm.state import boxed_params
-from lm.train import loss_and_grads
+from lm.model.attention import attention_mask, reference_attention
+from lm.model.transformer import init_cache
+from lm.parallel.placement import boxed_params
+from lm.train.step import loss_and_grads
 
 GPT2 = ModelConfig(vocab_size=64, max_len=16, num_layers=2, num_heads=4, embed_dim=32, mlp_dim=64)
 LLAMA = dataclasses.replace(GPT2, num_kv_heads=2, position="rope", norm="rmsnorm", mlp="swiglu", use_bias=False,
@@ -23,7 +23,7 @@ IMPLEMENTATIONS = ["xla"] + ({"gpu": ["cudnn"], "cpu": ["cpu"]}.get(jax.default_
 
 
 def _params(cfg, seed=0):
-    return jax.jit(lambda: nn.unbox(boxed_params(TransformerLM(cfg), seed)))()
+    return jax.jit(lambda: nn.unbox(boxed_params(select.model(cfg), seed)))()
 
 
 def _batch(b=8, t=17, seed=0, vocab=64):
@@ -38,7 +38,7 @@ def _batch(b=8, t=17, seed=0, vocab=64):
 
 
 def _logits(cfg, params, batch):
-    apply = jax.jit(TransformerLM(cfg).apply)
+    apply = jax.jit(select.model(cfg).apply)
     return apply({"params": params}, batch["tokens"], batch["positions"], batch["segment_ids"])
 
 
@@ -53,7 +53,35 @@ def test_attention_implementations_agree_with_the_einsum_reference(kind, packed,
     slots = jnp.arange(12)
     mask = attention_mask(slots, slots, segments, segments)
     want = reference_attention(q, k, v, mask)
-    np.testing.assert_allclose(attend(q, k, v, mask, kind, causal_hint=True), want, atol=1e-5)
+    np.testing.assert_allclose(select.ATTENTION[kind](q, k, v, mask, True), want, atol=1e-5)
+
+
+CPU_KINDS = [(a, m) for a in ("reference", "xla", "cpu") for m in ("xla", "cpu")]
+
+
+@pytest.mark.parametrize("family", ["gpt2", "llama"])
+def test_every_implementation_a_cpu_has_gives_the_same_logits_and_gradients(family):
+    """Attention (the einsum reference, XLA's, the CPU kernel) and projections (XLA's einsum, the CPU matmul),
+    each pair handed to the model as its Ops: the logits, loss and every gradient equal those of the einsum
+    reference with XLA's projections, on packed rows, in float32."""
+    cfg = {"gpt2": GPT2, "llama": LLAMA}[family]
+    params, batch = _params(cfg), _batch()
+    results = {}
+    for attention, matmul in CPU_KINDS:
+        c = dataclasses.replace(cfg, attention=attention, matmul=matmul)
+        assert select.kinds(c, "cpu") == (attention, matmul)
+        model = select.model(c)
+        logits = jax.jit(model.apply)({"params": params}, batch["tokens"][:, :-1], batch["positions"][:, :-1],
+                                      batch["segment_ids"][:, :-1])
+        results[attention, matmul] = (logits, *jax.jit(lambda p, b, m=model: loss_and_grads(m, p, b))(params, batch))
+    want_logits, want_loss, want_grads = results["reference", "xla"]
+    for kinds, (logits, loss, grads) in results.items():
+        np.testing.assert_allclose(logits, want_logits, atol=1e-5, err_msg=str(kinds))
+        np.testing.assert_allclose(loss, want_loss, rtol=1e-6, err_msg=str(kinds))
+        for a, b in zip(jax.tree.leaves(grads), jax.tree.leaves(want_grads), strict=True):
+            np.testing.assert_allclose(a, b, atol=1e-6, err_msg=str(kinds))
+    assert select.kinds(cfg, "cpu") == ("cpu", "cpu") and select.kinds(cfg, "tpu") == ("xla", "xla")
+    assert select.kinds(dataclasses.replace(cfg, dtype="bfloat16"), "gpu") == ("cudnn", "xla")
 
 
 @pytest.mark.parametrize("cfg", [GPT2, LLAMA], ids=["gpt2", "llama"])
@@ -73,7 +101,7 @@ def test_causal_attention_over_several_query_blocks_equals_the_einsum_model(cfg)
     reference = dataclasses.replace(cfg, attention="reference")
     got, want = (_logits(c, params, {k: v[:, :-1] for k, v in batch.items()}) for c in (cfg, reference))
     np.testing.assert_allclose(got, want, atol=1e-5)
-    (l1, g1), (l2, g2) = (jax.jit(lambda p, b, c=c: loss_and_grads(TransformerLM(c), p, b))(params, batch)
+    (l1, g1), (l2, g2) = (jax.jit(lambda p, b, c=c: loss_and_grads(select.model(c), p, b))(params, batch)
                           for c in (cfg, reference))
     np.testing.assert_allclose(l1, l2, rtol=1e-6)
     for a, b in zip(jax.tree.leaves(g1), jax.tree.leaves(g2), strict=True):
@@ -124,7 +152,7 @@ def test_every_remat_policy_reaches_the_compiled_step_with_the_same_loss_and_gra
     products, temp, results = {}, {}, {}
     for policy in ("none", "full", "dots", "dots_no_batch"):
         c = dataclasses.replace(cfg, remat=policy)
-        step = jax.jit(lambda p, b, c=c: loss_and_grads(TransformerLM(c), p, b)).lower(params, batch).compile()
+        step = jax.jit(lambda p, b, c=c: loss_and_grads(select.model(c), p, b)).lower(params, batch).compile()
         products[policy] = len(re.findall(r"= \S+ dot\(", step.as_text()))
         temp[policy] = step.memory_analysis().temp_size_in_bytes
         results[policy] = step(params, batch)
@@ -142,7 +170,7 @@ def test_every_remat_policy_reaches_the_compiled_step_with_the_same_loss_and_gra
 
 
 def test_gradient_accumulation_equals_one_big_batch():
-    model, params, batch = TransformerLM(LLAMA), _params(LLAMA), _batch(b=8)
+    model, params, batch = select.model(LLAMA), _params(LLAMA), _batch(b=8)
     loss, grads = jax.jit(lambda p, b: loss_and_grads(model, p, b, z_loss=1e-4))(params, batch)
     loss4, grads4 = jax.jit(lambda p, b: loss_and_grads(model, p, b, microbatches=4, z_loss=1e-4))(params, batch)
     np.testing.assert_allclose(loss4, loss, rtol=1e-5)
@@ -151,7 +179,7 @@ def test_gradient_accumulation_equals_one_big_batch():
 
 
 def test_llama_cached_decoding_equals_full_forward():
-    model, params = TransformerLM(LLAMA), _params(LLAMA)
+    model, params = select.model(LLAMA), _params(LLAMA)
     apply = jax.jit(model.apply)
     tokens = np.random.default_rng(2).integers(0, 64, (2, 12))
     pos = np.tile(np.arange(12), (2, 1))
@@ -175,5 +203,5 @@ def test_bfloat16_compute_keeps_float32_parameters_and_logits():
     want = np.asarray(_logits(LLAMA, params, batch))
     scale, err = np.abs(want).max(), np.abs(np.asarray(logits) - want).max()
     assert 2**-8 * scale / 10 < err < 2**-8 * scale * 4, (err, scale)
-    loss, grads = jax.jit(lambda p, b: loss_and_grads(TransformerLM(cfg), p, b))(params, batch)
+    loss, grads = jax.jit(lambda p, b: loss_and_grads(select.model(cfg), p, b))(params, batch)
     assert np.isfinite(loss) and all(g.dtype == jnp.float32 for g in jax.tree.leaves(grads))

@@ -16,7 +16,7 @@ import time
 import numpy as np
 from conftest import TEST_XLA_FLAGS, TINY, USER_ENV, load_config
 
-from lm.train import train
+from lm.train.loop import train
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 

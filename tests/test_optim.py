@@ -1,5 +1,6 @@
-"""The optimizer (lm/optim.py) is optax's clipped, masked AdamW, a dropped step leaves everything as it was, and
-weight decay reaches exactly the kernels, embeddings and head."""
+"""The optimizer (lm/optim.py) is the optax chain its config names (clipping, AdamW or another optax optimizer,
+the decay mask, the schedule), a non-finite step is dropped, and weight decay reaches exactly the kernels,
+embeddings and head."""
 
 import dataclasses
 
@@ -12,12 +13,13 @@ import optax
 import pytest
 
 from lm import optim
+from lm.backends import select
 from lm.config import ModelConfig
-from lm.model import TransformerLM
-from lm.state import boxed_params
+from lm.errors import UserError
+from lm.parallel.placement import boxed_params
 
-CONFIG = ml_collections.ConfigDict(dict(lr=1e-2, min_lr=1e-3, warmup_steps=2, b1=0.9, b2=0.95, weight_decay=0.1,
-                                        grad_clip=1.0))
+CONFIG = ml_collections.ConfigDict(dict(name="adamw", lr=1e-2, min_lr=1e-3, warmup_steps=2, b1=0.9, b2=0.95,
+                                        weight_decay=0.1, grad_clip=1.0))
 
 
 def _params(rng: np.random.Generator) -> dict:
@@ -30,39 +32,62 @@ def _params(rng: np.random.Generator) -> dict:
 MASK = {"blocks": {"kernel": True, "bias": False}, "head": {"kernel": True, "scale": False}}  # kernels decayed
 
 
-def test_adamw_equals_optax_clipped_masked_adamw_and_drops_non_finite_steps():
+def _reference_schedule() -> optax.Schedule:
+    """CONFIG's schedule over 10 steps, written out: warmup 0 -> 1e-2 over 2 steps, cosine to 1e-3 at step 10."""
+    return optax.warmup_cosine_decay_schedule(0.0, 1e-2, 2, 10, 1e-3)
+
+
+def _run(tx: optax.GradientTransformation, params: dict, grads: list[dict]) -> tuple[dict, object]:
+    state = tx.init(params)
+    step = jax.jit(lambda p, s, g: (lambda u, s2: (optax.apply_updates(p, u), s2))(*tx.update(g, s, p)))
+    for g in grads:
+        params, state = step(params, state, g)
+    return params, state
+
+
+@pytest.mark.parametrize("name", ["adamw", "lion"])
+def test_the_optimizer_is_the_optax_chain_its_config_names_and_drops_non_finite_steps(name):
+    """`config.optim` -> clipping, then optax.<name> with the config's betas, the weight-decay mask (an explicit
+    list here) and the schedule; a step whose gradients hold a NaN leaves the parameters and the optimizer's
+    moments and count as they were, and the next step goes on as if it had never come."""
     rng = np.random.default_rng(0)
     params = _params(rng)
-    tx, lr = optim.optimizer(CONFIG, total_steps=10)
-    reference = optax.chain(optax.clip_by_global_norm(CONFIG.grad_clip),
-                            optax.adamw(lr, b1=CONFIG.b1, b2=CONFIG.b2, eps=1e-8, weight_decay=CONFIG.weight_decay,
-                                        mask=MASK))
-    ours, want = (params, tx.init(params)), (params, reference.init(params))
-
-    @jax.jit
-    def step(p, state, summed, count, finite):
-        norm = optax.tree.norm(summed) / count
-        updates, state = tx.update(summed, state, p, grad_norm=norm, finite=finite, scale=1.0 / count)
-        return optax.apply_updates(p, updates), state
-
-    # gradient norms from well below the clipping norm to far above it; step 3 is not finite
-    for i, (size, finite) in enumerate([(0.01, True), (50.0, True), (1.0, False), (0.3, True), (20.0, True)]):
-        count = 1.0 + i
-        mean = jax.tree.map(lambda x: size * jnp.asarray(rng.normal(size=x.shape), jnp.float32), params)
-        summed = jax.tree.map(lambda g: g * count, mean)
-        before = ours
-        ours = step(*ours, summed, count, finite)
-        if not finite:
-            for a, b in zip(jax.tree.leaves(before), jax.tree.leaves(ours), strict=True):
-                np.testing.assert_array_equal(a, b)
-            continue
-        updates, state = reference.update(mean, want[1], want[0])
-        want = (optax.apply_updates(want[0], updates), state)
-        for a, b in zip(jax.tree.leaves(ours[0]), jax.tree.leaves(want[0]), strict=True):
-            np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-6)
-    assert int(ours[1].count) == 4
-    moved = jax.tree.map(lambda a, b: float(jnp.max(jnp.abs(a - b))), ours[0], params)
+    cfg = CONFIG.copy_and_resolve_references()
+    cfg.name = name
+    tx, _ = optim.optimizer(cfg, total_steps=10)
+    make = {"adamw": optax.adamw, "lion": optax.lion}[name]
+    reference = optax.chain(optax.clip_by_global_norm(cfg.grad_clip),
+                            make(_reference_schedule(), b1=cfg.b1, b2=cfg.b2, weight_decay=cfg.weight_decay, mask=MASK))
+    # gradient norms from well below the clipping norm to far above it; the third holds a NaN
+    sizes = [0.01, 50.0, 1.0, 0.3, 20.0]
+    grads = [jax.tree.map(lambda x, s=s: s * jnp.asarray(rng.normal(size=x.shape), jnp.float32), params) for s in sizes]
+    grads[2] = jax.tree.map(lambda g: g.at[(0,) * g.ndim].set(jnp.nan), grads[2])
+    ours, state = _run(tx, params, grads)
+    want, _ = _run(reference, params, grads[:2] + grads[3:])
+    for a, b in zip(jax.tree.leaves(ours), jax.tree.leaves(want), strict=True):
+        np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-6)
+    assert int(state.total_notfinite) == 1 and bool(optim.applied(state))
+    before, state_before = _run(tx, params, grads[:2])
+    after, state_after = _run(tx, params, grads[:3])  # the NaN step last: nothing moved
+    for a, b in zip(jax.tree.leaves((before, state_before.inner_state)),
+                    jax.tree.leaves((after, state_after.inner_state)), strict=True):
+        np.testing.assert_array_equal(a, b)
+    assert not bool(optim.applied(state_after))
+    moved = jax.tree.map(lambda a, b: float(jnp.max(jnp.abs(a - b))), ours, params)
     assert min(jax.tree.leaves(moved)) > 1e-3  # every parameter was updated, decayed or not
+
+
+def test_an_optimizer_that_cannot_take_the_config_is_one_line():
+    cfg = CONFIG.copy_and_resolve_references()
+    cfg.name = "sgd"  # takes no weight decay
+    with pytest.raises(UserError, match=r"optax.sgd takes no masked weight decay; set --config.optim.weight_decay=0"):
+        optim.optimizer(cfg, 10)
+    cfg.weight_decay = 0.0
+    tx, _ = optim.optimizer(cfg, 10)
+    assert tx.init({"w": jnp.zeros(3)}) is not None
+    cfg.name = "no_such_optimizer"
+    with pytest.raises(UserError, match=r"config.optim.name='no_such_optimizer' is not an optax optimizer"):
+        optim.optimizer(cfg, 10)
 
 
 GPT2 = ModelConfig(vocab_size=64, max_len=16, num_layers=2, num_heads=4, embed_dim=32, mlp_dim=64)
@@ -89,7 +114,7 @@ TOP_PARAMS = {
 @pytest.mark.parametrize("family", ["gpt2", "llama"])
 def test_weight_decay_reaches_kernels_embeddings_and_head_and_nothing_else(family, scanned):
     cfg = dataclasses.replace({"gpt2": GPT2, "llama": LLAMA}[family], scan_layers=scanned)
-    shapes = jax.eval_shape(lambda: nn.unbox(boxed_params(TransformerLM(cfg), 0)))
+    shapes = jax.eval_shape(lambda: nn.unbox(boxed_params(select.model(cfg), 0)))
     got = {"/".join(k.key for k in path): bool(leaf)
            for path, leaf in jax.tree_util.tree_leaves_with_path(optim.decay_mask(shapes))}
     layers = ["blocks"] if scanned else [f"block_{i}" for i in range(cfg.num_layers)]

@@ -12,10 +12,11 @@ import ml_collections
 import numpy as np
 from conftest import ROOT, USER_ENV, start_training, train_command
 
-from lm import checkpoint, optim
-from lm import sharding as shd
-from lm import state as state_lib
-from lm.model import TransformerLM
+from lm import optim
+from lm.backends import select
+from lm.checkpoint import reader
+from lm.parallel import mesh as shd
+from lm.train import state as state_lib
 
 
 def _losses(workdir):
@@ -34,10 +35,10 @@ def _unfinished(directory):
 
 
 def _final_state(workdir, step):
-    ckpt, _, model_config, _, run_config = checkpoint.open_run(str(workdir), step)
+    ckpt, _, model_config, _, run_config = reader.open_run(str(workdir), step)
     tx, _ = optim.optimizer(ml_collections.ConfigDict(run_config["optim"]), run_config["train"]["steps"])
     layout = shd.make_layout({"data": -1, "fsdp": 1, "tensor": 1})
-    state, data_state = ckpt.restore(step, state_lib.abstract(TransformerLM(model_config), tx, layout))
+    state, data_state = ckpt.restore(step, state_lib.abstract(select.model(model_config), tx, layout))
     return jax.device_get(state), data_state
 
 

@@ -10,12 +10,13 @@ import numpy as np
 import pytest
 from conftest import wide_params
 
-from lm import sharding as shd
-from lm import state as state_lib
+from lm.backends import select
 from lm.config import ModelConfig
-from lm.model import TransformerLM, init_cache
-from lm.sample import cache_slots, decode, generate, model_apply
-from lm.state import boxed_params
+from lm.model.transformer import init_cache
+from lm.parallel import mesh as shd
+from lm.parallel import placement
+from lm.parallel.placement import boxed_params
+from lm.sample.generate import cache_slots, decode, generate, model_apply
 
 V = 20
 
@@ -92,7 +93,7 @@ def test_greedy_decoding_matches_full_forward_passes_past_the_context_and_left_p
     past a context of 32 (so each row's context is cut and prefilled again several times, at steps of its own):
     every token is the one full forward passes give."""
     cfg, params = _varied_model(family)
-    forward = jax.jit(functools.partial(TransformerLM(cfg).apply, {"params": params}))
+    forward = jax.jit(functools.partial(select.model(cfg).apply, {"params": params}))
     prompts = [[1, 5, 7], [2, 9, 4, 4, 8, 1, 3, 11, 20, 30, 31, 32], [6], list(range(3, 28))]
     steps, width = 90, max(len(p) for p in prompts)
     want = [_greedy_by_full_forward_passes(forward, p, steps, cfg.max_len) for p in prompts]
@@ -100,7 +101,7 @@ def test_greedy_decoding_matches_full_forward_passes_past_the_context_and_left_p
     batch = np.zeros((len(prompts), width), np.int32)
     for i, p in enumerate(prompts):
         batch[i, width - len(p):] = p
-    apply = model_apply(TransformerLM(cfg))
+    apply = model_apply(select.model(cfg))
 
     def greedy(prompt, lens=None):
         cache = init_cache(cfg, len(prompt), cache_slots(prompt.shape[1], steps, cfg.max_len))
@@ -131,7 +132,7 @@ def test_rows_stop_at_eos_and_the_loop_ends_when_all_have():
 
 def _tiny_model(max_len=32):
     cfg = ModelConfig(vocab_size=30, max_len=max_len, num_layers=2, num_heads=2, embed_dim=16, mlp_dim=32)
-    return cfg, nn.unbox(boxed_params(TransformerLM(cfg), 1))
+    return cfg, nn.unbox(boxed_params(select.model(cfg), 1))
 
 
 class _Chars:
@@ -168,9 +169,9 @@ def test_tensor_parallel_sampling_gives_the_tokens_of_one_device():
     """Parameters split over 4 devices by the tensor axis (heads, MLP, vocabulary) sample what one device does."""
     cfg = ModelConfig(vocab_size=30, max_len=32, num_layers=2, num_heads=4, num_kv_heads=4, embed_dim=32, mlp_dim=64,
                       vocab_multiple=8)
-    params = nn.unbox(boxed_params(TransformerLM(cfg), 1))
+    params = nn.unbox(boxed_params(select.model(cfg), 1))
     layout = shd.make_layout({"data": 1, "fsdp": 1, "tensor": 4}, jax.devices()[:4])
-    target = state_lib.abstract_params(TransformerLM(cfg), layout)
+    target = placement.abstract_params(select.model(cfg), layout)
     split = jax.device_put(params, jax.tree.map(lambda a: a.sharding, target))
     kernel = split["blocks"]["mlp"]["fc"]["kernel"]
     assert len(kernel.sharding.device_set) == 4 and kernel.addressable_shards[0].data.shape[-1] == 64 // 4

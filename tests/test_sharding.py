@@ -12,14 +12,18 @@ import optax
 import pytest
 from conftest import load_config, score_by_hand
 
-from lm import checkpoint, optim
 from lm import config as config_lib
-from lm import sharding as shd
-from lm import state as state_lib
-from lm.bench import synthetic_batch
-from lm.cli import UserError
-from lm.model import TransformerLM
-from lm.train import METRICS, loss_and_grads, train
+from lm import optim
+from lm.backends import cpu_data_parallel, cpu_devices, select
+from lm.bench.step import synthetic_batch
+from lm.checkpoint import reader
+from lm.errors import UserError
+from lm.parallel import mesh as shd
+from lm.parallel import placement
+from lm.train import state as state_lib
+from lm.train.loop import train
+from lm.train.metrics import METRICS
+from lm.train.step import loss_and_grads
 
 MESHES = [(8, 1, 1), (1, 8, 1), (1, 1, 8), (2, 2, 2)]  # data, FSDP, tensor parallel, all three
 CONFIGS = sorted(glob.glob(os.path.join(os.path.dirname(__file__), "..", "configs", "*.py")))
@@ -36,9 +40,9 @@ def _divisible_tiny(tiny_config, mesh=(8, 1, 1), steps=5):
 
 
 def _params(workdir):
-    ckpt, step, model_config, _, _ = checkpoint.open_run(workdir)
+    ckpt, step, model_config, _, _ = reader.open_run(workdir)
     layout = shd.make_layout({"data": 1, "fsdp": 1, "tensor": 1}, jax.devices()[:1])
-    return jax.tree.leaves(ckpt.params(step, state_lib.abstract_params(TransformerLM(model_config), layout)))
+    return jax.tree.leaves(ckpt.params(step, placement.abstract_params(select.model(model_config), layout)))
 
 
 def test_same_losses_and_parameters_on_every_mesh(tiny_config, tmp_path, capfd):
@@ -65,7 +69,7 @@ def test_same_losses_and_parameters_on_every_mesh(tiny_config, tmp_path, capfd):
 
 def test_fsdp_shards_parameters_and_optimizer_state_evenly(tiny_config):
     cfg = _divisible_tiny(tiny_config, (1, 8, 1))
-    model = TransformerLM(config_lib.model_config(cfg, vocab_size=512))
+    model = select.model(config_lib.model_config(cfg, vocab_size=512))
     tx = optax.adamw(1e-3, mask=lambda p: jax.tree.map(lambda x: x.ndim > 1, p))
     state = state_lib.create(model, tx, shd.make_layout(cfg.mesh), seed=0)
     total = sum(x.nbytes for x in jax.tree.leaves(state))
@@ -80,8 +84,8 @@ def test_fsdp_shards_parameters_and_optimizer_state_evenly(tiny_config):
 def test_every_shipped_config_names_every_parameter_dimension(path):
     cfg = load_config(path)
     config_lib.validate(cfg)
-    model = TransformerLM(config_lib.model_config(cfg, vocab_size=cfg.tokenizer.vocab_size))
-    boxed = jax.eval_shape(lambda: state_lib.boxed_params(model, 0))
+    model = select.model(config_lib.model_config(cfg, vocab_size=cfg.tokenizer.vocab_size))
+    boxed = jax.eval_shape(lambda: placement.boxed_params(model, 0))
     leaves = jax.tree.leaves(boxed, is_leaf=lambda x: isinstance(x, nn.Partitioned))
     assert leaves and all(isinstance(x, nn.Partitioned) and len(x.names) == x.value.ndim for x in leaves)
 
@@ -117,7 +121,7 @@ def test_model_family_configs_train_on_a_cpu_with_a_small_override(name, tiny_co
     result = train(cfg, str(tmp_path))
     with open(tmp_path / METRICS) as f:
         first = json.loads(f.readline())
-    vocab = checkpoint.open_run(str(tmp_path))[2].vocab_size
+    vocab = reader.open_run(str(tmp_path))[2].vocab_size
     # Initialized near uniform (logits of std ~0.02 x sqrt(64)): the first loss is ln V plus ~0.01.
     assert first["step"] == 1 and abs(first["loss"] - np.log(vocab)) < 0.05, (first, vocab)
     nll, count, nbytes = score_by_hand(str(tmp_path), max_batches=2)  # the validation loss, recomputed
@@ -128,31 +132,32 @@ def test_model_family_configs_train_on_a_cpu_with_a_small_override(name, tiny_co
 
 def test_cpu_devices_zero_means_one_per_core_as_the_mesh_and_batch_allow():
     mesh = {"data": -1, "fsdp": 1, "tensor": 1}
-    assert shd.cpu_device_count({**mesh, "cpu_devices": 0}, batch_size=12, cores=2) == 2
-    assert shd.cpu_device_count({**mesh, "cpu_devices": 0}, batch_size=12, cores=8) == 6  # 8 does not divide 12
-    assert shd.cpu_device_count({**mesh, "cpu_devices": 0}, batch_size=7, cores=4) == 1
-    assert shd.cpu_device_count({**mesh, "tensor": 2, "cpu_devices": 0}, batch_size=12, cores=5) == 4
-    assert shd.cpu_device_count({"data": 1, "fsdp": 2, "tensor": 1, "cpu_devices": 0}, 12, cores=16) == 2
-    assert shd.cpu_device_count({**mesh, "cpu_devices": 3}, batch_size=12, cores=2) == 3
-    assert shd.cpu_device_count(mesh, batch_size=12, cores=2) == 1  # older configs without the key
+    assert cpu_devices.cpu_device_count({**mesh, "cpu_devices": 0}, batch_size=12, cores=2) == 2
+    assert cpu_devices.cpu_device_count({**mesh, "cpu_devices": 0}, batch_size=12, cores=8) == 6  # 8 does not divide 12
+    assert cpu_devices.cpu_device_count({**mesh, "cpu_devices": 0}, batch_size=7, cores=4) == 1
+    assert cpu_devices.cpu_device_count({**mesh, "tensor": 2, "cpu_devices": 0}, batch_size=12, cores=5) == 4
+    assert cpu_devices.cpu_device_count({"data": 1, "fsdp": 2, "tensor": 1, "cpu_devices": 0}, 12, cores=16) == 2
+    assert cpu_devices.cpu_device_count({**mesh, "cpu_devices": 3}, batch_size=12, cores=2) == 3
+    assert cpu_devices.cpu_device_count(mesh, batch_size=12, cores=2) == 1  # older configs without the key
 
 
 def test_a_data_parallel_cpu_step_reduces_its_gradients_in_one_buffer_with_the_same_result(tiny_config):
     cfg = _divisible_tiny(tiny_config, (8, 1, 1))
-    model = TransformerLM(config_lib.model_config(cfg, vocab_size=512))
+    model = select.model(config_lib.model_config(cfg, vocab_size=512))
     tx, _ = optim.optimizer(cfg.optim, cfg.train.steps)
     layout = shd.make_layout(cfg.mesh)
     state = state_lib.create(model, tx, layout, seed=0)
-    axes = layout.replicated_batch_axes(state.params)
-    assert axes == ("data",)
+    assert cpu_data_parallel.batch_axes(layout, state.params) == ("data",)
+    sums = select.gradient_sums(layout, state.params)
     for mesh in ((1, 8, 1), (1, 1, 8), (2, 2, 2)):  # parameters split: XLA's own all-reduces
         split = shd.make_layout(_divisible_tiny(tiny_config, mesh).mesh)
-        assert split.replicated_batch_axes(state_lib.abstract(model, tx, split).params) == ()
+        abstract = state_lib.abstract(model, tx, split).params
+        assert cpu_data_parallel.batch_axes(split, abstract) == () and select.gradient_sums(split, abstract) is None
     batch = synthetic_batch(layout, 16, cfg.model.max_len, 512)
     with layout.scope():  # with 2 microbatches and z-loss: every part of the objective
-        flat = jax.jit(lambda p, b: loss_and_grads(model, p, b, 2, 1e-4, axes)).lower(state.params, batch).compile()
+        flat = jax.jit(lambda p, b: loss_and_grads(model, p, b, 2, 1e-4, sums)).lower(state.params, batch).compile()
         reductions = re.findall(r"= (\S+) all-reduce\(", flat.as_text())
-        n = sum(x.size for x in jax.tree.leaves(state.params)) + 2  # every gradient, the loss sum and the count
+        n = sum(x.size for x in jax.tree.leaves(state.params)) + 1  # every gradient and the loss
         assert reductions == [f"f32[{n}]{{0}}"], reductions
         spmd = jax.jit(lambda p, b: loss_and_grads(model, p, b, 2, 1e-4))(state.params, batch)
         for a, b in zip(jax.tree.leaves(flat(state.params, batch)), jax.tree.leaves(spmd), strict=True):

@@ -13,8 +13,9 @@ import numpy as np
 import pytest
 from conftest import ROOT, TEST_XLA_FLAGS, TINY, USER_ENV
 
-from lm import cli, sweep
 from lm import config as config_lib
+from lm import sweep
+from lm.errors import UserError
 
 EXPERIMENT = """
 BASE = {base!r}
@@ -111,5 +112,5 @@ def test_the_scaling_fit_recovers_a_known_power_law():
 
 def test_an_experiment_file_without_a_sweep_is_named(tmp_path):
     (tmp_path / "empty.py").write_text("BASE = 'configs/tiny.py'\n")
-    with pytest.raises(cli.UserError, match=r"empty.py needs BASE \(a config file\) and def sweep\(add\)"):
+    with pytest.raises(UserError, match=r"empty.py needs BASE \(a config file\) and def sweep\(add\)"):
         sweep.load(str(tmp_path / "empty.py"))

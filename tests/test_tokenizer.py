@@ -3,16 +3,17 @@
 import pytest
 import sentencepiece as spm
 
-from lm import data, tokenizer
-from lm.cli import UserError
+from lm.data import sources
+from lm.errors import UserError
+from lm.tokenizer import sentencepiece
 
-TEXT = open(data.bundled_corpus(), encoding="utf-8").read()[:200_000]
+TEXT = open(sources.bundled_corpus(), encoding="utf-8").read()[:200_000]
 ODD = "Ünïcödé — 字 and emoji 🙂\n\n  two  spaces,\ttab\nend"
 
 
 @pytest.mark.parametrize("kind,vocab", [("char", 256), ("bpe", 500), ("unigram", 500)])
 def test_round_trip(kind, vocab, tmp_path):
-    tok = tokenizer.train([TEXT], kind, vocab)
+    tok = sentencepiece.train([TEXT], kind, vocab)
     assert tok.decode(tok.encode(TEXT)) == TEXT
     if kind != "char":  # byte fallback covers characters never seen in training, a byte per byte piece
         assert tok.decode(tok.encode(ODD)) == ODD
@@ -22,40 +23,40 @@ def test_round_trip(kind, vocab, tmp_path):
     ids = tok.encode(TEXT)
     assert tok.token_bytes(2)[ids].sum() == len(TEXT.encode("utf-8"))
     tok.save(str(tmp_path / "t.model"))
-    loaded = tokenizer.Tokenizer.load(str(tmp_path / "t.model"))
+    loaded = sentencepiece.Tokenizer.load(str(tmp_path / "t.model"))
     assert loaded.encode(TEXT) == ids
 
 
 def test_char_vocabulary_is_the_characters():
-    tok = tokenizer.train([TEXT], "char", 256)
+    tok = sentencepiece.train([TEXT], "char", 256)
     assert len(tok.encode(TEXT)) == len(TEXT)
     assert tok.vocab_size == len(set(TEXT)) + 3  # <unk>, <s>, </s>
 
 
 def test_workdir_tokenizer_is_reused(tmp_path):
-    first = tokenizer.load_or_train(str(tmp_path), "bpe", 400, [TEXT])
-    second = tokenizer.load_or_train(str(tmp_path), "bpe", 400, ["something else entirely"])
+    first = sentencepiece.load_or_train(str(tmp_path), "bpe", 400, [TEXT])
+    second = sentencepiece.load_or_train(str(tmp_path), "bpe", 400, ["something else entirely"])
     assert first.proto == second.proto
 
 
 def test_trained_on_a_sample_or_loaded_from_a_model_file(tmp_path):
     texts = ["abc " * 100, "xyz " * 100]
-    whole, sampled = tokenizer.train(texts, "char", 256), tokenizer.train(texts, "char", 256, sample_chars=400)
+    whole, sampled = sentencepiece.train(texts, "char", 256), sentencepiece.train(texts, "char", 256, sample_chars=400)
     assert sampled.vocab_size == whole.vocab_size - 3  # x, y and z are past the sample
-    tokenizer.load_or_train(str(tmp_path / "source"), "bpe", 400, [TEXT])
-    source = str(tmp_path / "source" / tokenizer.MODEL_FILE)
-    given = tokenizer.load_or_train(str(tmp_path / "run"), "char", 256, [], path=source)
-    assert given.proto == tokenizer.Tokenizer.load(str(tmp_path / "run" / tokenizer.MODEL_FILE)).proto
+    sentencepiece.load_or_train(str(tmp_path / "source"), "bpe", 400, [TEXT])
+    source = str(tmp_path / "source" / sentencepiece.MODEL_FILE)
+    given = sentencepiece.load_or_train(str(tmp_path / "run"), "char", 256, [], path=source)
+    assert given.proto == sentencepiece.Tokenizer.load(str(tmp_path / "run" / sentencepiece.MODEL_FILE)).proto
     assert given.vocab_size > 256  # the BPE model file, not a char model trained anew
     (tmp_path / "broken.model").write_bytes(b"not a model")
     with pytest.raises(UserError, match=r"broken.model is not a SentencePiece model file; set config.tokenizer.path"):
-        tokenizer.load_or_train(str(tmp_path / "other"), "char", 256, [], path=str(tmp_path / "broken.model"))
+        sentencepiece.load_or_train(str(tmp_path / "other"), "char", 256, [], path=str(tmp_path / "broken.model"))
 
 
 def test_the_char_tokenizer_reads_a_character_it_never_saw_as_unknown():
     """No byte fallback in the char model (as the README says): 'é' and '字', absent from the training text, become
     <unk> (id 0), which decodes as ' ⁇ ' and counts one byte; the characters around them round-trip."""
-    tok = tokenizer.train([TEXT], "char", 256)
+    tok = sentencepiece.train([TEXT], "char", 256)
     assert "é" not in TEXT and "字" not in TEXT
     one = {c: tok.encode(c) for c in "caf !"}
     assert all(len(ids) == 1 and ids[0] != 0 for ids in one.values())

@@ -10,13 +10,21 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from lm import checkpoint, data, objective, optim, tokenizer
 from lm import config as config_lib
-from lm import sharding as shd
-from lm import state as state_lib
-from lm.cli import UserError
-from lm.model import TransformerLM
-from lm.train import METRICS, loss_and_grads, train
+from lm import optim
+from lm.backends import select
+from lm.checkpoint import manager, reader
+from lm.data import sources
+from lm.data.batches import TrainBatches
+from lm.errors import UserError
+from lm.model import objective
+from lm.parallel import mesh as shd
+from lm.parallel import placement
+from lm.tokenizer import sentencepiece
+from lm.train import state as state_lib
+from lm.train.loop import train
+from lm.train.metrics import METRICS
+from lm.train.step import loss_and_grads
 
 
 def _records(workdir):
@@ -34,10 +42,10 @@ def test_loss_falls_within_a_few_steps(tiny_run):
 
 
 def _restored_params(workdir, step):
-    ckpt, step, model_config, _, _ = checkpoint.open_run(workdir, step)
-    model = TransformerLM(model_config)
+    ckpt, step, model_config, _, _ = reader.open_run(workdir, step)
+    model = select.model(model_config)
     layout = shd.make_layout({"data": -1, "fsdp": 1, "tensor": 1})
-    return ckpt.params(step, state_lib.abstract_params(model, layout))
+    return ckpt.params(step, placement.abstract_params(model, layout))
 
 
 def test_resumed_run_equals_uninterrupted_run(tiny_run, tiny_config, tmp_path):
@@ -76,18 +84,18 @@ def test_a_damaged_latest_checkpoint_is_set_aside_and_the_previous_one_resumes(t
 
 def test_checkpoint_round_trip_restores_the_saved_state(tiny_config, tmp_path, cache_dir):
     cfg = tiny_config
-    corpus = data.build("", "\n\n", 0.1, cache_dir)
-    tok = tokenizer.train(data.texts(corpus, "train"), "char", 256)
+    corpus = sources.build("", "\n\n", 0.1, cache_dir)
+    tok = sentencepiece.train(sources.texts(corpus, "train"), "char", 256)
     model_config = config_lib.model_config(cfg, tok.vocab_size)
-    model = TransformerLM(model_config)
+    model = select.model(model_config)
     tx, _ = optim.optimizer(cfg.optim, 10)
     layout = shd.make_layout({"data": 2, "fsdp": 2, "tensor": 2})
     state = state_lib.create(model, tx, layout, seed=4)
     state = state.replace(step=state.step + 7)
-    it = data.TrainBatches(corpus, tok, 33, 8, seed=0)
+    it = TrainBatches(corpus, tok, 33, 8, seed=0)
     next(it)
-    ckpt = checkpoint.Checkpointer(str(tmp_path), every=1, keep=2)
-    ckpt.save(7, state, it.global_state(), checkpoint.make_meta(model_config, tok, cfg.to_dict()))
+    ckpt = manager.Checkpointer(str(tmp_path), every=1, keep=2)
+    ckpt.save(7, state, it.global_state(), manager.make_meta(model_config, tok, cfg.to_dict()))
     ckpt.wait()
     want_batch = next(it)["tokens"]
 
@@ -98,10 +106,10 @@ def test_checkpoint_round_trip_restores_the_saved_state(tiny_config, tmp_path, c
         for x, y, t in zip(jax.tree.leaves(state), jax.tree.leaves(restored), jax.tree.leaves(template), strict=True):
             np.testing.assert_array_equal(np.asarray(x), np.asarray(y))
             assert y.sharding == t.sharding
-    fresh_it = data.TrainBatches(corpus, tok, 33, 8, seed=0)
+    fresh_it = TrainBatches(corpus, tok, 33, 8, seed=0)
     fresh_it.set_state(data_state)
     np.testing.assert_array_equal(next(fresh_it)["tokens"], want_batch)
-    _, step, saved_config, saved_tok, _ = checkpoint.open_run(str(tmp_path))
+    _, step, saved_config, saved_tok, _ = reader.open_run(str(tmp_path))
     assert step == 7 and saved_config == model_config and saved_tok.proto == tok.proto
 
 
@@ -115,9 +123,9 @@ def test_unknown_key_in_a_config_file_is_named(tiny_config):
 def test_prompt_targets_add_nothing_to_the_loss_or_the_gradients():
     """Two packed documents, [BOS] prompt answer [EOS] each: the loss and its gradients are those of the answers'
     and EOS's next-token terms alone, computed here straight from the logits."""
-    model = TransformerLM(config_lib.ModelConfig(vocab_size=50, max_len=15, num_layers=2, num_heads=2,
+    model = select.model(config_lib.ModelConfig(vocab_size=50, max_len=15, num_layers=2, num_heads=2,
                                                  embed_dim=16, mlp_dim=32))
-    params = jax.jit(lambda: nn.unbox(state_lib.boxed_params(model, 0)))()
+    params = jax.jit(lambda: nn.unbox(placement.boxed_params(model, 0)))()
     tokens = jnp.array([[1, 7, 8, 9, 20, 21, 2, 1, 10, 11, 30, 31, 32, 2, 0, 0]])  # BOS=1, EOS=2, then padding
     segments = jnp.array([[1] * 7 + [2] * 7 + [0, 0]])
     positions = jnp.array([[0, 1, 2, 3, 4, 5, 6, 0, 1, 2, 3, 4, 5, 6, 0, 0]])

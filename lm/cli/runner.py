@@ -1,0 +1,61 @@
+"""Runs a command's absl `main`: chatty libraries quietened, and every way it can end (a user error, a full disk,
+a stop on purpose, Ctrl-C) turned into one line and its documented exit status."""
+
+import logging as std_logging
+import os
+import sys
+from collections.abc import Callable, Sequence
+from typing import Any
+
+from absl import app, flags, logging
+
+from lm.cli import interrupt
+from lm.cli.flags import die, parse
+from lm.errors import EXIT_USER_ERROR, DiskFull, Stopped, UserError
+
+
+def _not_handled(record: std_logging.LogRecord) -> bool:
+    """False for log records of what the command handles itself: a full disk (orbax's and asyncio's records, with
+    tracebacks; said in one line), and a checkpoint's metadata file that a trainer deleted while orbax read it (a
+    reader then takes another step)."""
+    text = record.getMessage() + (str(record.exc_info[1]) if record.exc_info else "")
+    deleted = text.startswith("Failed to read Metadata file") and "No such file or directory" in text
+    return "No space left on device" not in text and not deleted
+
+
+def _without_closed_loop(hook: Callable) -> Callable:
+    """sys.unraisablehook minus 'Event loop is closed': tensorstore's writer threads report that, with a
+    traceback, when their orbax save has already failed (the failure is reported in one line) or ended."""
+
+    def unraisablehook(unraisable: Any) -> None:
+        value = unraisable.exc_value
+        if not (isinstance(value, RuntimeError) and str(value) == "Event loop is closed"):
+            hook(unraisable)
+
+    return unraisablehook
+
+
+def run(main: Callable[[Sequence[str]], None]) -> None:
+    """Runs an absl `main`; a UserError anywhere in it ends the program with one line and status 2, an
+    interrupt (Ctrl-C) with one line and status 130."""
+
+    def guarded(argv: Sequence[str]) -> None:
+        if not flags.FLAGS["verbosity"].present:  # orbax and TFDS are chatty; --verbosity=0 shows it all
+            logging.set_verbosity(logging.ERROR)
+            logging.get_absl_handler().addFilter(_not_handled)
+            sys.unraisablehook = _without_closed_loop(sys.unraisablehook)
+        try:
+            main(argv)
+        except DiskFull as e:  # exit at once: the failing writer threads would print tracebacks at shutdown
+            print(f"error: {e}", file=sys.stderr, flush=True)
+            sys.stdout.flush()
+            os._exit(EXIT_USER_ERROR)
+        except UserError as e:
+            die(str(e))
+        except Stopped as e:
+            print(str(e), file=sys.stderr, flush=True)
+            sys.exit(e.status)
+        except KeyboardInterrupt:  # SIGINT in a process whose handler is Python's own
+            interrupt.stop_at_once()
+
+    app.run(guarded, flags_parser=parse)

@@ -1,0 +1,78 @@
+"""`python -m lm.sample --workdir DIR --prompt "ROMEO:" [...]`: samples from a checkpoint. The model is rebuilt
+from the workdir alone (config and tokenizer travel in the checkpoint) and only its parameters are restored,
+onto a mesh of `--tensor` devices, in the weight format `--quantize` names."""
+
+import json
+import os
+from collections.abc import Sequence
+
+from absl import flags
+
+from lm.backends import cpu_devices
+from lm.checkpoint.reader import read, require_tokenizer
+from lm.errors import UserError
+from lm.parallel.mesh import tensor_layout
+from lm.sample import weights
+from lm.sample.generate import generate
+
+flags.DEFINE_string("workdir", None, "Run directory holding checkpoints.", required=True)
+flags.DEFINE_integer("step", None, "Checkpoint step (default: the latest).")
+flags.DEFINE_multi_string("prompt", None, "Text to continue (repeat the flag for several prompts).")
+flags.DEFINE_string("prompt_file", "", "Prompts, one per line: plain text or JSON objects with a 'prompt'.")
+flags.DEFINE_integer("max_new_tokens", 200, "Tokens to generate per sample.")
+flags.DEFINE_float("temperature", 0.8, "Softmax temperature; 0 is greedy.")
+flags.DEFINE_integer("top_k", 50, "Sample among the k most likely tokens; 0 turns it off.")
+flags.DEFINE_float("top_p", 1.0, "Sample among the most likely tokens whose mass reaches p; 1 turns it off.")
+flags.DEFINE_integer("num_samples", 1, "Samples per prompt.")
+flags.DEFINE_multi_string("stop", None, "Stop a sample at this text (repeatable); the end-of-text id always stops.")
+flags.DEFINE_enum("format", "text", ["text", "jsonl"], "Output: text, or one JSON object per sample.")
+flags.DEFINE_integer("seed", 0, "Random seed; the same seed gives the same samples.")
+flags.DEFINE_enum("quantize", "none", list(weights.FORMATS),
+                  "Weights for sampling: as saved, bfloat16, int8 (weight-only, a scale per output channel), "
+                  "or int8_dynamic (int8 weights and per-token int8 activations: faster on a CPU).")
+flags.DEFINE_integer("tensor", 1, "Devices to split the model over (tensor parallel: heads, MLP, vocabulary).")
+
+
+def _read_prompts(flag_prompts: Sequence[str], prompt_file: str) -> list[str]:
+    """--prompt values, then the lines of --prompt_file (plain text, or JSON objects with a 'prompt')."""
+    prompts = list(flag_prompts)
+    if prompt_file:
+        if not os.path.isfile(prompt_file):
+            raise UserError(f"--prompt_file {prompt_file} does not exist")
+        with open(prompt_file, encoding="utf-8") as f:
+            for n, line in enumerate(f, 1):
+                if not line.strip():
+                    continue
+                if line.lstrip().startswith("{"):
+                    try:
+                        prompts.append(str(json.loads(line)["prompt"]))
+                    except (ValueError, KeyError, TypeError) as e:
+                        raise UserError(f"{prompt_file} line {n} is not a JSON object with a 'prompt' "
+                                            f"field ({e})") from e
+                else:
+                    prompts.append(line.rstrip("\n"))
+    return prompts or [""]
+
+
+def main(argv: Sequence[str]) -> None:
+    del argv
+    f = flags.FLAGS
+    if f.tensor >= 1:
+        cpu_devices.split_cpu({"cpu_devices": f.tensor}, 1)  # on a CPU host: one JAX device per model slice
+    layout = tensor_layout(f.tensor)
+    prompts = _read_prompts(f.prompt or [], f.prompt_file)
+    if "" in (f.stop or []):
+        raise UserError("--stop '' would end every sample before its first character; pass the text to stop at")
+    step, params, model_config, tokenizer, _ = read(f.workdir, f.step, lambda run: layout)
+    tokenizer = require_tokenizer(tokenizer, f.workdir)
+    with layout.scope():
+        params = weights.convert(params, f.quantize)
+        results = generate(params, model_config, tokenizer, prompts, max_new_tokens=f.max_new_tokens,
+                           temperature=f.temperature, top_k=f.top_k, top_p=f.top_p, num_samples=f.num_samples,
+                           seed=f.seed, stop=f.stop or ())
+    for i, r in enumerate(results):
+        if f.format == "jsonl":
+            print(json.dumps(r), flush=True)
+        else:
+            print(f"--- sample {i + 1} (step {step}, {r['tokens']} tokens, {r['stop_reason']}) ---")
+            print(r["prompt"] + r["sample"], flush=True)

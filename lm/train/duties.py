@@ -1,0 +1,68 @@
+"""What the training loop hands off besides metrics, each saying when it is due: evaluations on the validation
+split, and checkpoints (never one after a step that was not finite)."""
+
+from typing import Any
+
+import jax
+import ml_collections
+
+from lm.data import batches as batches_lib
+from lm.evaluate.scoring import evaluate, make_eval_step
+from lm.parallel.mesh import Layout
+from lm.train.metrics import MetricsLog
+from lm.train.startup import Start
+from lm.train.state import TrainState
+
+
+class Evaluations:
+    """Validation loss, perplexity and bits per byte every `config.train.eval_every` steps and at the end."""
+
+    def __init__(self, cfg: ml_collections.ConfigDict, start: Start, layout: Layout, log: MetricsLog):
+        self.every, self.last_step, self.limit = cfg.train.eval_every, cfg.train.steps, cfg.train.eval_batches
+        self.cfg, self.start, self.layout, self.log = cfg, start, layout, log
+        separator_bytes = len(cfg.data.separator.encode())
+        self.step_fn = make_eval_step(start.model, start.tokenizer.token_bytes(separator_bytes), layout)
+        self.rows: list[dict[str, Any]] = []
+
+    def due(self, step: int) -> bool:
+        return step % self.every == 0 or step == self.last_step
+
+    def run(self, step: int, params: Any, record: bool = True) -> dict[str, float]:
+        """Evaluates `params`, logs the result (recorded unless not `record`) and returns it."""
+        if not self.rows:  # packed once, reused by every evaluation
+            s = self.start
+            self.rows = batches_lib.eval_batches(s.corpus, s.tokenizer, s.model.config.max_len + 1,
+                                                 self.cfg.train.batch_size, s.shards, jax.process_index(),
+                                                 jax.process_count(), max_batches=self.limit)
+        result = evaluate(self.step_fn, params, self.rows, self.layout)
+        self.log.evaluation(step, result, record)
+        return result
+
+
+class Checkpoints:
+    """Saves every `config.checkpoint.every` steps and at the end, after the step's finiteness is known; `close`
+    waits for the last save to commit."""
+
+    def __init__(self, cfg: ml_collections.ConfigDict, start: Start):
+        self.ckpt, self.last_step, self.start = start.checkpointer, cfg.train.steps, start
+        self.saved = start.step
+
+    def due(self, step: int) -> bool:
+        return self.ckpt.due(step) or step == self.last_step
+
+    def save(self, step: int, state: TrainState, finite: jax.Array) -> None:
+        """Saves `step` (once), raising NonFinite instead if that step was not finite."""
+        if step == self.saved:
+            return
+        self.start.guard.observe(step, bool(finite))
+        self.start.guard.check()
+        data_state = {**self.start.batches.global_state(), "nonfinite": self.start.guard.state()}
+        self.ckpt.save(step, state, data_state, self.start.meta)
+        self.saved = step
+
+    def close(self) -> str:
+        """Waits for pending saves and closes; the newest checkpoint, in words."""
+        self.ckpt.wait()
+        last = self.ckpt.latest_step()
+        self.ckpt.close()
+        return f"checkpoint {last} is the last good state" if last else "no checkpoint was written before it"

@@ -1,0 +1,128 @@
+"""A run's metrics: a console line, WORKDIR/metrics.jsonl and TensorBoard event files (through tensorboardX's
+writer, without TensorFlow), written by process 0. A resumed run drops the records past the step it resumes
+from (and a record torn by a write cut short, e.g. by a full disk); TensorBoard is told to hide them too."""
+
+import contextlib
+import errno
+import json
+import os
+import sys
+import time
+from collections.abc import Iterator
+from typing import Any
+
+import jax
+from tensorboardX.event_file_writer import EventsWriter
+from tensorboardX.proto import event_pb2, summary_pb2
+
+from lm.errors import DiskFull
+
+METRICS = "metrics.jsonl"
+
+
+def duration(seconds: float) -> str:
+    """3h05m, 4m07s or 12s."""
+    s = round(seconds)
+    return f"{s // 3600}h{s % 3600 // 60:02d}m" if s >= 3600 else f"{s // 60}m{s % 60:02d}s" if s >= 60 else f"{s}s"
+
+
+@contextlib.contextmanager
+def _disk_full_is_one_line(workdir: str) -> Iterator[None]:
+    try:
+        yield
+    except OSError as e:
+        if e.errno != errno.ENOSPC:
+            raise
+        raise DiskFull(f"the disk filled up while writing the metrics in {workdir}; free some space and rerun the same "
+                       "command to resume from the last checkpoint") from None
+
+
+def _kept_records(path: str, resume_step: int) -> list[str]:
+    """The lines of `path` up to `resume_step`, without torn ones (with a warning if there were any)."""
+    kept, torn = [], 0
+    with open(path, errors="replace") as f:
+        for line in f:
+            try:
+                record = json.loads(line)
+            except ValueError:
+                torn += bool(line.strip())
+                continue
+            if record["step"] <= resume_step:
+                kept.append(json.dumps(record) + "\n")
+    if torn:
+        print(f"warning: dropped {torn} torn line(s) of {path} (a write cut short)", file=sys.stderr, flush=True)
+    return kept
+
+
+class MetricsLog:
+    """Console lines and records of one run, from `resume_step` on; `due(step)` says when a step is logged. Every
+    record carries the training tokens and model FLOPs so far; MFU divides model FLOP/s by `peak_flops`."""
+
+    def __init__(self, workdir: str, resume_step: int, every: int, last_step: int, tokens_per_step: int,
+                 flops_per_token: float, peak_flops: float):
+        self.workdir, self.every, self.last_step = workdir, every, last_step
+        self.tokens_per_step, self.flops_per_token, self.peak_flops = tokens_per_step, flops_per_token, peak_flops
+        self.active = jax.process_index() == 0
+        self.path = os.path.join(workdir, METRICS)
+        self.start = self.last_time = time.time()
+        self.last_logged = resume_step
+        if not self.active:
+            return
+        with _disk_full_is_one_line(workdir):
+            if os.path.exists(self.path):
+                kept = _kept_records(self.path, resume_step)
+                with open(self.path + ".tmp", "w") as f:
+                    f.writelines(kept)
+                os.replace(self.path + ".tmp", self.path)  # a kill during the rewrite loses no records
+            suffix = f".{os.getpid()}.{time.time_ns()}"  # a new file each start, never one an earlier start wrote
+            self.events = EventsWriter(os.path.join(workdir, "events"), suffix)
+            if resume_step:  # TensorBoard hides what an interrupted run wrote past the resumed step
+                start = event_pb2.SessionLog(status=event_pb2.SessionLog.START)
+                self.events.write_event(event_pb2.Event(wall_time=time.time(), step=resume_step + 1, session_log=start))
+            self.events.flush()
+
+    def due(self, step: int) -> bool:
+        return step % self.every == 0 or step == self.last_step
+
+    def write(self, record: dict[str, Any] | None, line: str) -> None:
+        """Prints `line`; appends `record` (if any) to the JSONL file and its numbers to the event file."""
+        if not self.active:
+            return
+        print(line, flush=True)
+        if record is None:
+            return
+        with _disk_full_is_one_line(self.workdir):
+            with open(self.path, "a") as f:
+                f.write(json.dumps(record) + "\n")
+            values = [summary_pb2.Summary.Value(tag=f"val/{k[4:]}" if k.startswith("val_") else f"train/{k}",
+                                                simple_value=v)
+                      for k, v in record.items() if k != "step" and isinstance(v, int | float)]
+            summary = summary_pb2.Summary(value=values)
+            self.events.write_event(event_pb2.Event(wall_time=time.time(), step=record["step"], summary=summary))
+            self.events.flush()
+
+    def amount(self, step: int) -> dict[str, float]:
+        """The training tokens and model FLOPs up to `step`."""
+        tokens = step * self.tokens_per_step
+        return {"train_tokens": tokens, "train_flops": tokens * self.flops_per_token}
+
+    def step(self, step: int, metrics: dict[str, float], skipped: int) -> None:
+        """The record and line of a training step: its metrics, tokens/s and MFU since the last one logged."""
+        now = time.time()
+        step_s = (now - self.last_time) / (step - self.last_logged)
+        self.last_time, self.last_logged = now, step
+        tps = self.tokens_per_step / step_s
+        mfu = self.flops_per_token * tps / self.peak_flops
+        note = f" | skipped {skipped}" if skipped else ""
+        self.write({"step": step, **self.amount(step), **metrics, "skipped": skipped, "tokens_per_sec": tps, "mfu": mfu,
+                    "wall_time": now - self.start},
+                   f"step {step:>6}/{self.last_step} | loss {metrics['loss']:.4f} | lr {metrics['lr']:.2e} | "
+                   f"grad norm {metrics['grad_norm']:.3f} | {tps:,.0f} tok/s | MFU {mfu:.1%} | "
+                   f"{now - self.start:.1f}s | eta {duration(step_s * (self.last_step - step))}{note}")
+
+    def evaluation(self, step: int, result: dict[str, float], record: bool = True) -> None:
+        """The record (unless not `record`) and line of a validation result."""
+        values = {f"val_{k}": v for k, v in result.items()}
+        self.write({"step": step, **self.amount(step), **values} if record else None,
+                   f"step {step:>6} | val loss {result['loss']:.4f} | ppl {result['perplexity']:.2f} | "
+                   f"bits/byte {result['bits_per_byte']:.4f}")

@@ -1,0 +1,69 @@
+"""The pure train step `(state, batch) -> (state, metrics)`: one optimizer update on the mean next-token loss
+of a global batch (the optimizer itself drops an update whose gradients are not finite: lm/optim.py)."""
+
+from collections.abc import Callable
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+import optax
+
+from lm import optim
+from lm.model import objective
+from lm.model.transformer import TransformerLM
+from lm.train.state import TrainState
+
+# Wraps `fn(params, batch, count)` to combine the devices' results another way (lm/backends/select.py).
+GradientSums = Callable[[Callable], Callable]
+
+
+def _mean_over_rows(model: TransformerLM, params: Any, batch: dict[str, jax.Array], count: jax.Array,
+                    microbatches: int, z_loss: float) -> tuple[jax.Array, Any]:
+    """(summed loss / count, gradient of the summed objective / count) over the rows at hand; `count` is the
+    whole batch's. With `microbatches` > 1 the rows are cut into that many slices whose gradients accumulate in
+    a scan (slice m takes rows m, m + M, ...: every device keeps its own rows): the same sums, in the memory of
+    one slice."""
+    def objective_over_count(p: Any, b: dict[str, jax.Array]) -> tuple[jax.Array, jax.Array]:
+        total, (nll_sum, _) = objective.summed_loss(model, p, b, z_loss)
+        return total / count, nll_sum / count
+
+    grad_fn = jax.value_and_grad(objective_over_count, has_aux=True)
+    if microbatches == 1:
+        (_, loss), grads = grad_fn(params, batch)
+        return loss, grads
+
+    def slices(x: jax.Array) -> jax.Array:  # [B, ...] -> [M, B / M, ...]
+        return x.reshape(x.shape[0] // microbatches, microbatches, *x.shape[1:]).swapaxes(0, 1)
+
+    def accumulate(carry: tuple[jax.Array, Any], micro: dict[str, jax.Array]) -> tuple[tuple[jax.Array, Any], None]:
+        (_, loss), grads = grad_fn(params, micro)
+        return jax.tree.map(jnp.add, carry, (loss, grads)), None
+
+    zeros = (jnp.zeros(()), jax.tree.map(jnp.zeros_like, params))
+    return jax.lax.scan(accumulate, zeros, jax.tree.map(slices, batch))[0]
+
+
+def loss_and_grads(model: TransformerLM, params: Any, batch: dict[str, jax.Array], microbatches: int = 1,
+                   z_loss: float = 0.0, sums: GradientSums | None = None) -> tuple[jax.Array, Any]:
+    """The mean next-token loss of a batch and the gradient of the mean objective (loss plus z-loss)."""
+    count = jnp.maximum(objective.counted(batch).sum(), 1.0)
+
+    def over_rows(p: Any, b: dict[str, jax.Array], n: jax.Array) -> tuple[jax.Array, Any]:
+        return _mean_over_rows(model, p, b, n, microbatches, z_loss)
+
+    return (sums(over_rows) if sums else over_rows)(params, batch, count)
+
+
+def make_train_step(model: TransformerLM, tx: optax.GradientTransformation, lr: optax.Schedule,
+                    microbatches: int = 1, z_loss: float = 0.0, sums: GradientSums | None = None) -> Callable:
+    """The pure train step; `sums` as lm/backends/select.py's `gradient_sums` gives it."""
+
+    def train_step(state: TrainState, batch: dict[str, jax.Array]) -> tuple[TrainState, dict[str, jax.Array]]:
+        loss, grads = loss_and_grads(model, state.params, batch, microbatches, z_loss, sums)
+        updates, opt_state = tx.update(grads, state.opt_state, state.params)
+        params = optax.apply_updates(state.params, updates)
+        metrics = {"loss": loss, "grad_norm": optax.global_norm(grads), "lr": lr(state.step),
+                   "finite": jnp.isfinite(loss) & optim.applied(opt_state)}
+        return state.replace(step=state.step + 1, params=params, opt_state=opt_state), metrics
+
+    return train_step

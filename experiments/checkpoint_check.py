@@ -21,8 +21,8 @@ import orbax.checkpoint as ocp
 
 from lm import config as config_lib
 from lm import optim
+from lm.backends import select
 from lm.checkpoint import integrity, manager
-from lm.model.transformer import TransformerLM
 from lm.parallel import mesh as shd
 from lm.train import state as state_lib
 
@@ -43,7 +43,7 @@ def main() -> None:
     warnings.filterwarnings("ignore")
     cfg = _load(args.config)
     layout = shd.make_layout({"data": 1, "fsdp": 1, "tensor": 1}, jax.devices()[:1])
-    model = TransformerLM(config_lib.model_config(cfg, vocab_size=cfg.tokenizer.vocab_size))
+    model = select.model(config_lib.model_config(cfg, vocab_size=cfg.tokenizer.vocab_size))
     tx, _ = optim.optimizer(cfg.optim, cfg.train.steps)
     state = state_lib.create(model, tx, layout, seed=0)
     nbytes = sum(x.nbytes for x in jax.tree.leaves(state))

@@ -8,7 +8,7 @@ slows both alike.
 
 Each framework runs in a process of its own (in one process, each slows the other: lm's GPT-2 124M step ran 15%
 slower beside PyTorch's), started as its users start it: lm's with the huge-page tunable its commands set
-(lm/huge_pages.py), PyTorch's with the environment as it is, or with the same tunable (`--torch_env=lm`).
+(lm/cli/huge_pages.py), PyTorch's with the environment as it is, or with the same tunable (`--torch_env=lm`).
 The bfloat16 shape runs lm's gpt2_124m as configured (bfloat16 compute, float32 parameters and optimizer state)
 against PyTorch under autocast to bfloat16, its mixed precision. The driver asks each for a few steps in turn and
 prints tokens/s of each and their ratio per round and over all rounds (medians of per-step times).
@@ -32,10 +32,9 @@ from absl import app, flags
 
 from lm import config as config_lib
 from lm import optim
-from lm.backends import cpu_devices
+from lm.backends import cpu_devices, select
 from lm.bench.step import synthetic_batch
 from lm.cli import huge_pages
-from lm.model.transformer import TransformerLM
 from lm.parallel import mesh as shd
 from lm.train import state as state_lib
 from lm.train.step import make_train_step
@@ -68,11 +67,11 @@ def lm_step(cfg):
     count = cpu_devices.cpu_device_count(cfg.mesh, cfg.train.batch_size, jax.device_count())
     layout = shd.make_layout(cfg.mesh, jax.devices()[:count])  # the devices lm.train would split the host into
     c = config_lib.model_config(cfg, 68 if cfg.tokenizer.type == "char" else cfg.tokenizer.vocab_size)
-    model = TransformerLM(c)
+    model = select.model(c)
     tx, lr = optim.optimizer(cfg.optim, cfg.train.steps)
     holder = [state_lib.create(model, tx, layout, 0)]
     batch = synthetic_batch(layout, cfg.train.batch_size, c.max_len, c.vocab_size)
-    step = jax.jit(make_train_step(model, tx, lr, reduce_axes=layout.replicated_batch_axes(holder[0].params)),
+    step = jax.jit(make_train_step(model, tx, lr, sums=select.gradient_sums(layout, holder[0].params)),
                    donate_argnums=0)
 
     def run() -> None:

@@ -13,6 +13,7 @@ from lm.config import ModelConfig
 from lm.parallel import mesh as shd
 from lm.parallel import placement
 from lm.sample import weights as formats
+from lm.sample.generate import model_for
 
 
 def _trained(workdir):
@@ -44,9 +45,11 @@ def test_int8_weights_are_a_quarter_of_the_bytes_and_within_half_a_step(tiny_run
 def test_a_trained_model_predicts_nearly_the_same_from_converted_weights(tiny_run, fmt, max_error):
     c, params, tok = _trained(tiny_run[0])
     ids = np.asarray([tok.encode("ROMEO: What say you, my lord? Speak, and be brief.")[: c.max_len]])
-    apply = jax.jit(lambda p: select.model(c).apply({"params": p}, ids, np.arange(ids.shape[1])[None],
-                                                      np.ones_like(ids)))
-    want, got = np.asarray(apply(params)), np.asarray(apply(formats.convert(params, fmt)))
+    def apply(p):  # the model as the sampler builds it for these weights
+        return np.asarray(jax.jit(model_for(c, p).apply)({"params": p}, ids, np.arange(ids.shape[1])[None],
+                                                          np.ones_like(ids)))
+
+    want, got = apply(params), apply(formats.convert(params, fmt))
     error = np.linalg.norm(got - want) / np.linalg.norm(want)
     agree = (got.argmax(-1) == want.argmax(-1)).mean()
     print(f"{fmt}: logits relative error {error:.2e}, next-token argmax agreement {agree:.0%}")
@@ -68,8 +71,10 @@ def test_the_model_reads_int8_weights_as_their_float_values(c):
     q = formats.convert(nn.meta.unbox(params), "int8")
     expanded = jax.tree.map(lambda m: m.values * m.scale if isinstance(m, formats.Int8Weight) else m, q,
                             is_leaf=lambda x: isinstance(x, formats.Int8Weight))
-    apply = jax.jit(lambda p: model.apply({"params": p}, *args))
-    np.testing.assert_allclose(np.asarray(apply(q)), np.asarray(apply(expanded)), rtol=1e-4, atol=1e-5)
+    def apply(p):
+        return np.asarray(jax.jit(model_for(c, p).apply)({"params": p}, *args))
+
+    np.testing.assert_allclose(apply(q), apply(expanded), rtol=1e-4, atol=1e-5)
 
 
 @pytest.mark.parametrize("equation, x_shape, kernel_shape, input_axes", [

@@ -157,7 +157,7 @@ def test_a_data_parallel_cpu_step_reduces_its_gradients_in_one_buffer_with_the_s
     with layout.scope():  # with 2 microbatches and z-loss: every part of the objective
         flat = jax.jit(lambda p, b: loss_and_grads(model, p, b, 2, 1e-4, sums)).lower(state.params, batch).compile()
         reductions = re.findall(r"= (\S+) all-reduce\(", flat.as_text())
-        n = sum(x.size for x in jax.tree.leaves(state.params)) + 1  # every gradient and the loss
+        n = sum(x.size for x in jax.tree.leaves(state.params)) + 2  # every gradient, the loss sum and the count
         assert reductions == [f"f32[{n}]{{0}}"], reductions
         spmd = jax.jit(lambda p, b: loss_and_grads(model, p, b, 2, 1e-4))(state.params, batch)
         for a, b in zip(jax.tree.leaves(flat(state.params, batch)), jax.tree.leaves(spmd), strict=True):

@@ -31,19 +31,15 @@ def batch_axes(layout: Layout, params: Any) -> tuple[str, ...]:
 
 
 def summed_over(axes: tuple[str, ...]) -> Callable[[Callable], Callable]:
-    """Wraps `fn(params, batch, *scalars) -> tree` so that each device applies it to its own rows of the batch
-    (split over `axes`) and the results are summed over the devices in one all-reduce."""
+    """Wraps `fn(params, batch) -> tree of sums` so that each device applies it to its own rows of the batch
+    (split over `axes`) and the sums are added over the devices in one all-reduce."""
 
     def wrap(fn: Callable) -> Callable:
-        def local(params: Any, batch: dict[str, jax.Array], *scalars: jax.Array) -> Any:
+        def local(params: Any, batch: dict[str, jax.Array]) -> Any:
             with nn.logical_axis_rules(()):  # inside: per-device arrays, no mesh axes to constrain them to
-                flat, unravel = ravel_pytree(fn(params, batch, *scalars))
+                flat, unravel = ravel_pytree(fn(params, batch))
             return unravel(jax.lax.psum(flat, axes))
 
-        def summed(params: Any, batch: dict[str, jax.Array], *scalars: jax.Array) -> Any:
-            specs = (P(), P(axes), *(P() for _ in scalars))
-            return jax.shard_map(local, in_specs=specs, out_specs=P(), check_vma=False)(params, batch, *scalars)
-
-        return summed
+        return jax.shard_map(local, in_specs=(P(), P(axes)), out_specs=P(), check_vma=False)
 
     return wrap

@@ -16,13 +16,12 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from lm.backends import select
 from lm.config import ModelConfig
 from lm.convert.gpt2 import gpt2_from_params, gpt2_hf_config
 from lm.errors import UserError
-from lm.model.transformer import TransformerLM, init_cache
-from lm.sample import weights as formats
-from lm.sample.generate import cache_slots, decode, model_apply
+from lm.model.transformer import init_cache
+from lm.sample import weights as weight_formats
+from lm.sample.generate import cache_slots, decode, model_apply, model_for
 
 
 def copy_bandwidth(nbytes: int = 1 << 29, repeats: int = 5) -> float:
@@ -42,22 +41,17 @@ def weight_bytes_per_token(c: ModelConfig, params: Any) -> int:
     input table and the position table are read one row at a time)."""
     skipped = 0
     if not c.tie_embeddings:
-        skipped += formats.nbytes(params["token_embedding"])
+        skipped += weight_formats.nbytes(params["token_embedding"])
     if c.position == "learned":
-        skipped += formats.nbytes(params["position_embedding"])
-    return formats.nbytes(params) - skipped
-
-
-def _model(c: ModelConfig, params: Any) -> TransformerLM:
-    """The model as the sampler builds it for these weights (the backend's Ops, or int8 ones)."""
-    return TransformerLM(c, formats.ops_for(params, select.select(c)))
+        skipped += weight_formats.nbytes(params["position_embedding"])
+    return weight_formats.nbytes(params) - skipped
 
 
 def lm_decoder(c: ModelConfig, params: Any, batch: int, prompt_len: int, new_tokens: int) -> Callable[[], Any]:
     """A closure decoding `new_tokens` greedy tokens after a random prompt of `prompt_len`, for each row."""
     prompt = jnp.asarray(np.random.default_rng(0).integers(0, c.vocab_size, (batch, prompt_len)), jnp.int32)
     cache = init_cache(c, batch, cache_slots(prompt_len, new_tokens, c.max_len))
-    apply = model_apply(_model(c, params))
+    apply = model_apply(model_for(c, params))
     key = jax.random.key(0)
 
     def run() -> Any:
@@ -103,7 +97,7 @@ def agreement(c: ModelConfig, params: Any, weights: Any, want: np.ndarray, promp
     tokens = np.concatenate([prompt, want], axis=1)[:, : c.max_len]
     def logits(p: Any) -> np.ndarray:
         positions = jnp.broadcast_to(jnp.arange(tokens.shape[1]), tokens.shape)
-        return np.asarray(jax.jit(_model(c, p).apply)({"params": p}, tokens, positions, jnp.ones_like(tokens)))
+        return np.asarray(jax.jit(model_for(c, p).apply)({"params": p}, tokens, positions, jnp.ones_like(tokens)))
 
     ref, out = logits(params), logits(weights)
     return float((got == want).mean()), float(np.linalg.norm(out - ref) / np.linalg.norm(ref))
@@ -121,7 +115,7 @@ def measure(c: ModelConfig, params: Any, batches: Sequence[int], formats: Sequen
         agree: dict[str, tuple[float, float]] = {}
         want = None  # float32's greedy tokens, decoded once per batch
         for fmt in formats:
-            weights = formats.convert(params, fmt)
+            weights = weight_formats.convert(params, fmt)
             runs[f"lm {fmt}"] = (lm_decoder(c, weights, batch, prompt_len, new_tokens),
                                  weight_bytes_per_token(c, weights))
             if fmt != "none":

@@ -144,8 +144,9 @@ class TextCorpus(tfds.core.GeneratorBasedBuilder):
 
     def _split_generators(self, dl_manager: Any) -> dict[str, Any]:
         texts, rows = [], []  # text files are cut by characters, JSONL files by rows
-        with tqdm(total=sum(os.path.getsize(f) for f in self._files), desc="reading", unit="B", unit_scale=True,
-                  mininterval=0.5, leave=False) as progress:
+        total = sum(os.path.getsize(f) for f in self._files)
+        with tqdm(total=total, desc="reading", unit="B", unit_scale=True, mininterval=0.5, leave=False,
+                  file=sys.stdout, disable=None) as progress:  # a progress line on a terminal, none in a log
             for f in self._files:
                 if file_format(f, self._format) == "jsonl":
                     rows.extend(read_jsonl(f, self._text_key, self._prompt_key))

@@ -134,6 +134,11 @@ def decode(
     return jnp.where(kept, buf[:, context + p:], eos_id), lengths
 
 
+def model_for(config: ModelConfig, params: Any) -> TransformerLM:
+    """The model that samples from `params`: the backend's Ops for float weights, int8 ones for int8 weights."""
+    return TransformerLM(config, weights.ops_for(params, select.select(config)))
+
+
 @functools.cache
 def model_apply(model: TransformerLM) -> ApplyFn:
     """The model's cached forward pass in the form `decode` takes (one per model, so jit caches on it)."""
@@ -190,8 +195,7 @@ def generate(params: Any, model_config: ModelConfig, tokenizer: AnyTokenizer, pr
         prompt[i, width - len(r):] = r
     lens = np.asarray([len(r) for r in rows], np.int32)
     context = model_config.max_len
-    model = TransformerLM(model_config, weights.ops_for(params, select.select(model_config)))
-    tokens, lengths = decode(model_apply(model), params,
+    tokens, lengths = decode(model_apply(model_for(model_config, params)), params,
                              init_cache(model_config, len(rows), cache_slots(width, max_new_tokens, context)),
                              jnp.asarray(prompt), jax.random.key(seed), max_new_tokens, temperature, top_k, top_p,
                              jnp.asarray(lens), tokenizer.eos_id, context)

@@ -84,7 +84,7 @@ def _lines(texts: Iterable[str], sample_chars: int = 0) -> Iterator[str]:
     (0: all), with a progress line."""
     taken = 0
     with tqdm(total=sample_chars or None, desc="text for the tokenizer", unit=" chars", unit_scale=True,
-              mininterval=0.5, leave=False) as progress:
+              mininterval=0.5, leave=False, file=sys.stdout, disable=None) as progress:  # on a terminal only
         for text in texts:
             if sample_chars:
                 text = text[:sample_chars - taken]

@@ -13,7 +13,6 @@ import ml_collections
 
 from lm import config as config_lib
 from lm import flops
-from lm.backends import select
 from lm.errors import Stopped
 from lm.parallel.mesh import Layout, bytes_per_device, make_layout
 from lm.train import duties, faults, startup
@@ -79,8 +78,7 @@ def _loop(cfg: ml_collections.ConfigDict, workdir: str, layout: Layout, start: s
 
 def _compiled_step(cfg: ml_collections.ConfigDict, layout: Layout, start: startup.Start) -> Callable:
     """The train step jitted once with the state's shardings, the state donated."""
-    sums = select.gradient_sums(layout, start.state.params)
-    step = make_train_step(start.model, start.tx, start.lr, cfg.train.microbatches, cfg.train.z_loss, sums)
+    step = make_train_step(start.model, start.tx, start.lr, cfg.train.microbatches, cfg.train.z_loss, start.sums)
     shardings = jax.tree.map(lambda x: x.sharding, start.state)
     return jax.jit(step, in_shardings=(shardings, layout.batch_sharding()), out_shardings=(shardings, None),
                    donate_argnums=0)

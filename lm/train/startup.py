@@ -1,7 +1,7 @@
 """Where a run begins: a fresh run (a tokenizer trained or loaded, parameters initialized), a resume (the newest
 checkpoint that restores whole) or `config.init_from` (another run's parameters and tokenizer). `start` returns
 the same `Start` for all three: the step done so far, the tokenizer, the model, the state and the data
-position."""
+position, with the backend's choices for this platform made once (lm/backends/select.py)."""
 
 import os
 import sys
@@ -27,6 +27,7 @@ from lm.tokenizer.kinds import AnyTokenizer
 from lm.train import state as state_lib
 from lm.train.nonfinite import NonFiniteSteps
 from lm.train.state import TrainState
+from lm.train.step import GradientSums
 
 
 class Start(NamedTuple):
@@ -40,6 +41,7 @@ class Start(NamedTuple):
     batches: TrainBatches  # at the data position of `step`
     shards: int  # the data pipelines the batches are drawn from
     guard: NonFiniteSteps  # counts of skipped steps so far
+    sums: GradientSums | None  # how the step combines the devices' gradients (lm/backends/select.py)
     checkpointer: Checkpointer
     meta: dict[str, Any]  # what every checkpoint of the run records besides its arrays
     origin: str  # where it begins, in words
@@ -107,4 +109,5 @@ def start(cfg: ml_collections.ConfigDict, workdir: str, layout: Layout) -> Start
     run_config["data"]["shards"] = shards
     meta = make_meta(model.config, tokenizer, run_config, optim.state_format(cfg.optim))
     guard = NonFiniteSteps(cfg.train.nonfinite, cfg.train.max_skips, (data_state or {}).get("nonfinite"))
-    return Start(step, tokenizer, model, tx, lr, state, corpus, batches, shards, guard, ckpt, meta, origin)
+    sums = select.gradient_sums(layout, state.params)
+    return Start(step, tokenizer, model, tx, lr, state, corpus, batches, shards, guard, sums, ckpt, meta, origin)

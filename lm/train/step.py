@@ -13,45 +13,41 @@ from lm.model import objective
 from lm.model.transformer import TransformerLM
 from lm.train.state import TrainState
 
-# Wraps `fn(params, batch, count)` to combine the devices' results another way (lm/backends/select.py).
+# Wraps `fn(params, batch) -> sums` to combine the devices' sums another way (lm/backends/select.py).
 GradientSums = Callable[[Callable], Callable]
 
 
-def _mean_over_rows(model: TransformerLM, params: Any, batch: dict[str, jax.Array], count: jax.Array,
-                    microbatches: int, z_loss: float) -> tuple[jax.Array, Any]:
-    """(summed loss / count, gradient of the summed objective / count) over the rows at hand; `count` is the
-    whole batch's. With `microbatches` > 1 the rows are cut into that many slices whose gradients accumulate in
-    a scan (slice m takes rows m, m + M, ...: every device keeps its own rows): the same sums, in the memory of
-    one slice."""
-    def objective_over_count(p: Any, b: dict[str, jax.Array]) -> tuple[jax.Array, jax.Array]:
-        total, (nll_sum, _) = objective.summed_loss(model, p, b, z_loss)
-        return total / count, nll_sum / count
-
-    grad_fn = jax.value_and_grad(objective_over_count, has_aux=True)
+def _sums(model: TransformerLM, params: Any, batch: dict[str, jax.Array], microbatches: int,
+          z_loss: float) -> tuple[jax.Array, jax.Array, Any]:
+    """(sum of next-token losses, count of targets, gradient of the summed objective) over the rows at hand.
+    With `microbatches` > 1 the rows are cut into that many slices whose gradients accumulate in a scan (slice m
+    takes rows m, m + M, ...: every device keeps its own rows): the same sums, in the memory of one slice."""
+    grad_fn = jax.value_and_grad(lambda p, b: objective.summed_loss(model, p, b, z_loss), has_aux=True)
     if microbatches == 1:
-        (_, loss), grads = grad_fn(params, batch)
-        return loss, grads
+        (_, (nll_sum, count)), grads = grad_fn(params, batch)
+        return nll_sum, count, grads
 
     def slices(x: jax.Array) -> jax.Array:  # [B, ...] -> [M, B / M, ...]
         return x.reshape(x.shape[0] // microbatches, microbatches, *x.shape[1:]).swapaxes(0, 1)
 
-    def accumulate(carry: tuple[jax.Array, Any], micro: dict[str, jax.Array]) -> tuple[tuple[jax.Array, Any], None]:
-        (_, loss), grads = grad_fn(params, micro)
-        return jax.tree.map(jnp.add, carry, (loss, grads)), None
+    def accumulate(carry: tuple, micro: dict[str, jax.Array]) -> tuple[tuple, None]:
+        (_, (nll_sum, count)), grads = grad_fn(params, micro)
+        return jax.tree.map(jnp.add, carry, (nll_sum, count, grads)), None
 
-    zeros = (jnp.zeros(()), jax.tree.map(jnp.zeros_like, params))
+    zeros = (jnp.zeros(()), jnp.zeros(()), jax.tree.map(jnp.zeros_like, params))
     return jax.lax.scan(accumulate, zeros, jax.tree.map(slices, batch))[0]
 
 
 def loss_and_grads(model: TransformerLM, params: Any, batch: dict[str, jax.Array], microbatches: int = 1,
                    z_loss: float = 0.0, sums: GradientSums | None = None) -> tuple[jax.Array, Any]:
-    """The mean next-token loss of a batch and the gradient of the mean objective (loss plus z-loss)."""
-    count = jnp.maximum(objective.counted(batch).sum(), 1.0)
+    """The mean next-token loss of a batch and the gradient of the mean objective (loss plus z-loss); `sums`
+    (from lm/backends/select.py) combines the devices' sums its own way."""
+    def over_rows(p: Any, b: dict[str, jax.Array]) -> tuple[jax.Array, jax.Array, Any]:
+        return _sums(model, p, b, microbatches, z_loss)
 
-    def over_rows(p: Any, b: dict[str, jax.Array], n: jax.Array) -> tuple[jax.Array, Any]:
-        return _mean_over_rows(model, p, b, n, microbatches, z_loss)
-
-    return (sums(over_rows) if sums else over_rows)(params, batch, count)
+    nll_sum, count, grads = (sums(over_rows) if sums else over_rows)(params, batch)
+    count = jnp.maximum(count, 1.0)
+    return nll_sum / count, jax.tree.map(lambda g: g / count, grads)
 
 
 def make_train_step(model: TransformerLM, tx: optax.GradientTransformation, lr: optax.Schedule,

@@ -1,6 +1,6 @@
-"""The optimizer, composed from optax parts by `config.optim`: global-norm clipping, any optax optimizer (AdamW
-by default) with weight decay on kernels, embeddings and the head only, a warmup-cosine learning-rate schedule,
-and a guard that never applies an update whose gradients are not finite (`optax.apply_if_finite`)."""
+"""The optimizer, composed from optax parts by `config.optim`: global-norm clipping, then any optax optimizer
+(AdamW by default) with weight decay on kernels, embeddings and the head only and a warmup-cosine learning-rate
+schedule; and the guard around its update that never applies a step whose loss or gradients are not finite."""
 
 import inspect
 from typing import Any
@@ -14,7 +14,6 @@ from lm.errors import UserError
 # The parameters weight decay reaches, by leaf name: projection kernels, the embedding tables and the head.
 # Biases ('bias', [N, H] in attention) and norm scales ('scale') are not decayed, whatever their rank.
 DECAYED = ("kernel", "token_embedding", "position_embedding", "lm_head")
-NEVER_APPLIED = 2**30  # consecutive non-finite steps after which optax.apply_if_finite would apply one anyway
 
 
 def schedule(cfg: ml_collections.ConfigDict, total_steps: int) -> optax.Schedule:
@@ -49,15 +48,24 @@ def optimizer(cfg: ml_collections.ConfigDict, total_steps: int) -> tuple[optax.G
     """The optimizer of a run's `config.optim`, and its learning-rate schedule."""
     lr = schedule(cfg, total_steps)
     parts = [optax.clip_by_global_norm(cfg.grad_clip)] if cfg.grad_clip > 0 else []
-    return optax.apply_if_finite(optax.chain(*parts, _base(cfg, lr)), NEVER_APPLIED), lr
+    return optax.chain(*parts, _base(cfg, lr)), lr
 
 
-def applied(opt_state: Any) -> jax.Array:
-    """Whether the last update was applied (its gradients were finite)."""
-    return opt_state.last_finite
+def update_if_finite(tx: optax.GradientTransformation, grads: optax.Updates, opt_state: optax.OptState,
+                     params: optax.Params, finite: jax.Array) -> tuple[optax.Params, optax.OptState]:
+    """`params` moved by `tx`'s update, and its new state, if `finite`; else both as they were (no moment, count
+    or schedule moves): optax.apply_if_finite's rule, with the update and its application in one branch of a
+    `lax.cond`, so that XLA fuses them as if there were no guard (optax's form applies the update outside its
+    branch, one more pass over the parameters: docs/performance.md)."""
+    def apply(operands: tuple[optax.Params, optax.OptState]) -> tuple[optax.Params, optax.OptState]:
+        params, opt_state = operands
+        updates, opt_state = tx.update(grads, opt_state, params)
+        return optax.apply_updates(params, updates), opt_state
+
+    return jax.lax.cond(finite, apply, lambda operands: operands, (params, opt_state))
 
 
 def state_format(cfg: ml_collections.ConfigDict) -> str:
     """What a checkpoint records of the optimizer state's structure; another cannot be resumed."""
     clip = "clip_by_global_norm, " if cfg.grad_clip > 0 else ""
-    return f"optax: apply_if_finite(chain({clip}{cfg.name}))"
+    return f"optax: chain({clip}{cfg.name})"

@@ -38,8 +38,14 @@ def _reference_schedule() -> optax.Schedule:
 
 
 def _run(tx: optax.GradientTransformation, params: dict, grads: list[dict]) -> tuple[dict, object]:
+    """The parameters and optimizer state after one guarded update per gradient (lm/optim.update_if_finite)."""
     state = tx.init(params)
-    step = jax.jit(lambda p, s, g: (lambda u, s2: (optax.apply_updates(p, u), s2))(*tx.update(g, s, p)))
+
+    @jax.jit
+    def step(p, s, g):
+        finite = jnp.isfinite(optax.global_norm(g))
+        return optim.update_if_finite(tx, g, s, p, finite)
+
     for g in grads:
         params, state = step(params, state, g)
     return params, state
@@ -62,17 +68,14 @@ def test_the_optimizer_is_the_optax_chain_its_config_names_and_drops_non_finite_
     sizes = [0.01, 50.0, 1.0, 0.3, 20.0]
     grads = [jax.tree.map(lambda x, s=s: s * jnp.asarray(rng.normal(size=x.shape), jnp.float32), params) for s in sizes]
     grads[2] = jax.tree.map(lambda g: g.at[(0,) * g.ndim].set(jnp.nan), grads[2])
-    ours, state = _run(tx, params, grads)
+    ours, _ = _run(tx, params, grads)
     want, _ = _run(reference, params, grads[:2] + grads[3:])
     for a, b in zip(jax.tree.leaves(ours), jax.tree.leaves(want), strict=True):
         np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-6)
-    assert int(state.total_notfinite) == 1 and bool(optim.applied(state))
-    before, state_before = _run(tx, params, grads[:2])
-    after, state_after = _run(tx, params, grads[:3])  # the NaN step last: nothing moved
-    for a, b in zip(jax.tree.leaves((before, state_before.inner_state)),
-                    jax.tree.leaves((after, state_after.inner_state)), strict=True):
+    before = _run(tx, params, grads[:2])
+    after = _run(tx, params, grads[:3])  # the NaN step last: nothing moved
+    for a, b in zip(jax.tree.leaves(before), jax.tree.leaves(after), strict=True):
         np.testing.assert_array_equal(a, b)
-    assert not bool(optim.applied(state_after))
     moved = jax.tree.map(lambda a, b: float(jnp.max(jnp.abs(a - b))), ours, params)
     assert min(jax.tree.leaves(moved)) > 1e-3  # every parameter was updated, decayed or not
 

@@ -1,5 +1,5 @@
-"""Non-finite steps: the optimizer never applies an update whose gradients are not finite (lm/optim.py);
-`NonFiniteSteps` decides on the host what the run does then (`config.train.nonfinite`):
+"""Non-finite steps: the train step never applies an update whose loss or gradients are not finite
+(lm/optim.py); `NonFiniteSteps` decides on the host what the run does then (`config.train.nonfinite`):
 
 - "stop" (the default): the run stops at the first such step with exit status 3, naming the step; no checkpoint
   is written after it, so the newest checkpoint is the last good state.

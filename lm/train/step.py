@@ -1,5 +1,5 @@
 """The pure train step `(state, batch) -> (state, metrics)`: one optimizer update on the mean next-token loss
-of a global batch (the optimizer itself drops an update whose gradients are not finite: lm/optim.py)."""
+of a global batch, dropped if the loss or the gradients are not finite (lm/optim.py)."""
 
 from collections.abc import Callable
 from typing import Any
@@ -56,10 +56,10 @@ def make_train_step(model: TransformerLM, tx: optax.GradientTransformation, lr: 
 
     def train_step(state: TrainState, batch: dict[str, jax.Array]) -> tuple[TrainState, dict[str, jax.Array]]:
         loss, grads = loss_and_grads(model, state.params, batch, microbatches, z_loss, sums)
-        updates, opt_state = tx.update(grads, state.opt_state, state.params)
-        params = optax.apply_updates(state.params, updates)
-        metrics = {"loss": loss, "grad_norm": optax.global_norm(grads), "lr": lr(state.step),
-                   "finite": jnp.isfinite(loss) & optim.applied(opt_state)}
+        grad_norm = optax.global_norm(grads)
+        finite = jnp.isfinite(loss) & jnp.isfinite(grad_norm)
+        params, opt_state = optim.update_if_finite(tx, grads, state.opt_state, state.params, finite)
+        metrics = {"loss": loss, "grad_norm": grad_norm, "lr": lr(state.step), "finite": finite}
         return state.replace(step=state.step + 1, params=params, opt_state=opt_state), metrics
 
     return train_step

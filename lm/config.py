@@ -11,6 +11,7 @@ from typing import Any
 
 import ml_collections
 
+from lm import optim
 from lm.errors import UserError
 from lm.parallel.mesh import DEFAULT_RULES
 
@@ -33,20 +34,20 @@ class ModelConfig:
 
     vocab_size: int = 0  # ids the tokenizer makes (set from the run's tokenizer); logits cover exactly these
     max_len: int = 64  # context length in tokens
-    num_layers: int = 4
-    num_heads: int = 4
-    embed_dim: int = 128
+    num_layers: int = 4  # decoder blocks
+    num_heads: int = 4  # query heads
+    embed_dim: int = 128  # model width
     mlp_dim: int = 0  # MLP width; 0: 4 * embed_dim
     num_kv_heads: int = 0  # 0: as many as num_heads; fewer: grouped-query attention; 1: multi-query
     position: str = "learned"  # learned | rope
-    rope_theta: float = 10000.0
+    rope_theta: float = 10000.0  # RoPE's base wavelength
     norm: str = "layernorm"  # layernorm | rmsnorm
-    norm_eps: float = 1e-5
+    norm_eps: float = 1e-5  # added to the variance in every norm
     mlp: str = "gelu"  # gelu (tanh approximation, as GPT-2) | swiglu
-    use_bias: bool = True
-    tie_embeddings: bool = True
+    use_bias: bool = True  # biases in projections and LayerNorms (GPT-2); none (Llama)
+    tie_embeddings: bool = True  # the output head is the token embedding table
     vocab_multiple: int = 1  # embedding/head rows rounded up to a multiple of this (128: aligned GPU matmuls)
-    qk_norm: bool = False
+    qk_norm: bool = False  # RMSNorm on queries and keys per head
     attention: str = "auto"  # auto (CPU: cpu; NVIDIA GPU in bfloat16: cudnn; else xla) | xla | cudnn | cpu | reference
     matmul: str = "auto"  # projections: auto (CPU: cpu; else xla) | xla | cpu (lm/backends/)
     scan_layers: bool = True  # one compiled layer, scanned: compile time does not grow with depth
@@ -111,9 +112,9 @@ def defaults() -> ml_collections.ConfigDict:
     c.model = {f.name: f.default for f in dataclasses.fields(ModelConfig) if f.name != "vocab_size"}
     c.train = dict(
         batch_size=12,  # rows of max_len tokens per step, over all devices and processes
-        steps=2000,
-        log_every=100,
-        eval_every=500,
+        steps=2000,  # optimizer steps in the run
+        log_every=100,  # steps between console lines and metrics records
+        eval_every=500,  # steps between evaluations on the validation split (and one at the end)
         eval_batches=0,  # batches of the validation split per evaluation (0: all of it)
         microbatches=1,  # > 1: accumulate gradients over that many slices of each batch
         z_loss=0.0,  # weight of log(Z)^2 of the softmax normalizer
@@ -125,9 +126,9 @@ def defaults() -> ml_collections.ConfigDict:
         name="adamw",  # any optax optimizer that takes learning_rate: adamw, lion, adam, sgd, ... (lm/optim.py)
         lr=1e-3,  # peak learning rate, after a linear warmup
         min_lr=1e-4,  # reached by the cosine decay at the last step
-        warmup_steps=100,
+        warmup_steps=100,  # steps of the linear warmup from 0
         b1=0.9,  # passed to optimizers that take it, as b2 and weight_decay
-        b2=0.99,
+        b2=0.99,  # the second moment's decay (AdamW)
         weight_decay=0.1,  # on kernels, embeddings and the head only
         grad_clip=1.0,  # global gradient norm clipped to this (0: off)
     )
@@ -136,9 +137,9 @@ def defaults() -> ml_collections.ConfigDict:
         keep=3,  # the newest checkpoints kept
     )
     c.mesh = dict(
-        data=-1,  # axis sizes; one may be -1: the rest of the devices
-        fsdp=1,
-        tensor=1,
+        data=-1,  # splits the batch; one axis size may be -1: the rest of the devices
+        fsdp=1,  # splits the batch and every parameter
+        tensor=1,  # splits heads, MLP width and vocabulary
         rules=DEFAULT_RULES,  # logical axis name -> mesh axes (lm/parallel/mesh.py)
         cpu_devices=1,  # JAX devices a CPU host is split into (0: one per core); small models train faster so
     )
@@ -231,3 +232,4 @@ def validate(cfg: ml_collections.ConfigDict) -> None:
            f"config.data.decode_errors must be one of {DECODE_ERRORS}, got {cfg.data.decode_errors!r}")
     f = cfg.data.validation_fraction
     _check(0 < f < 1, f"config.data.validation_fraction must be in (0, 1), got {f}")
+    optim.optimizer(o, cfg.train.steps)  # an optimizer that cannot take the config is one line now

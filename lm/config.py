@@ -12,8 +12,8 @@ from typing import Any
 import ml_collections
 
 from lm import optim
+from lm.axes import DEFAULT_RULES
 from lm.errors import UserError
-from lm.parallel.mesh import DEFAULT_RULES
 
 TOKENIZER_TYPES = ("char", "bpe", "unigram")
 DTYPES = ("float32", "bfloat16")

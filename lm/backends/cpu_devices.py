@@ -7,7 +7,7 @@ from typing import Any
 import jax
 import numpy as np
 
-from lm.parallel.mesh import MESH_AXES
+from lm.axes import MESH_AXES
 
 
 def cpu_device_count(sizes: dict[str, Any], batch_size: int, cores: int) -> int:

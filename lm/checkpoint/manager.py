@@ -25,9 +25,10 @@ from lm.errors import DiskFull, UserError
 from lm.parallel.processes import global_max, sync
 from lm.tokenizer import kinds
 from lm.tokenizer.kinds import AnyTokenizer
-from lm.train.state import TrainState
 
 CHECKPOINTS = "checkpoints"
+# A train state: anything with `step`, `params` and `opt_state` and a `replace` of them (lm/train/state.py's).
+TrainState = Any
 
 
 def first_line(e: BaseException) -> str:
@@ -142,7 +143,8 @@ class Checkpointer:
             raise Damaged(first_line(e)) from e
         integrity.verify("params", out.params, expected.get("params"))
         integrity.verify("opt_state", out.opt_state, expected.get("opt_state"))
-        state = TrainState(step=out.opt_state["step"], params=out.params, opt_state=out.opt_state["opt_state"])
+        state = abstract_state.replace(step=out.opt_state["step"], params=out.params,
+                                       opt_state=out.opt_state["opt_state"])
         return state, out.data
 
     def set_aside(self, steps: list[int]) -> None:

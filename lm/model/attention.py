@@ -14,8 +14,8 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
+from lm import axes
 from lm.config import ModelConfig
-from lm.model import axes
 from lm.model.layers import Projection, norm, rope
 from lm.model.ops import Ops
 

@@ -9,7 +9,7 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
-from lm.model import axes
+from lm import axes
 from lm.model.ops import Ops
 
 

@@ -16,8 +16,9 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
+from lm import axes
 from lm.config import ModelConfig
-from lm.model import axes, tree
+from lm.model import tree
 from lm.model.attention import SelfAttention
 from lm.model.layers import Projection, norm
 from lm.model.ops import Ops

@@ -1,4 +1,4 @@
-"""Device mesh, and the rules (config data) that map the model's logical axis names (lm/model/axes.py) onto it.
+"""Device mesh, and the rules (config data) that map the model's logical axis names (lm/axes.py) onto it.
 
 Mesh axes: `data` splits the batch and replicates the model; `fsdp` splits the batch and also shards every
 parameter and its optimizer state (gathered just in time for each layer); `tensor` splits attention heads,
@@ -17,50 +17,8 @@ import jax
 import numpy as np
 from jax.sharding import NamedSharding, PartitionSpec
 
+from lm.axes import BATCH, DEFAULT_RULES, LENGTH, MESH_AXES, Rules
 from lm.errors import UserError
-from lm.model.axes import (
-    ACT_EMBED,
-    ACT_HEADS,
-    ACT_KV_HEADS,
-    ACT_MLP,
-    ACT_VOCAB,
-    BATCH,
-    EMBED,
-    HEAD_DIM,
-    HEADS,
-    KV_HEADS,
-    LAYERS,
-    LENGTH,
-    MLP,
-    POSITION,
-    VOCAB,
-)
-
-MESH_AXES = ("data", "fsdp", "tensor")
-
-Rules = tuple[tuple[str, Any], ...]
-
-# A name takes the first rule whose mesh axes the array does not use yet, so later rules are fallbacks:
-# a kernel shards `embed` over fsdp and `mlp` over tensor; a bias with no `embed` axis shards `mlp` (or
-# `head_dim`) over fsdp instead, so that FSDP leaves no parameter replicated.
-DEFAULT_RULES: Rules = (
-    (EMBED, "fsdp"),
-    (VOCAB, "tensor"),
-    (HEADS, "tensor"),
-    (KV_HEADS, "tensor"),
-    (MLP, ("tensor", "fsdp")),
-    (MLP, "tensor"),
-    (HEAD_DIM, "fsdp"),
-    (POSITION, None),
-    (LAYERS, None),
-    (BATCH, ("data", "fsdp")),
-    (LENGTH, None),
-    (ACT_EMBED, None),
-    (ACT_HEADS, "tensor"),
-    (ACT_KV_HEADS, "tensor"),
-    (ACT_MLP, "tensor"),
-    (ACT_VOCAB, "tensor"),
-)
 
 
 def as_rules(rules: Sequence[Sequence[Any]]) -> Rules:

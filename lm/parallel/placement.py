@@ -8,7 +8,7 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
-from lm.model.axes import CONFIG_NAMES
+from lm.axes import CONFIG_NAMES
 from lm.model.transformer import TransformerLM
 from lm.parallel.mesh import Layout
 

@@ -31,14 +31,21 @@ def _imports(tree: ast.Module) -> set[str]:
     return names
 
 
-def test_the_model_and_the_train_step_check_no_platform_and_never_import_sampling():
+def test_the_model_and_the_train_step_check_no_platform_and_training_never_imports_sampling():
+    """The model and the train step neither look at the platform nor import a backend (start-up hands them
+    their choices); nothing in the model or in training imports sampling's weight formats."""
     assert len(BACKEND_NEUTRAL) >= 8
     for path in BACKEND_NEUTRAL:
         with open(path) as f:
             source = f.read()
         found = [check for check in PLATFORM_CHECKS if check in source]
         assert not found, f"{path} checks the platform: {found}"
-        sampling = [name for name in _imports(ast.parse(source)) if name.startswith(("lm.sample", "lm.backends"))]
+        backends = [name for name in _imports(ast.parse(source)) if name.startswith("lm.backends")]
+        assert not backends, f"{path} imports {backends}"
+    for path in glob.glob(os.path.join(ROOT, "lm", "model", "*.py")) + glob.glob(os.path.join(ROOT, "lm", "train",
+                                                                                              "*.py")):
+        with open(path) as f:
+            sampling = [name for name in _imports(ast.parse(f.read())) if name.startswith("lm.sample")]
         assert not sampling, f"{path} imports {sampling}"
 
 

@@ -14,10 +14,10 @@ from collections.abc import Sequence
 import numpy as np
 from absl import flags
 
-from lm import sweep as sweep_lib
 from lm.cli import runner
 from lm.data import sources
 from lm.errors import UserError
+from lm.sweep import experiment
 
 BASE = "configs/shakespeare_char.py"
 TOKENS_PER_PARAMETER = 20
@@ -120,7 +120,7 @@ def write_report(rows: list[dict], out_dir: str) -> tuple[float, float, float]:
 def main(argv: Sequence[str]) -> None:
     if len(argv) != 1:
         raise UserError("usage: python experiments/scaling.py [--root runs] [--out experiments]")
-    rows = sweep_lib.run(os.path.abspath(__file__), flags.FLAGS.root)
+    rows = experiment.run(os.path.abspath(__file__), flags.FLAGS.root)
     a, alpha, c = write_report(rows, flags.FLAGS.out)
     print(f"L(N) = {a:.4g} * N^(-{alpha:.3f}) + {c:.3f}; wrote {flags.FLAGS.out}/scaling.md and scaling.png")
 

@@ -41,7 +41,8 @@ IMPORT_EVERYTHING = """
 import os, signal
 print("started", flush=True)
 before = signal.getsignal(signal.SIGINT)
-import lm, lm.train.loop, lm.sample.generate, lm.evaluate.scoring, lm.convert.gpt2, lm.bench.step, lm.sweep, lm.plot
+import lm, lm.train.loop, lm.sample.generate, lm.evaluate.scoring, lm.convert.gpt2, lm.bench.step
+import lm.sweep.experiment, lm.plot.figure
 print("tunables", repr(os.environ.get("GLIBC_TUNABLES", "")), "handler kept", signal.getsignal(signal.SIGINT) is before)
 """
 

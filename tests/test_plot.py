@@ -5,21 +5,21 @@ import os
 from conftest import one_line_error, run_module
 from PIL import Image
 
-from lm import plot
+from lm.plot import figure
 
 
 def test_curves_follow_the_runs_records_on_every_axis(tiny_run):
     workdir, _ = tiny_run
-    records = plot.read_metrics(workdir)
+    records = figure.read_metrics(workdir)
     trained = [r for r in records if "loss" in r]
     for x, key in (("steps", "step"), ("tokens", "train_tokens"), ("flops", "train_flops")):
-        xs, losses = plot.curves(records, x)["train"]
+        xs, losses = figure.curves(records, x)["train"]
         assert xs == [r[key] for r in trained] and losses == [r["loss"] for r in trained]
         assert all(b > a for a, b in zip(xs, xs[1:], strict=False))
-    steps, _ = plot.curves(records, "steps")["train"]
-    tokens, _ = plot.curves(records, "tokens")["train"]
+    steps, _ = figure.curves(records, "steps")["train"]
+    tokens, _ = figure.curves(records, "tokens")["train"]
     assert tokens[-1] / steps[-1] == tokens[0] / steps[0] > 0  # the same tokens every step
-    assert plot.curves(records, "flops")["val"][0]
+    assert figure.curves(records, "flops")["val"][0]
 
 
 def test_the_command_writes_one_png_of_several_runs_and_names_a_workdir_that_is_not_a_run(tiny_run, tmp_path):

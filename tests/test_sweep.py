@@ -14,8 +14,8 @@ import pytest
 from conftest import ROOT, TEST_XLA_FLAGS, TINY, USER_ENV
 
 from lm import config as config_lib
-from lm import sweep
 from lm.errors import UserError
+from lm.sweep import experiment
 
 EXPERIMENT = """
 BASE = {base!r}
@@ -41,7 +41,7 @@ def test_dry_run_commands_run_a_sweep_resumes_and_finishes_its_runs_and_a_rerun_
     names = ["optim.lr=0.001", "optim.lr=0.003,model.num_layers=1"]
 
     # --dry_run prints the commands and trains nothing; the second, run as printed, trains its run to the end.
-    assert sweep.run(str(path), root, dry_run=True) == [] and not os.path.exists(root)
+    assert experiment.run(str(path), root, dry_run=True) == [] and not os.path.exists(root)
     commands = capfd.readouterr().out.strip().splitlines()
     assert len(commands) == 2 and all(" -m lm.train --config " in c for c in commands)
     done = subprocess.run(shlex.split(commands[1]), cwd=ROOT, env=USER_ENV, capture_output=True, text=True,
@@ -55,7 +55,7 @@ def test_dry_run_commands_run_a_sweep_resumes_and_finishes_its_runs_and_a_rerun_
     assert stopped.returncode == 3 and "checkpoint 4 is the last good state" in stopped.stderr, stopped.stderr
     # The sweep resumes the first run from there and skips the second, which its printed command finished.
     capfd.readouterr()
-    rows = sweep.run(str(path), root)
+    rows = experiment.run(str(path), root)
     out = capfd.readouterr().out
     assert f"{names[0]}: training in" in out and f"{names[1]}: finished earlier, skipped" in out
     assert "resuming at step 4" in out and "starting at step 0" not in out
@@ -74,7 +74,7 @@ def test_dry_run_commands_run_a_sweep_resumes_and_finishes_its_runs_and_a_rerun_
     assert os.path.getsize(tmp_path / "runs" / "two_lrs" / "loss.png") > 0
 
     before = _mtimes(os.path.join(root, "two_lrs"))
-    assert sweep.run(str(path), root) == rows
+    assert experiment.run(str(path), root) == rows
     assert capfd.readouterr().out.count("finished earlier, skipped") == 2
     after = _mtimes(os.path.join(root, "two_lrs"))
     assert {p: t for p, t in after.items() if "/results." not in p and not p.endswith("loss.png")} == \
@@ -84,9 +84,9 @@ def test_dry_run_commands_run_a_sweep_resumes_and_finishes_its_runs_and_a_rerun_
 @pytest.mark.parametrize("path", sorted(p for p in glob.glob(os.path.join(ROOT, "experiments", "*.py"))
                                         if "def sweep(" in open(p).read()))
 def test_every_experiment_file_loads_and_expands(path):
-    base, fixed, runs = sweep.load(path)
+    base, fixed, runs = experiment.load(path)
     assert os.path.isfile(os.path.join(ROOT, base)) and runs
-    names = [sweep.run_name({**o}) for o in runs]
+    names = [experiment.run_name({**o}) for o in runs]
     assert len(set(names)) == len(names)  # every run gets a workdir of its own
     spec = importlib.util.spec_from_file_location("base", os.path.join(ROOT, base))
     module = importlib.util.module_from_spec(spec)
@@ -113,4 +113,4 @@ def test_the_scaling_fit_recovers_a_known_power_law():
 def test_an_experiment_file_without_a_sweep_is_named(tmp_path):
     (tmp_path / "empty.py").write_text("BASE = 'configs/tiny.py'\n")
     with pytest.raises(UserError, match=r"empty.py needs BASE \(a config file\) and def sweep\(add\)"):
-        sweep.load(str(tmp_path / "empty.py"))
+        experiment.load(str(tmp_path / "empty.py"))

@@ -1,4 +1,4 @@
-"""`python -m lm.sweep experiments/NAME.py [--root runs] [--dry_run]`: the runs of an experiment, one after another.
+"""An experiment: its file, its runs one after another, and the table and plot of their results.
 
 An experiment file names a base config and adds one set of overrides per run:
 
@@ -25,14 +25,10 @@ import shlex
 import statistics
 import subprocess
 import sys
-from collections.abc import Sequence
 from typing import Any
 
-from absl import flags
-
-from lm import plot
-from lm.cli import process, runner
 from lm.errors import Stopped, UserError
+from lm.plot import figure
 from lm.train.loop import SUMMARY
 
 COLUMNS = ("run", "parameters", "tokens", "flops", "train_loss", "val_loss", "val_bits_per_byte", "wall_s",
@@ -47,7 +43,7 @@ def load(path: str) -> tuple[str, dict[str, Any], list[dict[str, Any]]]:
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
     if not hasattr(module, "BASE") or not hasattr(module, "sweep"):
-        raise UserError(f"{path} needs BASE (a config file) and def sweep(add); see lm/sweep.py")
+        raise UserError(f"{path} needs BASE (a config file) and def sweep(add); see lm/sweep/experiment.py")
     runs: list[dict[str, Any]] = []
     module.sweep(lambda overrides: runs.append(dict(overrides)))
     if not runs:
@@ -71,7 +67,7 @@ def result_row(name: str, workdir: str) -> dict[str, Any]:
     """A results-table row of a finished run, from its summary.json and metrics.jsonl."""
     with open(os.path.join(workdir, SUMMARY)) as f:
         summary = json.load(f)
-    records = plot.read_metrics(workdir)
+    records = figure.read_metrics(workdir)
     train = [r for r in records if "loss" in r]
     val = [r for r in records if "val_loss" in r]
     wall, previous = 0.0, 0.0
@@ -123,19 +119,6 @@ def run(path: str, root: str, dry_run: bool = False) -> list[dict[str, Any]]:
                               done.returncode)
     rows = [result_row(name, workdir) for name, workdir, _ in planned]
     write_tables(rows, out_dir)
-    plot.plot([w for _, w, _ in planned], os.path.join(out_dir, "loss.png"), "tokens")
+    figure.plot([w for _, w, _ in planned], os.path.join(out_dir, "loss.png"), "tokens")
     print(f"results: {out_dir}/results.md, results.csv, loss.png")
     return rows
-
-
-def main(argv: Sequence[str]) -> None:
-    if len(argv) != 2:
-        raise UserError("usage: python -m lm.sweep experiments/NAME.py [--root runs] [--dry_run]")
-    run(argv[1], flags.FLAGS.root, flags.FLAGS.dry_run)
-
-
-if __name__ == "__main__":
-    process.start(huge_page_memory=False)
-    flags.DEFINE_string("root", "runs", "Where the experiment's folder of runs goes.")
-    flags.DEFINE_bool("dry_run", False, "Print one `python -m lm.train` command per run instead of running them.")
-    runner.run(main)

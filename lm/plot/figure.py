@@ -1,4 +1,4 @@
-"""`python -m lm.plot WORKDIR... [--x steps|tokens|flops] [--out loss.png]`: the loss curves of runs in one PNG.
+"""The loss curves of runs in one PNG.
 
 Each run's `metrics.jsonl` gives its training loss (a line) and validation loss (markers on a dashed line),
 against steps, training tokens or training FLOPs (model FLOPs, as in MFU); one colour per run, labelled by its
@@ -9,9 +9,6 @@ import json
 import os
 from collections.abc import Sequence
 
-from absl import flags
-
-from lm.cli import process, runner
 from lm.errors import UserError
 
 AXES = {"steps": ("step", "step"), "tokens": ("train_tokens", "training tokens"),
@@ -63,18 +60,3 @@ def plot(workdirs: Sequence[str], out: str, x: str = "steps") -> None:
     os.makedirs(os.path.dirname(os.path.abspath(out)), exist_ok=True)
     fig.savefig(out, bbox_inches="tight")
     plt.close(fig)
-
-
-def main(argv: Sequence[str]) -> None:
-    workdirs = argv[1:]
-    if not workdirs:
-        raise UserError("no workdir given; usage: python -m lm.plot WORKDIR... [--x steps|tokens|flops]")
-    plot(workdirs, flags.FLAGS.out, flags.FLAGS.x)
-    print(f"wrote {flags.FLAGS.out}: loss against {AXES[flags.FLAGS.x][1]} of {len(workdirs)} run(s)")
-
-
-if __name__ == "__main__":
-    process.start(huge_page_memory=False)
-    flags.DEFINE_enum("x", "steps", list(AXES), "The horizontal axis: steps, training tokens or training FLOPs.")
-    flags.DEFINE_string("out", "loss.png", "The PNG to write.")
-    runner.run(main)

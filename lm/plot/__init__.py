@@ -1,0 +1,1 @@
+"""`python -m lm.plot`: the command (command.py) and the figure of runs' loss curves (figure.py)."""

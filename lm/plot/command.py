@@ -1,0 +1,20 @@
+"""`python -m lm.plot WORKDIR... [--x steps|tokens|flops] [--out loss.png]`: the loss curves of runs in one PNG
+(figure.py)."""
+
+from collections.abc import Sequence
+
+from absl import flags
+
+from lm.errors import UserError
+from lm.plot import figure
+
+flags.DEFINE_enum("x", "steps", list(figure.AXES), "The horizontal axis: steps, training tokens or training FLOPs.")
+flags.DEFINE_string("out", "loss.png", "The PNG to write.")
+
+
+def main(argv: Sequence[str]) -> None:
+    workdirs = argv[1:]
+    if not workdirs:
+        raise UserError("no workdir given; usage: python -m lm.plot WORKDIR... [--x steps|tokens|flops]")
+    figure.plot(workdirs, flags.FLAGS.out, flags.FLAGS.x)
+    print(f"wrote {flags.FLAGS.out}: loss against {figure.AXES[flags.FLAGS.x][1]} of {len(workdirs)} run(s)")

@@ -18,6 +18,7 @@ setup(
         "array_record>=0.7",
         "importlib_resources>=6.0",  # tensorflow-datasets needs it when building, but does not declare it
         "grain>=0.2.10",
+        "pyarrow>=14",  # Parquet corpora
         "sentencepiece>=0.2",
         "safetensors>=0.4",
         "regex>=2022.1",  # GPT-2's pre-tokenizer pattern (Unicode letter and number classes)

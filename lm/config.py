@@ -25,7 +25,7 @@ MATMULS = ("auto", "xla", "cpu")
 REMATS = ("none", "full", "dots", "dots_no_batch")
 NONFINITE_POLICIES = ("stop", "skip")
 DECODE_ERRORS = ("strict", "replace")
-DATA_FORMATS = ("auto", "text", "jsonl")
+DATA_FORMATS = ("auto", "text", "jsonl", "jsonl.gz", "parquet")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -88,14 +88,17 @@ def defaults() -> ml_collections.ConfigDict:
     c.seed = 0  # parameters' initialization and the data order
     c.init_from = ""  # 'WORKDIR' or 'WORKDIR:STEP': start from that run's parameters and tokenizer ('' = from scratch)
     c.data = dict(
-        path="",  # a text or JSONL file, or a folder of .txt and .jsonl files ('' = the bundled tiny Shakespeare)
-        format="auto",  # auto (by extension) | text | jsonl
-        text_key="text",  # the JSONL field (or TFDS feature) that holds a document's text
-        prompt_key="",  # a JSONL field read before the text whose tokens the loss skips (supervised fine-tuning)
+        path="",  # text, JSONL (.jsonl, .jsonl.gz) or Parquet files: a file, folder or glob; a prepared folder
+        # (lm.prepare); or token files (.bin) read in place ('' = the bundled tiny Shakespeare)
+        mixture="",  # several corpora with weights instead of path: 'PATH:WEIGHT,PATH:WEIGHT'
+        format="auto",  # auto (by extension) | text | jsonl | jsonl.gz | parquet
+        text_key="text",  # the JSONL field, Parquet column (or TFDS feature) that holds a document's text
+        prompt_key="",  # a field read before the text whose tokens the loss skips (supervised fine-tuning)
         separator="\n\n",  # text is cut into documents here
-        validation_fraction=0.1,  # the last characters of text, or the last JSONL rows, held out for validation
-        cache_dir="",  # where the prepared TFDS datasets are built ('' = ~/.cache/lm/tfds)
-        shards=0,  # independent pipelines the global batch is drawn from (0 = one per process)
+        validation_fraction=0.1,  # the last characters of text, or the last rows, of each part held out
+        cache_dir="",  # where corpora are prepared as token shards ('' = ~/.cache/lm/data)
+        workers=0,  # processes that prepare a corpus (0: one per core)
+        token_dtype="auto",  # token files (.bin): uint16 | uint32 (auto: uint16 up to 65,536 ids)
         decode_errors="strict",  # bytes that are not UTF-8: strict (stop, naming file and offset) | replace (U+FFFD)
         tfds_name="",  # a TFDS catalog dataset instead (e.g. 'lm1b'), prepared as array_record in tfds_data_dir
         tfds_data_dir="",  # '' = ~/tensorflow_datasets
@@ -106,7 +109,7 @@ def defaults() -> ml_collections.ConfigDict:
     c.tokenizer = dict(
         type="char",  # char | bpe | unigram, trained on the training documents
         vocab_size=256,  # pieces of a bpe or unigram model (char: as many as the characters)
-        sample_chars=20_000_000,  # characters of the shuffled training documents it is trained on (0: all)
+        sample_chars=20_000_000,  # characters of the training documents it is trained on (0: all)
         path="",  # an existing SentencePiece .model file, used as it is (then type and vocab_size are ignored)
     )
     c.model = {f.name: f.default for f in dataclasses.fields(ModelConfig) if f.name != "vocab_size"}
@@ -222,7 +225,11 @@ def validate(cfg: ml_collections.ConfigDict) -> None:
     _check(cfg.mesh.cpu_devices >= 0,
            f"config.mesh.cpu_devices must be >= 0 (0: one per core), got {cfg.mesh.cpu_devices}")
     _check(cfg.data.ahead >= 0, f"config.data.ahead must be >= 0 (0: no background thread), got {cfg.data.ahead}")
-    _check(cfg.data.shards >= 0, f"config.data.shards must be >= 0 (0: one per process), got {cfg.data.shards}")
+    _check(cfg.data.workers >= 0, f"config.data.workers must be >= 0 (0: one per core), got {cfg.data.workers}")
+    _check(cfg.data.token_dtype in ("auto", "uint16", "uint32"),
+           f"config.data.token_dtype must be auto, uint16 or uint32, got {cfg.data.token_dtype!r}")
+    _check(not (cfg.data.mixture and (cfg.data.path or cfg.data.tfds_name)),
+           "set config.data.mixture or config.data.path (or tfds_name), not both")
     _check(cfg.data.format in DATA_FORMATS,
            f"config.data.format must be one of {DATA_FORMATS}, got {cfg.data.format!r}")
     _check(bool(cfg.data.text_key), "config.data.text_key must name the JSONL field that holds the text")

@@ -98,6 +98,15 @@ def tiny_run(tiny_config, tmp_path_factory):
     return workdir, train(tiny_config, workdir)
 
 
+def char_tokenizer(cache_dir: str, **data):
+    """The character tokenizer a fresh run of the default data settings (and `data`) takes, as lm.train makes it."""
+    from lm import config as config_lib
+    from lm.data import corpus
+
+    d = {**config_lib.defaults().data.to_dict(), "cache_dir": str(cache_dir), **data}
+    return corpus.fresh_tokenizer(d, {"type": "char", "vocab_size": 256, "sample_chars": 0, "path": ""})
+
+
 def wide_params(cfg, seed: int):
     """Parameters of a model of `cfg` drawn wide (std 0.3; norm scales 1 + that): its greedy text varies from token
     to token and hangs on the whole context, as a default-initialized or briefly trained model's does not (it
@@ -119,10 +128,7 @@ def wide_run(cache_dir, tmp_path_factory) -> str:
     checkpoints 1 and 2 (other weights), for the sampling command."""
     from lm.checkpoint import manager
     from lm.config import ModelConfig
-    from lm.data import sources
-    from lm.tokenizer import sentencepiece
-
-    tok = sentencepiece.train(sources.texts(sources.build("", "\n\n", 0.1, cache_dir), "train"), "char", 256)
+    tok = char_tokenizer(cache_dir)
     cfg = ModelConfig(vocab_size=tok.vocab_size, max_len=32, num_layers=2, num_heads=4, embed_dim=32, mlp_dim=64,
                       num_kv_heads=2, position="rope", norm="rmsnorm", mlp="swiglu", use_bias=False,
                       tie_embeddings=False)  # Llama style: wide-drawn, its greedy text varies most
@@ -142,7 +148,7 @@ def score_by_hand(workdir: str, max_batches: int = 0, cache_dir: str | None = No
     a log-softmax of the model's logits at every target that continues its document, and the bytes of the text
     those targets decode to, run by run, each EOS standing for the separator."""
     from lm.checkpoint import reader
-    from lm.data import sources
+    from lm.data import corpus
     from lm.data.batches import eval_batches
     from lm.model.transformer import TransformerLM
     from lm.parallel import mesh as shd
@@ -156,8 +162,8 @@ def score_by_hand(workdir: str, max_batches: int = 0, cache_dir: str | None = No
     separator = len(run["data"]["separator"].encode("utf-8"))
     nll = count = nbytes = 0
     data = dict(run["data"], cache_dir=cache_dir if cache_dir is not None else run["data"]["cache_dir"])
-    rows = eval_batches(sources.open_corpus(data), tok, c.max_len + 1, run["train"]["batch_size"],
-                        run["data"]["shards"], max_batches=max_batches)
+    rows = eval_batches(corpus.eval_splits(data, tok, c.max_len + 1), run["train"]["batch_size"],
+                        max_batches=max_batches)
     for b in rows:
         tokens, segments = b["tokens"], b["segment_ids"]
         logits = np.asarray(forward(tokens[:, :-1], b["positions"][:, :-1], segments[:, :-1]), np.float64)

@@ -12,7 +12,7 @@ from conftest import TINY, load_config, one_line_error, run_module, score_by_han
 
 from lm.backends import select
 from lm.checkpoint import reader
-from lm.data import sources
+from lm.data import corpus
 from lm.parallel import mesh as shd
 from lm.parallel import placement
 from lm.sample import weights as formats
@@ -147,11 +147,11 @@ def test_train_on_a_folder_of_text_and_on_jsonl_building_each_dataset_once(tmp_p
     rows = tmp_path / "rows.jsonl"
     rows.write_text("".join(json.dumps({"text": f"Row {i}: " + "words in a row. " * 20}) + "\n" for i in range(100)))
 
-    def builds(source) -> bool:  # opening the corpus as lm.train does
+    def prepares(source) -> bool:  # opening the corpus as lm.train does
         cfg = load_config(TINY)
         cfg.data.update(path=str(source), cache_dir=str(cache))
-        sources.open_corpus(cfg.data)
-        return "building dataset" in capsys.readouterr().out
+        corpus.open_data(cfg.data, corpus.fresh_tokenizer(cfg.data, cfg.tokenizer), 33)
+        return "preparing" in capsys.readouterr().out
 
     for source, change in ((folder, lambda: (folder / "3.txt").write_text("A new file. " * 100)),
                            (rows, lambda: rows.write_text(rows.read_text() + '{"text": "One more row."}\n'))):
@@ -159,12 +159,13 @@ def test_train_on_a_folder_of_text_and_on_jsonl_building_each_dataset_once(tmp_p
                             "--config.train.steps=2", f"--config.data.path={source}",
                             f"--config.data.cache_dir={cache}")
         assert result.returncode == 0 and "val loss" in result.stdout, result.stderr
-        assert "building dataset" in result.stdout  # built by the run
-        assert not builds(source)  # reused
+        assert "preparing" in result.stdout  # prepared by the run
+        assert not prepares(source)  # reused
         change()
-        assert builds(source)  # the source changed: built again
-        assert not builds(source)
-    assert len(os.listdir(cache / "text_corpus")) == 4
+        assert prepares(source)  # the source changed: prepared again
+        assert not prepares(source)
+    prepared = [p for p in os.listdir(cache) if p != "tokenizers"]
+    assert len(prepared) == 4 and len(os.listdir(cache / "tokenizers")) == 4  # each version its own tokenizer
 
 
 def test_prompt_longer_than_the_context_is_one_line(tiny_run):
@@ -254,15 +255,18 @@ def test_bench_prints_its_figures_and_profile():
     assert abs(sum(float(share) for _, share in shares) - 100) < 1, result.stdout
 
 
-def test_bench_times_the_input_pipeline_against_the_train_step(cache_dir):
+def test_bench_times_the_training_batches_against_the_train_step(cache_dir):
     result = run_module("lm.bench", "--config", TINY, "--data", "--repeats", "1",
                         f"--config.data.cache_dir={cache_dir}", "--config.tokenizer.sample_chars=200000")
     assert result.returncode == 0, result.stderr
-    rows = re.findall(r"^  (char|bpe) \((\d+) ids\) +([\d,]+) tokens/s \| per document .* read (\d+) us", result.stdout,
-                      re.M)
-    assert [kind for kind, _, _, _ in rows] == ["char", "bpe"], result.stdout
-    assert all(int(tps.replace(",", "")) > 0 and int(read) > 0 for _, _, tps, read in rows)
-    assert float(re.search(r"ratio pipeline / train step: ([\d.]+)x", result.stdout).group(1)) > 0
+    batches = re.search(r"^  batches +([\d,]+) tokens/s \(([\d,.]+) batches/s\)", result.stdout, re.M)
+    step = re.search(r"^  train step \(1 cpu device\(s\)\) +([\d,]+) tokens/s", result.stdout, re.M)
+    ratio = re.search(r"ratio batches / train step: ([\d.]+)x", result.stdout)
+    assert batches and step and ratio, result.stdout
+    rows = float(batches.group(1).replace(",", "")) / float(batches.group(2).replace(",", ""))
+    assert abs(rows - 8 * 32) < 1, result.stdout  # tiny.py: a batch trains on 8 rows of context 32
+    want = float(batches.group(1).replace(",", "")) / float(step.group(1).replace(",", ""))
+    assert abs(float(ratio.group(1)) - want) <= 0.05 + 0.01 * want, result.stdout
 
 
 def test_bench_times_decoding_per_weight_format():

@@ -8,16 +8,16 @@ import flax.linen as nn
 import jax
 import numpy as np
 import pytest
-from conftest import run_module, score_by_hand
+from conftest import char_tokenizer, run_module, score_by_hand
 
+from lm import config as config_lib
 from lm.backends import select
 from lm.config import ModelConfig
-from lm.data import sources
+from lm.data import corpus
 from lm.data.batches import eval_batches
 from lm.evaluate.scoring import evaluate, make_eval_step
 from lm.parallel import mesh as shd
 from lm.parallel import placement
-from lm.tokenizer import sentencepiece
 
 
 def test_bits_per_byte_of_a_text_counted_by_hand(tmp_path, cache_dir):
@@ -26,15 +26,16 @@ def test_bits_per_byte_of_a_text_counted_by_hand(tmp_path, cache_dir):
     standing for the separator '\\n\\n' (2 bytes): 12. Pieces: h é l o a b, '\\n', <unk> <s> </s>: V = 10."""
     rows = tmp_path / "docs.jsonl"
     rows.write_text("".join(json.dumps({"text": t}) + "\n" for t in ("héllo", "ab", "zz")))  # 'zz': validation
-    corpus = sources.build(str(rows), "\n\n", 1 / 3, cache_dir)
-    tok = sentencepiece.train(sources.texts(corpus, "train"), "char", 256)
+    d = {"path": str(rows), "validation_fraction": 1 / 3}
+    tok = char_tokenizer(cache_dir, **d)
     assert tok.vocab_size == 10
     c = ModelConfig(vocab_size=tok.vocab_size, max_len=15, num_layers=1, num_heads=2, embed_dim=8, mlp_dim=16)
     model = select.model(c)
     zeros = jax.tree.map(lambda x: np.zeros(x.shape, x.dtype),
                          jax.eval_shape(lambda: nn.unbox(placement.boxed_params(model, 0))))
     layout = shd.make_layout({"data": 1, "fsdp": 1, "tensor": 1}, jax.devices()[:1])
-    batches = eval_batches(corpus, tok, c.max_len + 1, 1, split="train")
+    batches = eval_batches(corpus.eval_splits({**config_lib.defaults().data.to_dict(), "cache_dir": cache_dir, **d},
+                                              tok, c.max_len + 1, "train"), 1)
     assert len(batches) == 1  # 11 tokens in one row of 16
     result = evaluate(make_eval_step(model, tok.token_bytes(len("\n\n")), layout), zeros, batches, layout)
     assert result["tokens"] == 9

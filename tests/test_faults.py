@@ -14,12 +14,11 @@ import jax
 import ml_collections
 import numpy as np
 import pytest
-from conftest import ROOT, USER_ENV, one_line_error, run_module, start_training, train_command
+from conftest import ROOT, USER_ENV, char_tokenizer, one_line_error, run_module, start_training, train_command
 
 from lm import optim
 from lm.backends import select
 from lm.checkpoint import integrity, manager, reader
-from lm.data import sources
 from lm.errors import UserError
 from lm.parallel import mesh as shd
 from lm.tokenizer import sentencepiece
@@ -251,27 +250,18 @@ def test_a_second_trainer_on_a_workdir_is_refused_and_the_first_run_goes_on_inta
 
 # 5. A leftover tokenizer of other settings; 6. another batch size on resume.
 
-def test_a_leftover_tokenizer_of_other_settings_is_replaced_with_one_warning(tiny_config, tmp_path, capsys):
-    workdir = str(tmp_path / "run")
-    corpus = sources.open_corpus(tiny_config.data)
-    char = sentencepiece.load_or_train(workdir, "char", 256, sources.texts(corpus, "train"))  # a run killed early
-    # as lm before this check left it:
-    os.remove(os.path.join(workdir, sentencepiece.MODEL_FILE + sentencepiece.SETTINGS))
+def test_a_leftover_tokenizer_of_other_settings_is_replaced(tiny_config, tmp_path, cache_dir):
+    """A run killed before its first checkpoint leaves its tokenizer; started again with other tokenizer settings,
+    the run takes the tokenizer those settings make, and its data is prepared with that one."""
+    workdir = tmp_path / "run"
+    workdir.mkdir()
+    (workdir / "tokenizer.json").write_text(json.dumps(char_tokenizer(cache_dir).to_json()))
     cfg = tiny_config.copy_and_resolve_references()
     cfg.tokenizer.update(type="bpe", vocab_size=500)
     cfg.train.update(steps=2, eval_every=2)
-    capsys.readouterr()
-    train(cfg, workdir)
-    assert _stderr_lines(capsys) == [f"warning: {workdir}/tokenizer.model was made with other settings (unrecorded) "
-                                     "than config.tokenizer asks for; replacing it"]
-    saved = reader.read(workdir, None, ONE_DEVICE).tokenizer
-    assert char.vocab_size < 100 and saved.vocab_size == 500
-    cfg.tokenizer.update(type="unigram", vocab_size=400)  # and a leftover recorded with other settings
-    shutil.rmtree(os.path.join(workdir, "checkpoints"))
-    train(cfg, workdir)
-    assert _stderr_lines(capsys)[0] == (f"warning: {workdir}/tokenizer.model was made with other settings (type 'bpe', "
-                                        "vocab_size 500) than config.tokenizer asks for; replacing it")
-    assert reader.read(workdir, None, ONE_DEVICE).tokenizer.vocab_size == 400
+    train(cfg, str(workdir))
+    saved = reader.read(str(workdir), None, ONE_DEVICE).tokenizer
+    assert saved.vocab_size == 500 and saved.encode("To be") != char_tokenizer(cache_dir).encode("To be")
 
 
 def test_resuming_with_another_batch_size_is_refused(tiny_run, tiny_config, tmp_path):
@@ -425,7 +415,7 @@ def test_bad_input_is_one_line(tmp_path, cache_dir):
     one_line_error(run_module(*train_command(fresh, cache_dir, "--config.mesh.tensor=3",
                                              "--config.mesh.cpu_devices=3")[2:]),
                    "model.num_heads=2 is not divisible by mesh tensor=3")
-    assert not os.path.exists(fresh / sentencepiece.MODEL_FILE)  # said before a tokenizer was trained
+    assert not os.path.exists(fresh / "tokenizer.json")  # said before a tokenizer was made
     one_line_error(run_module("lm.sample", "--workdir", str(fresh), "--stop", ""), "--stop ''")
 
 

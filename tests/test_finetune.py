@@ -11,7 +11,7 @@ import pytest
 from lm.backends import select
 from lm.checkpoint import reader
 from lm.convert.gpt2 import import_gpt2
-from lm.data import sources
+from lm.data import corpus
 from lm.data.batches import TrainBatches
 from lm.errors import UserError
 from lm.model import objective
@@ -35,8 +35,8 @@ def _source_loss_on_first_batch(cfg, source):
     layout = shd.make_layout(cfg.mesh)
     model = select.model(saved)
     params = ckpt.params(step, placement.abstract_params(model, layout))
-    corpus = sources.build(cfg.data.path, cfg.data.separator, cfg.data.validation_fraction, cfg.data.cache_dir)
-    batches = TrainBatches(corpus, tok, saved.max_len + 1, cfg.train.batch_size, cfg.seed, 1, 0, 1)
+    components, _, _ = corpus.open_data(cfg.data, tok, saved.max_len + 1)
+    batches = TrainBatches(components, cfg.train.batch_size, cfg.seed)
     with layout.scope():
         return float(jax.jit(lambda p, b: objective.mean_loss(model, p, b))(params, layout.global_batch(next(batches))))
 
@@ -54,7 +54,7 @@ def test_first_loss_of_a_fine_tune_is_the_source_loss_on_that_batch(tiny_run, ti
     assert first["step"] == 1 and first["loss"] == pytest.approx(want, rel=1e-5)
     _, step, _, tok, _ = reader.open_run(str(tmp_path / "ft"))
     assert step == 2 and tok.proto == reader.open_run(source)[3].proto  # the source's tokenizer came along
-    assert not os.path.exists(tmp_path / "ft" / "tokenizer.model")  # none was trained
+    assert not os.path.exists(tmp_path / "ft" / "tokenizer.json")  # none was made
 
 
 def test_fine_tune_converts_layers_and_vocabulary_padding_either_way(tiny_config, tmp_path):

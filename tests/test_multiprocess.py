@@ -32,7 +32,7 @@ def _train(workdir, cache_dir, processes: int, steps: int = 6) -> str:
     its 8 devices); returns process 0's output."""
     if processes == 1:
         cfg = load_config()
-        cfg.data.update(cache_dir=str(cache_dir), shards=2)
+        cfg.data.update(cache_dir=str(cache_dir))
         cfg.train.update(steps=steps, log_every=1, eval_every=3)
         cfg.checkpoint.every = 3
         with contextlib.redirect_stdout(io.StringIO()) as out:
@@ -40,7 +40,7 @@ def _train(workdir, cache_dir, processes: int, steps: int = 6) -> str:
         return out.getvalue()
     env = {**USER_ENV, "XLA_FLAGS": f"{TEST_XLA_FLAGS} --xla_force_host_platform_device_count={8 // processes}"}
     cmd = [sys.executable, "-m", "lm.train", "--config", TINY, "--workdir", str(workdir),
-           f"--config.data.cache_dir={cache_dir}", "--config.data.shards=2", f"--config.train.steps={steps}",
+           f"--config.data.cache_dir={cache_dir}", f"--config.train.steps={steps}",
            "--config.train.log_every=1", "--config.train.eval_every=3", "--config.checkpoint.every=3",
            f"--coordinator_address=127.0.0.1:{_free_port()}", f"--num_processes={processes}"]
     procs = [subprocess.Popen(cmd + [f"--process_id={i}"], cwd=ROOT, env=env, stdout=subprocess.PIPE,

@@ -15,6 +15,7 @@ from conftest import ROOT, USER_ENV, start_training, train_command
 from lm import optim
 from lm.backends import select
 from lm.checkpoint import reader
+from lm.data.sources import bundled_corpus
 from lm.parallel import mesh as shd
 from lm.train import state as state_lib
 
@@ -43,8 +44,13 @@ def _final_state(workdir, step):
 
 
 def test_killed_three_times_the_run_ends_bitwise_equal_to_an_uninterrupted_one(tmp_path, cache_dir):
+    """On a mixture of two prepared corpora: the bundled one and JSONL rows (other text, other characters)."""
     steps = 60
-    overrides = (f"--config.train.steps={steps}", "--config.checkpoint.every=10", "--config.train.log_every=1")
+    rows = tmp_path / "rows.jsonl"
+    rows.write_text("".join(json.dumps({"text": f"Row {i}: {'0123456789' * (i % 7 + 1)} [done]"}) + "\n"
+                            for i in range(400)))
+    overrides = (f"--config.train.steps={steps}", "--config.checkpoint.every=10", "--config.train.log_every=1",
+                 f"--config.data.mixture={bundled_corpus()}:0.7,{rows}:0.3")
     reference = tmp_path / "reference"
     result = subprocess.run(train_command(reference, cache_dir, *overrides), cwd=ROOT, env=USER_ENV,
                             capture_output=True, text=True, timeout=300)
@@ -94,6 +100,9 @@ def test_killed_three_times_the_run_ends_bitwise_equal_to_an_uninterrupted_one(t
     assert not _unfinished(checkpoints)
     (a, a_data), (b, b_data) = _final_state(reference, steps), _final_state(workdir, steps)
     assert a_data == b_data
+    taken = a_data["rows"]  # both corpora gave rows, about 70/30
+    assert sorted(taken) == sorted([bundled_corpus(), str(rows)]) and sum(taken.values()) == steps * 8
+    assert 0.55 < taken[bundled_corpus()] / (steps * 8) < 0.85
     for x, y in zip(jax.tree.leaves(a), jax.tree.leaves(b), strict=True):  # parameters, Adam moments, step
         np.testing.assert_array_equal(x, y)
 

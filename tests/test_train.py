@@ -9,18 +9,18 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
+from conftest import char_tokenizer
 
 from lm import config as config_lib
 from lm import optim
 from lm.backends import select
 from lm.checkpoint import manager, reader
-from lm.data import sources
+from lm.data import corpus
 from lm.data.batches import TrainBatches
 from lm.errors import UserError
 from lm.model import objective
 from lm.parallel import mesh as shd
 from lm.parallel import placement
-from lm.tokenizer import sentencepiece
 from lm.train import state as state_lib
 from lm.train.loop import train
 from lm.train.metrics import METRICS
@@ -84,18 +84,18 @@ def test_a_damaged_latest_checkpoint_is_set_aside_and_the_previous_one_resumes(t
 
 def test_checkpoint_round_trip_restores_the_saved_state(tiny_config, tmp_path, cache_dir):
     cfg = tiny_config
-    corpus = sources.build("", "\n\n", 0.1, cache_dir)
-    tok = sentencepiece.train(sources.texts(corpus, "train"), "char", 256)
+    tok = char_tokenizer(cache_dir)
+    components, _, _ = corpus.open_data(cfg.data, tok, 33)
     model_config = config_lib.model_config(cfg, tok.vocab_size)
     model = select.model(model_config)
     tx, _ = optim.optimizer(cfg.optim, 10)
     layout = shd.make_layout({"data": 2, "fsdp": 2, "tensor": 2})
     state = state_lib.create(model, tx, layout, seed=4)
     state = state.replace(step=state.step + 7)
-    it = TrainBatches(corpus, tok, 33, 8, seed=0)
+    it = TrainBatches(components, 8, seed=0)
     next(it)
     ckpt = manager.Checkpointer(str(tmp_path), every=1, keep=2)
-    ckpt.save(7, state, it.global_state(), manager.make_meta(model_config, tok, cfg.to_dict()))
+    ckpt.save(7, state, it.get_state(), manager.make_meta(model_config, tok, cfg.to_dict()))
     ckpt.wait()
     want_batch = next(it)["tokens"]
 
@@ -106,7 +106,7 @@ def test_checkpoint_round_trip_restores_the_saved_state(tiny_config, tmp_path, c
         for x, y, t in zip(jax.tree.leaves(state), jax.tree.leaves(restored), jax.tree.leaves(template), strict=True):
             np.testing.assert_array_equal(np.asarray(x), np.asarray(y))
             assert y.sharding == t.sharding
-    fresh_it = TrainBatches(corpus, tok, 33, 8, seed=0)
+    fresh_it = TrainBatches(components, 8, seed=0)
     fresh_it.set_state(data_state)
     np.testing.assert_array_equal(next(fresh_it)["tokens"], want_batch)
     _, step, saved_config, saved_tok, _ = reader.open_run(str(tmp_path))

@@ -23,10 +23,9 @@ from lm import flops, optim
 from lm.backends import select
 from lm.bench import data as data_bench
 from lm.bench import profile as step_profile
-from lm.data import sources
+from lm.data import corpus
 from lm.model import objective
 from lm.parallel.mesh import Layout, make_layout
-from lm.tokenizer import sentencepiece
 from lm.train import state as state_lib
 from lm.train.step import loss_and_grads, make_train_step
 
@@ -104,20 +103,16 @@ def bench(cfg: Any, repeats: int = 5, profile: bool = False) -> dict[str, Any]:
 
 
 def data_speed(cfg: Any, repeats: int) -> None:
-    """Prints the input pipeline's tokens/s (the config's tokenizer, then BPE) against the train step's."""
-    corpus = sources.open_corpus(cfg.data)
-    t = cfg.tokenizer
-    tok = sentencepiece.train(sources.texts(corpus, "train"), t.type, t.vocab_size, t.sample_chars)
-    bpe = sentencepiece.train(sources.texts(corpus, "train"), "bpe", 2000, t.sample_chars)
+    """Prints the training batches' tokens/s from prepared shards against the train step's."""
+    tok = corpus.fresh_tokenizer(cfg.data, cfg.tokenizer)
     row_len, batch = cfg.model.max_len + 1, cfg.train.batch_size
-    mine = data_bench.pipeline(corpus, tok, row_len, batch)
-    with_bpe = data_bench.pipeline(corpus, bpe, row_len, batch)
+    loader = data_bench.loader_speed(cfg.data, tok, row_len, batch)
     cfg = cfg.copy_and_resolve_references()
     cfg.tokenizer.vocab_size = tok.vocab_size
     step = bench(cfg, repeats)
-    print(f"input pipeline alone (one process, batch {batch} x {row_len} tokens), and the train step:")
-    data_bench.report(f"{t.type} ({tok.vocab_size} ids)", mine)
-    data_bench.report(f"bpe ({bpe.vocab_size} ids)", with_bpe)
+    print(f"training batches from prepared shards (one process, batch {batch} x {row_len} tokens, "
+          f"{loader['tokens']:,.0f} tokens), and the train step:")
+    print(f"  batches          {loader['tokens_per_s']:>14,.0f} tokens/s ({loader['batches_per_s']:,.1f} batches/s)")
     print(f"  train step ({jax.device_count()} {jax.devices()[0].platform} device(s)) {step['tokens_per_s']:>12,.0f} "
           f"tokens/s")
-    print(f"ratio pipeline / train step: {mine['tokens_per_s'] / step['tokens_per_s']:.1f}x")
+    print(f"ratio batches / train step: {loader['tokens_per_s'] / step['tokens_per_s']:.1f}x")

@@ -1,2 +1,3 @@
-"""Data: corpora as prepared TFDS datasets of documents (sources.py) and packed, resumable, per-process batches
-(batches.py); tinyshakespeare.txt is the bundled corpus."""
+"""Data: corpus files and their documents (sources.py, documents.py, catalog.py for TFDS), prepared once into
+token shards (prepare.py), read back as rows (shards.py) and resumable, per-process batches and mixtures
+(batches.py); corpus.py ties a config's data to all of these. tinyshakespeare.txt is the bundled corpus."""

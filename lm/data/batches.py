@@ -1,84 +1,74 @@
-"""Documents -> packed, shuffled, per-process batches, through a grain pipeline over a corpus (sources.py).
+"""Rows of token splits (shards.py) -> this process's part of each global batch: shuffled and endless for
+training, in order once for evaluation.
 
-Documents are shuffled per epoch with a seed, tokenized as [BOS] prompt text [EOS] with a loss mask that is 0
-over BOS and the prompt, concatenated and split into rows of `max_len + 1` tokens with segment ids and
-positions, and batched. A global batch is drawn from `shards` independent pipelines (shard s reads documents
-s, s + shards, ...) that are split among the processes, so each process reads only its own rows, and runs with
-the same `shards` see the same batches whatever the number of processes. The pipelines' state is a small JSON
-dict that travels with every checkpoint, so resume replays exactly the batches that came next, on any process
-count.
+Training draws row after row from each corpus's rows in a fresh random order each epoch (grain's index_shuffle:
+the order is computed, never stored). With one corpus, batch k is its rows k*B .. (k+1)*B - 1 of that order;
+with a mixture, each of batch k's B rows picks its corpus at random by the weights (a generator seeded with the
+run's seed and k) and takes that corpus's next row. Process p of P reads rows p*B/P .. (p+1)*B/P - 1 of each
+batch alone, so the global batches are the same whatever the process count. The data position is a few
+integers: the batches consumed and the rows each corpus gave, so resume replays exactly what came next. When a
+resumed run's weights differ, the new weights draw from the next batch on, each corpus going on from its own
+position (a corpus new to the run starts at its first row).
 """
 
-import copy
-import itertools
-import json
+import dataclasses
 import queue
+import sys
 import threading
 from typing import Any
 
-import grain
 import numpy as np
 from grain import experimental as grain_exp
 
-from lm.data.sources import Corpus
+from lm.data.shards import FIELDS, Split
 from lm.errors import UserError
-from lm.parallel import processes
-from lm.tokenizer.kinds import AnyTokenizer
+
+STATE_FORMAT = 2
 
 
-class _Tokenize(grain.transforms.Map):
-    """[BOS] prompt text [EOS] -> tokens and loss_mask (1 where the token is a target the loss counts: the
-    text's tokens and EOS, not BOS or the prompt's)."""
+@dataclasses.dataclass
+class Component:
+    """One corpus of the training data: its name (as the config gives it), weight and training rows."""
 
-    def __init__(self, tokenizer: AnyTokenizer):
-        self.tokenizer = tokenizer
-
-    def map(self, record: dict[str, bytes]) -> dict[str, np.ndarray]:
-        t = self.tokenizer
-        prompt = t.encode(record["prompt"].decode("utf-8")) if record["prompt"] else []
-        text = t.encode(record["text"].decode("utf-8"))
-        ids = [t.bos_id, *prompt, *text, t.eos_id]
-        mask = np.ones(len(ids), np.int32)
-        mask[:1 + len(prompt)] = 0
-        return {"tokens": np.asarray(ids, np.int32), "loss_mask": mask}
+    name: str
+    weight: float
+    rows: Split
 
 
-def _rows(corpus: Corpus, split: str, tokenizer: AnyTokenizer, row_len: int, shard: int, shards: int,
-          seed: int | None) -> grain.IterDataset:
-    """Packed rows {'tokens', 'segment_ids', 'positions', 'loss_mask'} [row_len] of one shard; endless and shuffled
-    if seeded."""
-    docs = corpus.documents(split)[shard::shards]
-    if seed is not None:
-        docs = docs.shuffle(seed=seed).repeat(None)
-    docs = docs.map(_Tokenize(tokenizer)).to_iter_dataset(grain.ReadOptions(num_threads=0, prefetch_buffer_size=0))
-    packed = grain_exp.ConcatThenSplitIterDataset(docs, length_struct={"tokens": row_len, "loss_mask": row_len})
-    return packed.map(lambda r: {"tokens": r["tokens"], "segment_ids": r["tokens_segment_ids"],
-                                 "positions": r["tokens_positions"], "loss_mask": r["loss_mask"]})
-
-
-def local_shards(shards: int, global_batch: int, process_index: int, process_count: int) -> range:
-    """The shards this process reads; checks that shards split the batch and the processes split the shards."""
-    if shards % process_count or global_batch % shards:
-        raise UserError(f"config.data.shards={shards} must be a multiple of the process count {process_count} and "
-                        f"divide config.train.batch_size={global_batch}")
-    per = shards // process_count
+def local_rows(global_batch: int, process_index: int, process_count: int) -> range:
+    """The rows of each global batch this process reads; checks that the processes split the batch."""
+    if global_batch % process_count:
+        raise UserError(f"config.train.batch_size={global_batch} must be a multiple of the process count "
+                        f"{process_count}")
+    per = global_batch // process_count
     return range(process_index * per, (process_index + 1) * per)
+
+
+def _shuffled(position: int, count: int, seed: int) -> int:
+    """The row at `position` of the endless stream of `count` rows, reshuffled every epoch."""
+    epoch, i = divmod(position, count)
+    return grain_exp.index_shuffle(i, max_index=count - 1, seed=(seed * 1_000_003 + epoch) % (1 << 31), rounds=4)
 
 
 class TrainBatches:
     """Endless iterator of this process's rows of each global training batch: dicts of [local rows, row_len].
 
-    With `ahead` > 0 a background thread reads, tokenizes and packs up to that many batches ahead of the
-    consumer (while the train step runs); the state saved with a checkpoint is that of the batches consumed.
+    With `ahead` > 0 a background thread reads up to that many batches ahead of the consumer (while the train
+    step runs); the state saved with a checkpoint is that of the batches consumed.
     """
 
-    def __init__(self, corpus: Corpus, tokenizer: AnyTokenizer, row_len: int, global_batch: int, seed: int,
-                 shards: int = 1, process_index: int = 0, process_count: int = 1, ahead: int = 0):
-        self.shards, self.rows, self.ahead = shards, global_batch // shards, ahead
-        self.local = local_shards(shards, global_batch, process_index, process_count)
-        self._iters = {s: iter(_rows(corpus, "train", tokenizer, row_len, s, shards, seed).batch(self.rows))
-                       for s in self.local}
-        self._positions = self._read_positions()  # after the batches consumed so far
+    def __init__(self, components: list[Component], global_batch: int, seed: int, process_index: int = 0,
+                 process_count: int = 1, ahead: int = 0):
+        for c in components:
+            if not c.rows.count:
+                raise UserError(f"corpus {c.name} has fewer training tokens than one row of config.model.max_len + 1 "
+                                f"= {c.rows.row_len}; use more text or a shorter context")
+        self.components, self.batch, self.seed, self.ahead = components, global_batch, seed, ahead
+        self.local = local_rows(global_batch, process_index, process_count)
+        weights = np.array([c.weight for c in components], np.float64)
+        self.weights = weights / weights.sum()
+        self._next = (0, {c.name: 0 for c in components})  # (batches, rows taken per corpus) to read next
+        self._consumed = self._next
         self._queue: queue.Queue | None = None
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
@@ -86,15 +76,36 @@ class TrainBatches:
     def __iter__(self) -> "TrainBatches":
         return self
 
-    def _read_positions(self) -> dict[str, Any]:
-        return copy.deepcopy({str(s): self._iters[s].get_state() for s in self.local})
+    def _plan(self, k: int, taken: dict[str, int]) -> tuple[list[tuple[int, int]], dict[str, int]]:
+        """Batch k: (corpus, position) of each of its rows, and the rows taken per corpus after it."""
+        if len(self.components) == 1:
+            picks = np.zeros(self.batch, np.int64)
+        else:
+            picks = np.random.default_rng([self.seed, k]).choice(len(self.components), self.batch, p=self.weights)
+        after, rows = dict(taken), []
+        for c in picks:
+            name = self.components[c].name
+            rows.append((int(c), after[name]))
+            after[name] += 1
+        return rows, after
 
-    def _produce(self) -> tuple[dict[str, np.ndarray], dict[str, Any]]:
-        parts = [next(self._iters[s]) for s in self.local]
-        return {k: np.concatenate([p[k] for p in parts]) for k in parts[0]}, self._read_positions()
+    def _produce(self) -> tuple[dict[str, np.ndarray], tuple[int, dict[str, int]]]:
+        k, taken = self._next
+        rows, after = self._plan(k, taken)
+        mine = [rows[j] for j in self.local]
+        out = {f: np.zeros((len(mine), self.components[0].rows.row_len), np.int32) for f in FIELDS}
+        for c, comp in enumerate(self.components):
+            at = [j for j, (which, _) in enumerate(mine) if which == c]
+            if at:
+                indices = [_shuffled(mine[j][1], comp.rows.count, self.seed) for j in at]
+                got = comp.rows.rows(indices)
+                for f in FIELDS:
+                    out[f][at] = got[f]
+        self._next = (k + 1, after)
+        return out, self._next
 
     def _run_ahead(self) -> None:
-        """The background thread: fills the queue with (batch, positions after it), or the error that stopped it."""
+        """The background thread: fills the queue with (batch, position after it), or the error that stopped it."""
         while not self._stop.is_set():
             try:
                 item: Any = self._produce()
@@ -111,7 +122,7 @@ class TrainBatches:
 
     def __next__(self) -> dict[str, np.ndarray]:
         if not self.ahead:
-            batch, self._positions = self._produce()
+            batch, self._consumed = self._produce()
             return batch
         if self._thread is None:
             self._queue, self._stop = queue.Queue(maxsize=self.ahead), threading.Event()
@@ -120,54 +131,51 @@ class TrainBatches:
         item = self._queue.get()
         if isinstance(item, Exception):
             raise item
-        batch, self._positions = item
+        batch, self._consumed = item
         return batch
 
     def _halt(self) -> None:
-        """Stops the background thread and drops what it read ahead (the iterators are then past it)."""
+        """Stops the background thread and drops what it read ahead."""
         if self._thread is not None:
             self._stop.set()
             self._thread.join()
             self._thread = None
 
     def get_state(self) -> dict[str, Any]:
-        """This process's pipelines' positions, after the batches consumed so far."""
-        return {"shards": self.shards, "positions": self._positions}
-
-    def global_state(self) -> dict[str, Any]:
-        """Every process's pipelines' positions, merged (all processes must call it together)."""
-        mine = json.dumps(self.get_state()["positions"]).encode()
-        positions = {k: v for b in processes.allgather_bytes(mine) for k, v in json.loads(b).items()}
-        return {"shards": self.shards, "positions": positions}
+        """The data position after the batches consumed so far (the same on every process)."""
+        k, taken = self._consumed
+        return {"format": STATE_FORMAT, "batches": k, "rows": dict(taken)}
 
     def set_state(self, state: dict[str, Any]) -> None:
-        """Rewinds to a state from `global_state()`, saved on any number of processes."""
-        if state["shards"] != self.shards:
-            raise UserError(f"the checkpoint's data order has {state['shards']} shards but this run has {self.shards}; "
-                            f"set --config.data.shards={state['shards']}")
+        """Goes on from a position of `get_state()`, saved on any number of processes and with any weights."""
         self._halt()
-        for s in self.local:
-            self._iters[s].set_state(state["positions"][str(s)])
-        self._positions = self._read_positions()
+        saved = state["rows"]
+        gone = sorted(set(saved) - {c.name for c in self.components})
+        if gone:
+            print(f"warning: the checkpoint's data mixture has {', '.join(gone)}, which this run's does not; going on "
+                  "without it", file=sys.stderr, flush=True)
+        self._next = self._consumed = (state["batches"], {c.name: saved.get(c.name, 0) for c in self.components})
 
 
-def eval_batches(corpus: Corpus, tokenizer: AnyTokenizer, row_len: int, global_batch: int, shards: int = 1,
-                 process_index: int = 0, process_count: int = 1, split: str = "validation",
+def eval_batches(splits: list[Split], global_batch: int, process_index: int = 0, process_count: int = 1,
                  max_batches: int = 0) -> list[dict[str, np.ndarray]]:
-    """This process's rows of each batch of one ordered pass over a split (at most `max_batches` if positive).
-
-    Every process gets the same number of batches; rows past the end of a shard are padding (segment id 0).
-    """
-    rows = global_batch // shards
-    local = local_shards(shards, global_batch, process_index, process_count)
-    limit = max_batches * rows if max_batches else None
-    per_shard = [list(itertools.islice(_rows(corpus, split, tokenizer, row_len, s, shards, None), limit))
-                 for s in local]
-    count = processes.global_max(max(-(-len(r) // rows) for r in per_shard))
-    empty = {k: np.zeros(row_len, np.int32) for k in ("tokens", "segment_ids", "positions", "loss_mask")}
+    """This process's rows of each batch of one ordered pass over the rows of `splits` (every token; at most
+    `max_batches` batches if positive); rows past the end are padding (segment id 0)."""
+    local = local_rows(global_batch, process_index, process_count)
+    order = [(s, r) for s, split in enumerate(splits) for r in range(split.count)]
+    count = -(-len(order) // global_batch)
+    if max_batches:
+        count = min(count, max_batches)
+    row_len = splits[0].row_len
     batches = []
     for b in range(count):
-        chunk = [r[b * rows:(b + 1) * rows] for r in per_shard]
-        chunk = [c + [empty] * (rows - len(c)) for c in chunk]
-        batches.append({k: np.stack([row[k] for c in chunk for row in c]) for k in empty})
+        out = {f: np.zeros((len(local), row_len), np.int32) for f in FIELDS}
+        mine = [(i, order[b * global_batch + j]) for i, j in enumerate(local) if b * global_batch + j < len(order)]
+        for s, split in enumerate(splits):
+            at = [i for i, (which, _) in mine if which == s]
+            if at:
+                got = split.rows([r for _, (which, r) in mine if which == s])
+                for f in FIELDS:
+                    out[f][at] = got[f]
+        batches.append(out)
     return batches

@@ -12,15 +12,16 @@ from absl import flags
 
 from lm.backends import select
 from lm.checkpoint.reader import read, require_tokenizer
-from lm.data import batches, sources
+from lm.data import batches, corpus
+from lm.data.documents import SPLITS
 from lm.evaluate.scoring import evaluate, make_eval_step
 from lm.parallel.mesh import make_layout
 
 flags.DEFINE_string("workdir", None, "Run directory holding checkpoints.", required=True)
 flags.DEFINE_integer("step", None, "Checkpoint step (default: the latest).")
-flags.DEFINE_enum("split", "validation", sources.SPLITS, "Split to evaluate.")
+flags.DEFINE_enum("split", "validation", SPLITS, "Split to evaluate.")
 flags.DEFINE_string("data_path", "", "Text to evaluate on, as config.data.path takes it (default: the run's data).")
-flags.DEFINE_string("cache_dir", "", "Folder for the prepared dataset (default: ~/.cache/lm/tfds).")
+flags.DEFINE_string("cache_dir", "", "Folder for the prepared data (default: ~/.cache/lm/data).")
 
 
 def _data_settings(saved: dict[str, Any], data_path: str, cache_dir: str) -> dict[str, Any]:
@@ -28,7 +29,7 @@ def _data_settings(saved: dict[str, Any], data_path: str, cache_dir: str) -> dic
     where this command writes) and no downloads; `data_path` (if given) in place of the run's data."""
     d = dict(saved, cache_dir=cache_dir, tfds_download=False)
     if data_path:
-        d.update(path=data_path, tfds_name="")
+        d.update(path=data_path, tfds_name="", mixture="")
     return d
 
 
@@ -40,13 +41,13 @@ def main(argv: Sequence[str]) -> None:
     layout = make_layout(run["mesh"])
     model = select.model(model_config)
     d = _data_settings(run["data"], f.data_path, f.cache_dir)
-    what = f"TFDS dataset {d['tfds_name']}" if d.get("tfds_name") else d["path"]
+    what = (f"TFDS dataset {d['tfds_name']}" if d.get("tfds_name")
+            else d.get("mixture") or d["path"] or "the bundled corpus")
     whose = "the given --data_path" if f.data_path else "the run's data; --data_path chooses other data"
     print(f"evaluating the {f.split} split of {what} ({whose})", file=sys.stderr, flush=True)
     with contextlib.redirect_stdout(sys.stderr):  # stdout holds the result alone
-        corpus = sources.open_corpus(d)
+        splits = corpus.eval_splits(d, tokenizer, model_config.max_len + 1, f.split)
     eval_step = make_eval_step(model, tokenizer.token_bytes(len(d["separator"].encode())), layout)
-    rows = batches.eval_batches(corpus, tokenizer, model_config.max_len + 1, run["train"]["batch_size"], d["shards"],
-                                jax.process_index(), jax.process_count(), f.split)
+    rows = batches.eval_batches(splits, run["train"]["batch_size"], jax.process_index(), jax.process_count())
     result = {"step": step, "split": f.split, **evaluate(eval_step, params, rows, layout)}
     print(json.dumps(result))

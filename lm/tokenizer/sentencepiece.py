@@ -10,7 +10,6 @@ one byte.
 
 import base64
 import io
-import json
 import os
 import sys
 from collections.abc import Iterable, Iterator
@@ -22,9 +21,7 @@ from tqdm import tqdm
 
 from lm.errors import UserError
 
-MODEL_FILE = "tokenizer.model"
 MAX_LINE = 1 << 14  # characters: longer lines of text reach the tokenizer trainer in pieces of this size
-SETTINGS = ".settings.json"  # beside MODEL_FILE: the config.tokenizer settings it was made with
 
 
 class Tokenizer:
@@ -122,36 +119,3 @@ def train(texts: Iterable[str], model_type: str, vocab_size: int, sample_chars: 
         raise UserError(f"tokenizer training failed: {str(e).strip().splitlines()[-1]}; "
                         "adjust config.tokenizer.vocab_size") from e
     return Tokenizer(out.getvalue())
-
-
-def load_or_train(workdir: str, model_type: str, vocab_size: int, texts: Iterable[str], path: str = "",
-                  sample_chars: int = 0) -> Tokenizer:
-    """The workdir's tokenizer if it was made with these settings (a run that stopped before its first
-    checkpoint); else the SentencePiece model file `path` if given, else one trained on (a sample of) `texts`;
-    saved in the workdir with its settings beside it (tokenizer.model.settings.json)."""
-    saved = os.path.join(workdir, MODEL_FILE)
-    settings = {"type": model_type, "vocab_size": vocab_size, "path": os.path.abspath(path) if path else "",
-                "sample_chars": sample_chars}
-    if os.path.exists(saved):
-        try:
-            with open(saved + SETTINGS) as f:
-                found = json.load(f)
-        except (OSError, ValueError):
-            found = None
-        if found == settings:
-            return Tokenizer.load(saved)
-        what = "unrecorded" if not isinstance(found, dict) else ", ".join(
-            f"{k} {found.get(k)!r}" for k, v in settings.items() if found.get(k) != v)
-        print(f"warning: {saved} was made with other settings ({what}) than config.tokenizer asks for; replacing it",
-              file=sys.stderr, flush=True)
-    if path:
-        tok = Tokenizer.load(path, "set config.tokenizer.path to a .model file written by SentencePiece")
-    else:
-        tok = train(texts, model_type, vocab_size, sample_chars)
-    os.makedirs(workdir, exist_ok=True)
-    tok.save(saved + ".tmp")
-    with open(saved + SETTINGS + ".tmp", "w") as f:
-        json.dump(settings, f)
-    os.replace(saved + ".tmp", saved)
-    os.replace(saved + SETTINGS + ".tmp", saved + SETTINGS)
-    return tok

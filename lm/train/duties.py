@@ -31,8 +31,7 @@ class Evaluations:
         """Evaluates `params`, logs the result (recorded unless not `record`) and returns it."""
         if not self.rows:  # packed once, reused by every evaluation
             s = self.start
-            self.rows = batches_lib.eval_batches(s.corpus, s.tokenizer, s.model.config.max_len + 1,
-                                                 self.cfg.train.batch_size, s.shards, jax.process_index(),
+            self.rows = batches_lib.eval_batches(s.validation, self.cfg.train.batch_size, jax.process_index(),
                                                  jax.process_count(), max_batches=self.limit)
         result = evaluate(self.step_fn, params, self.rows, self.layout)
         self.log.evaluation(step, result, record)
@@ -56,7 +55,8 @@ class Checkpoints:
             return
         self.start.guard.observe(step, bool(finite))
         self.start.guard.check()
-        data_state = {**self.start.batches.global_state(), "nonfinite": self.start.guard.state()}
+        data_state = {**self.start.batches.get_state(), "identities": self.start.identities,
+                      "nonfinite": self.start.guard.state()}
         self.ckpt.save(step, state, data_state, self.start.meta)
         self.saved = step
 

@@ -3,6 +3,7 @@ checkpoint that restores whole) or `config.init_from` (another run's parameters 
 the same `Start` for all three: the step done so far, the tokenizer, the model, the state and the data
 position, with the backend's choices for this platform made once (lm/backends/select.py)."""
 
+import json
 import os
 import sys
 from typing import Any, NamedTuple
@@ -16,18 +17,21 @@ from lm import optim
 from lm.backends import select
 from lm.checkpoint import compatibility
 from lm.checkpoint.manager import Checkpointer, make_meta
-from lm.data import sources
-from lm.data.batches import TrainBatches
+from lm.data import corpus as corpus_lib
+from lm.data.batches import STATE_FORMAT, TrainBatches
+from lm.data.shards import Split
 from lm.errors import UserError
 from lm.model.transformer import TransformerLM
 from lm.parallel import placement, processes
 from lm.parallel.mesh import Layout
-from lm.tokenizer import kinds, sentencepiece
+from lm.tokenizer import kinds
 from lm.tokenizer.kinds import AnyTokenizer
 from lm.train import state as state_lib
 from lm.train.nonfinite import NonFiniteSteps
 from lm.train.state import TrainState
 from lm.train.step import GradientSums
+
+TOKENIZER_FILE = "tokenizer.json"  # a fresh run's tokenizer, for the other processes and a restart before step 1
 
 
 class Start(NamedTuple):
@@ -37,9 +41,9 @@ class Start(NamedTuple):
     tx: optax.GradientTransformation
     lr: optax.Schedule
     state: TrainState
-    corpus: sources.Corpus
+    validation: list[Split]  # the validation rows of each corpus
     batches: TrainBatches  # at the data position of `step`
-    shards: int  # the data pipelines the batches are drawn from
+    identities: dict[str, str]  # what each corpus holds, saved with the data position
     guard: NonFiniteSteps  # counts of skipped steps so far
     sums: GradientSums | None  # how the step combines the devices' gradients (lm/backends/select.py)
     checkpointer: Checkpointer
@@ -57,15 +61,29 @@ def check_fits(cfg: ml_collections.ConfigDict, layout: Layout) -> None:
     placement.abstract_params(TransformerLM(config_lib.model_config(cfg, any_vocab)), layout)
 
 
-def _tokenizer(cfg: ml_collections.ConfigDict, workdir: str, corpus: sources.Corpus) -> AnyTokenizer:
-    """A fresh run's tokenizer, trained (or loaded) by process 0 and read back by the others."""
-    path = os.path.join(workdir, sentencepiece.MODEL_FILE)
+def _tokenizer(cfg: ml_collections.ConfigDict, workdir: str) -> AnyTokenizer:
+    """A fresh run's tokenizer, made (or loaded) by process 0 and read back by the others from the workdir."""
+    path = os.path.join(workdir, TOKENIZER_FILE)
     if jax.process_index() == 0:
-        t = cfg.tokenizer
-        sentencepiece.load_or_train(workdir, t.type, t.vocab_size, sources.texts(corpus, "train"), t.path,
-                                    t.sample_chars)
+        tok = corpus_lib.fresh_tokenizer(cfg.data, cfg.tokenizer)
+        os.makedirs(workdir, exist_ok=True)
+        with open(path + ".tmp", "w") as f:
+            json.dump(tok.to_json(), f)
+        os.replace(path + ".tmp", path)
     processes.sync("tokenizer")
-    return sentencepiece.Tokenizer.load(path)
+    with open(path) as f:
+        return kinds.from_json(json.load(f))
+
+
+def _open_data(cfg: ml_collections.ConfigDict, tokenizer: AnyTokenizer, row_len: int,
+               saved: dict[str, str] | None) -> tuple[list, list[Split], dict[str, str]]:
+    """The run's data, prepared by process 0 (the others wait, then open what it prepared)."""
+    if jax.process_index() == 0:
+        opened = corpus_lib.open_data(cfg.data, tokenizer, row_len, saved)
+    processes.sync("data")
+    if jax.process_index() != 0:
+        opened = corpus_lib.open_data(cfg.data, tokenizer, row_len, saved)
+    return opened
 
 
 def start(cfg: ml_collections.ConfigDict, workdir: str, layout: Layout) -> Start:
@@ -75,7 +93,6 @@ def start(cfg: ml_collections.ConfigDict, workdir: str, layout: Layout) -> Start
     if newest == 0:
         raise UserError(f"{workdir} holds imported weights (step 0); train from them with "
                         f"--config.init_from={workdir} and a new --workdir")
-    corpus = sources.open_corpus(cfg.data)
     tx, lr = optim.optimizer(cfg.optim, cfg.train.steps)
     step, data_state, params, origin = 0, None, None, "starting at step 0"
     if newest:
@@ -91,7 +108,7 @@ def start(cfg: ml_collections.ConfigDict, workdir: str, layout: Layout) -> Start
         params = compatibility.init_params(source, source_step, source_model, model.config, layout, cfg.init_from)
         origin = f"starting at step 0 from the parameters and tokenizer of {cfg.init_from} (step {source_step})"
     else:
-        tokenizer = _tokenizer(cfg, workdir, corpus)
+        tokenizer = _tokenizer(cfg, workdir)
         model = select.model(config_lib.model_config(cfg, tokenizer.vocab_size))
     if not step:
         state = (state_lib.from_params(model, tx, layout, params) if params is not None
@@ -100,14 +117,23 @@ def start(cfg: ml_collections.ConfigDict, workdir: str, layout: Layout) -> Start
         resumed = f"resuming from checkpoint {step} instead" if step else "starting afresh: none of them reads"
         print(f"warning: checkpoint {', '.join(damaged)} is damaged and was moved aside as damaged-STEP; {resumed}",
               file=sys.stderr, flush=True)
-    shards = cfg.data.shards or (data_state["shards"] if data_state else jax.process_count())
-    batches = TrainBatches(corpus, tokenizer, model.config.max_len + 1, cfg.train.batch_size, cfg.seed, shards,
-                           jax.process_index(), jax.process_count(), cfg.data.ahead)
-    if data_state:
+    if data_state and data_state.get("format") != STATE_FORMAT and jax.process_index() == 0:
+        print(f"warning: checkpoint {step} holds a data position of the earlier input pipeline; the data order goes "
+              "on from the row it would have reached in the new one", file=sys.stderr, flush=True)
+    if data_state and data_state.get("format") != STATE_FORMAT:  # a run saved before prepared shards
+        data_state = {"nonfinite": data_state.get("nonfinite")}
+    components, validation, identities = _open_data(cfg, tokenizer, model.config.max_len + 1,
+                                                    (data_state or {}).get("identities"))
+    batches = TrainBatches(components, cfg.train.batch_size, cfg.seed, jax.process_index(), jax.process_count(),
+                           cfg.data.ahead)
+    if data_state and "rows" in data_state:
         batches.set_state(data_state)
+    elif step:
+        batch = cfg.train.batch_size
+        batches.set_state({"batches": step, "rows": {c.name: step * batch for c in components}})
     run_config = cfg.to_dict()
-    run_config["data"]["shards"] = shards
     meta = make_meta(model.config, tokenizer, run_config, optim.state_format(cfg.optim))
     guard = NonFiniteSteps(cfg.train.nonfinite, cfg.train.max_skips, (data_state or {}).get("nonfinite"))
     sums = select.gradient_sums(layout, state.params)
-    return Start(step, tokenizer, model, tx, lr, state, corpus, batches, shards, guard, sums, ckpt, meta, origin)
+    return Start(step, tokenizer, model, tx, lr, state, validation, batches, identities, guard, sums, ckpt, meta,
+                 origin)

@@ -1,0 +1,212 @@
+"""Documents -> prepared token shards, once per corpus and tokenizer: tokenized in parallel over the host's
+cores (processes), streamed with bounded memory, resumable and atomic.
+
+A prepared folder holds:
+  manifest.json     written last (the folder is complete once it exists): the tokenizer's checksum, the source's
+                    identity (files, sizes, modification times, settings), and each shard's token and document
+                    counts per split and file checksums
+  tokenizer.json    the tokenizer it was prepared with (a run started on the folder takes it)
+  source.json       the source's identity, written first (a rerun over changed files starts over)
+  tasks/NNNNN.json  a finished task's shards (kept when a preparation is killed: the rerun skips the task)
+  NNNNN-PPPP/       shard PPPP of task NNNNN, which appears whole (written under another name, then renamed):
+                    {split}.tokens.npy [tokens] uint16 (uint32 past 65,536 ids) and {split}.docs.npy [documents, 2]
+                    int64 (start, first target: 1 + the prompt's tokens) for split in train, validation
+A document is [BOS] prompt text [EOS]. The output depends on the files, settings and tokenizer alone, so a
+preparation killed and run again writes the same bytes.
+"""
+
+import fcntl
+import hashlib
+import io
+import itertools
+import json
+import multiprocessing
+import os
+import shutil
+import sys
+import time
+from collections.abc import Iterator
+from typing import Any
+
+import numpy as np
+from tqdm import tqdm
+
+from lm.data.documents import SPLITS, Document, Task
+from lm.errors import UserError
+from lm.tokenizer import kinds
+from lm.tokenizer.kinds import AnyTokenizer
+
+MANIFEST = "manifest.json"
+FORMAT = 1
+
+
+def tokenizer_sha(tokenizer: AnyTokenizer) -> str:
+    """A checksum of the tokenizer: which one the shards were made with."""
+    return hashlib.sha256(json.dumps(tokenizer.to_json(), sort_keys=True).encode()).hexdigest()
+
+
+def token_dtype(vocab_size: int) -> np.dtype:
+    return np.dtype(np.uint16 if vocab_size <= 1 << 16 else np.uint32)
+
+
+def _write_json(path: str, value: Any) -> None:
+    """`value` as JSON at `path`, atomically."""
+    with open(path + ".tmp", "w") as f:
+        json.dump(value, f, indent=1, sort_keys=True)
+    os.replace(path + ".tmp", path)
+
+
+def read_json(path: str) -> Any:
+    """The JSON at `path`; one line if it is damaged."""
+    try:
+        with open(path) as f:
+            return json.load(f)
+    except ValueError:
+        raise UserError(f"{path} is damaged (not JSON); delete its folder to prepare the data again") from None
+
+
+def _tokenize(docs: list[Document], tok: AnyTokenizer, dtype: np.dtype,
+              chunk: int = 256) -> tuple[np.ndarray, np.ndarray]:
+    """([tokens] of every document as [BOS] prompt text [EOS], [documents, 2] (start, first target)). Documents
+    go through the tokenizer `chunk` at a time, each chunk's ids into an array at once (lists of Python ints
+    take ten times the memory)."""
+    tokens, lengths, prompts = [], [], []
+    for at in range(0, len(docs), chunk):
+        ids = [(tok.encode(p) if p else [], tok.encode(t)) for p, t in docs[at:at + chunk]]
+        n = np.fromiter((len(p) + len(t) + 2 for p, t in ids), np.int64, len(ids))
+        pieces = itertools.chain.from_iterable(((tok.bos_id,), p, t, (tok.eos_id,)) for p, t in ids)
+        tokens.append(np.fromiter(itertools.chain.from_iterable(pieces), dtype, int(n.sum())))
+        lengths.append(n)
+        prompts.append(np.fromiter((len(p) for p, _ in ids), np.int64, len(ids)))
+    lengths_all = np.concatenate(lengths) if lengths else np.zeros(0, np.int64)
+    table = np.zeros((len(docs), 2), np.int64)
+    table[1:, 0] = np.cumsum(lengths_all)[:-1]
+    table[:, 1] = 1 + (np.concatenate(prompts) if prompts else np.zeros(0, np.int64))
+    return (np.concatenate(tokens) if tokens else np.zeros(0, dtype)), table
+
+
+def _save(folder: str, name: str, array: np.ndarray) -> str:
+    """`array` as folder/name (.npy); its sha256."""
+    buf = io.BytesIO()
+    np.save(buf, array, allow_pickle=False)
+    data = buf.getvalue()
+    with open(os.path.join(folder, name), "wb") as f:
+        f.write(data)
+    return hashlib.sha256(data).hexdigest()
+
+
+def _write_shard(out: str, name: str, part: dict[str, list[Document]], tok: AnyTokenizer,
+                 dtype: np.dtype) -> dict[str, Any]:
+    """One shard, appearing whole at out/name; its record (counts and checksums)."""
+    record: dict[str, Any] = {"name": name, "sha256": {}}
+    tmp = os.path.join(out, f".{name}.{os.getpid()}.tmp")
+    os.makedirs(tmp, exist_ok=True)
+    for split in SPLITS:
+        tokens, docs = _tokenize(part[split], tok, dtype)
+        record[split] = {"tokens": int(tokens.size), "documents": int(len(docs))}
+        record["sha256"][f"{split}.tokens.npy"] = _save(tmp, f"{split}.tokens.npy", tokens)
+        record["sha256"][f"{split}.docs.npy"] = _save(tmp, f"{split}.docs.npy", docs)
+    _write_json(os.path.join(tmp, "shard.json"), record)
+    try:
+        os.rename(tmp, os.path.join(out, name))
+    except OSError:  # written meanwhile by a worker of a killed preparation: the same bytes
+        shutil.rmtree(tmp, ignore_errors=True)
+    return record
+
+
+_WORKER: dict[str, Any] = {}  # a worker process's source and tokenizer, set once by _start_worker
+
+
+def _start_worker(source: Any, tokenizer_json: dict[str, Any], out: str, dtype: str) -> None:
+    _WORKER.update(source=source, tok=kinds.from_json(tokenizer_json), out=out, dtype=np.dtype(dtype))
+
+
+def _run_task(item: tuple[int, Task]) -> tuple[int, list[dict[str, Any]], int]:
+    """Prepares one task (the shards it already has are kept): (index, shard records, source bytes)."""
+    index, task = item
+    w, records = _WORKER, []
+    for p, part in enumerate(w["source"].parts(task)):
+        name = f"{index:05d}-{p:04d}"
+        done = os.path.join(w["out"], name, "shard.json")
+        records.append(read_json(done) if os.path.exists(done) else
+                       _write_shard(w["out"], name, part, w["tok"], w["dtype"]))
+    _write_json(os.path.join(w["out"], "tasks", f"{index:05d}.json"), records)
+    return index, records, w["source"].task_bytes(task)
+
+
+def _run(pending: list[tuple[int, Task]], workers: int, init: tuple) -> Iterator[tuple[int, list, int]]:
+    """Runs the tasks: in this process if one worker (or one task) will do, else in a pool of processes."""
+    if workers <= 1 or len(pending) <= 1:
+        _start_worker(*init)
+        yield from map(_run_task, pending)
+        return
+    context = multiprocessing.get_context("spawn")  # a fork of a process that runs JAX's threads can hang
+    with context.Pool(workers, initializer=_start_worker, initargs=init) as pool:
+        yield from pool.imap_unordered(_run_task, pending)
+
+
+def prepare(source: Any, tokenizer: AnyTokenizer, out: str, workers: int = 0) -> dict[str, Any]:
+    """Prepares `source` (sources.FileSource or catalog.CatalogSource) with `tokenizer` into the folder `out`
+    (resuming a preparation that stopped); its manifest. One process at a time per folder (a lock); the others
+    wait and find it prepared. `workers`: processes (0: one per core)."""
+    os.makedirs(os.path.join(out, "tasks"), exist_ok=True)
+    sha, identity = tokenizer_sha(tokenizer), source.identity()
+    with open(os.path.join(out, ".lock"), "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        if os.path.exists(os.path.join(out, MANIFEST)):
+            manifest = read_json(os.path.join(out, MANIFEST))
+            if manifest["tokenizer"]["sha256"] == sha and manifest["source"] == identity:
+                return manifest
+        for name in os.listdir(out):  # what a killed preparation was writing
+            if name.endswith(".tmp"):
+                path = os.path.join(out, name)
+                shutil.rmtree(path) if os.path.isdir(path) else os.remove(path)
+        started = os.path.join(out, "source.json")
+        if os.path.exists(started) and read_json(started) != {"source": identity, "tokenizer": sha}:
+            print(f"warning: {source.describe()} changed since {out} was prepared from it; preparing it again",
+                  file=sys.stderr, flush=True)
+            for name in os.listdir(out):
+                if name != ".lock":
+                    path = os.path.join(out, name)
+                    shutil.rmtree(path) if os.path.isdir(path) else os.remove(path)
+            os.makedirs(os.path.join(out, "tasks"))
+        _write_json(started, {"source": identity, "tokenizer": sha})
+        _write_json(os.path.join(out, "tokenizer.json"), tokenizer.to_json())
+        manifest = _prepare_tasks(source, tokenizer, out, workers, sha, identity)
+        _write_json(os.path.join(out, MANIFEST), manifest)
+        return manifest
+
+
+def _prepare_tasks(source: Any, tokenizer: AnyTokenizer, out: str, workers: int, sha: str,
+                   identity: dict[str, Any]) -> dict[str, Any]:
+    tasks = source.tasks()
+    done: dict[int, list] = {}
+    for i in range(len(tasks)):
+        path = os.path.join(out, "tasks", f"{i:05d}.json")
+        if os.path.exists(path):
+            done[i] = read_json(path)
+    pending = [(i, t) for i, t in enumerate(tasks) if i not in done]
+    dtype = token_dtype(tokenizer.vocab_size)
+    workers = min(workers or os.cpu_count() or 1, max(len(pending), 1))
+    total = sum(source.task_bytes(t) for _, t in pending)
+    print(f"preparing {source.describe()} into {out}: {len(pending)} of {len(tasks)} tasks to do, "
+          f"{workers} process(es)", flush=True)
+    start, tokens = time.perf_counter(), 0
+    with tqdm(total=total, desc="preparing", unit="B", unit_scale=True, mininterval=0.5, leave=False,
+              file=sys.stdout, disable=None) as progress:  # a progress line on a terminal, none in a log
+        for index, records, nbytes in _run(pending, workers, (source, tokenizer.to_json(), out, dtype.str)):
+            done[index] = records
+            tokens += sum(r[s]["tokens"] for r in records for s in SPLITS)
+            progress.update(nbytes)
+            progress.set_postfix_str(f"{tokens / (time.perf_counter() - start):,.0f} tokens/s", refresh=False)
+    shards = [r for i in range(len(tasks)) for r in done[i]]
+    counts = {s: {k: sum(r[s][k] for r in shards) for k in ("tokens", "documents")} for s in SPLITS}
+    for split in SPLITS:
+        if not counts[split]["documents"]:
+            what = "is empty" if not any(counts[s]["documents"] for s in SPLITS) else f"has no {split} documents"
+            raise UserError(f"corpus {source.describe()} {what}; point --config.data.path at more text")
+    seconds = time.perf_counter() - start
+    print(f"prepared {counts['train']['tokens']:,} train and {counts['validation']['tokens']:,} validation tokens "
+          f"in {len(shards)} shard(s), {seconds:.1f} s ({tokens / max(seconds, 1e-9):,.0f} tokens/s)", flush=True)
+    return {"format": FORMAT, "tokenizer": {"sha256": sha, "vocab_size": tokenizer.vocab_size},
+            "source": identity, "dtype": dtype.name, "splits": counts, "shards": shards}

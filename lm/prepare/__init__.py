@@ -1,0 +1,1 @@
+"""`python -m lm.prepare`: a config's corpus tokenized into prepared token shards ahead of training."""

@@ -1,0 +1,127 @@
+"""Preparation into token shards: the same bytes in parallel and after a SIGKILL, and one line for each way the
+prepared data can be wrong (damaged, another tokenizer's, its files changed under a run)."""
+
+import hashlib
+import os
+import signal
+import subprocess
+import sys
+import time
+
+import numpy as np
+import pytest
+from conftest import ROOT, TINY, USER_ENV, char_tokenizer
+
+from lm import config as config_lib
+from lm.data import corpus, documents, prepare, sources
+from lm.data.shards import Split
+from lm.errors import UserError
+from lm.tokenizer import sentencepiece
+from lm.train.loop import train
+
+TEXT = open(sources.bundled_corpus(), encoding="utf-8").read()
+
+
+def checksums(folder) -> dict[str, str]:
+    """sha256 of every shard file and the manifest under `folder`, by relative path."""
+    out = {}
+    for root, _, names in os.walk(folder):
+        for name in names:
+            if name.endswith(".npy") or name == prepare.MANIFEST:
+                path = os.path.join(root, name)
+                out[os.path.relpath(path, folder)] = hashlib.sha256(open(path, "rb").read()).hexdigest()
+    return out
+
+
+def test_preparation_in_parallel_writes_what_one_process_writes(tmp_path, monkeypatch):
+    monkeypatch.setattr(sources, "UNIT_BYTES", 4096)  # many tasks from one small file
+    (tmp_path / "c.txt").write_text(TEXT[:60_000])
+    source = sources.FileSource((str(tmp_path / "c.txt"),), documents.Settings())
+    assert len(source.tasks()) > 10
+    tok = sentencepiece.train([TEXT[:60_000]], "char", 256)
+    one = prepare.prepare(source, tok, str(tmp_path / "one"), workers=1)
+    two = prepare.prepare(source, tok, str(tmp_path / "two"), workers=2)
+    assert one == two and checksums(tmp_path / "one") == checksums(tmp_path / "two")
+    docs = [doc for task in source.tasks() for part in source.parts(task) for doc in part["train"]]
+    assert one["splits"]["train"]["documents"] == len(docs) and len(docs) > 100
+
+
+def test_a_preparation_killed_and_run_again_writes_the_same_shards(tmp_path, cache_dir):
+    """SIGKILL to `lm.prepare` (and its worker processes) part way; the same command again finishes it, keeping
+    the finished tasks, and every shard and the manifest are those of a preparation never interrupted."""
+    folder = tmp_path / "corpus"
+    folder.mkdir()
+    for i in range(300):  # a task per file
+        (folder / f"{i:03d}.txt").write_text(TEXT[i * 3000:i * 3000 + 40_000])
+    cmd = [sys.executable, "-m", "lm.prepare", "--config", TINY, f"--config.data.path={folder}",
+           f"--config.data.cache_dir={cache_dir}", "--workers", "2", "--out"]
+    whole = subprocess.run([*cmd, str(tmp_path / "whole")], cwd=ROOT, env=USER_ENV, capture_output=True, text=True,
+                           timeout=300)
+    assert whole.returncode == 0, whole.stderr
+    killed = tmp_path / "killed"
+    proc = subprocess.Popen([*cmd, str(killed)], cwd=ROOT, env=USER_ENV, stdout=subprocess.DEVNULL,
+                            stderr=subprocess.DEVNULL, start_new_session=True)
+    deadline = time.time() + 120
+    while not (killed / "tasks").is_dir() or len(os.listdir(killed / "tasks")) < 30:
+        assert proc.poll() is None and time.time() < deadline, "the preparation ended before it was killed"
+        time.sleep(0.005)
+    os.killpg(proc.pid, signal.SIGKILL)  # the command and its workers (one process group)
+    proc.wait()
+    done = len(os.listdir(killed / "tasks"))
+    assert not (killed / prepare.MANIFEST).exists() and 30 <= done < 300
+    again = subprocess.run([*cmd, str(killed)], cwd=ROOT, env=USER_ENV, capture_output=True, text=True, timeout=300)
+    assert again.returncode == 0, again.stderr
+    assert f"{300 - done} of 300 tasks to do" in again.stdout, again.stdout
+    want = checksums(tmp_path / "whole")
+    assert len(want) == 300 * 4 + 1 and checksums(killed) == want
+
+
+def test_damaged_or_another_tokenizers_shards_are_one_line(tmp_path, cache_dir):
+    (tmp_path / "c.txt").write_text(TEXT[:100_000])
+    tok = char_tokenizer(cache_dir, path=str(tmp_path / "c.txt"))
+    source = sources.FileSource((str(tmp_path / "c.txt"),), documents.Settings())
+    out = tmp_path / "prepared"
+    prepare.prepare(source, tok, str(out), workers=1)
+    d = {**config_lib.defaults().data.to_dict(), "path": str(out)}
+
+    def first_rows(tokenizer=tok):
+        components, _, _ = corpus.open_data(d, tokenizer, 33)
+        return components[0].rows.rows([0, 1])
+
+    first_rows()
+    other = sentencepiece.train(["a different text"], "char", 256)
+    with pytest.raises(UserError, match=f"^{out} was prepared with another tokenizer than this run's; prepare"):
+        first_rows(other)
+    tokens = out / "00000-0000" / "train.tokens.npy"
+    good = tokens.read_bytes()
+    tokens.write_bytes(good[:-100])  # cut short
+    with pytest.raises(UserError, match=f"^prepared shard file {tokens} is damaged"):
+        first_rows()
+    flipped = bytearray(good)
+    flipped[-7] ^= 1  # one bit of one token
+    tokens.write_bytes(bytes(flipped))
+    with pytest.raises(UserError, match=rf"^prepared shard file {tokens} is damaged \(its checksum is not the "):
+        first_rows()
+    tokens.write_bytes(good)
+    np.testing.assert_array_equal(first_rows()["tokens"][0], Split(corpus.open_splits(
+        corpus.resolve(d)[0], tok, d)["train"], 33, whole=True).rows([0])["tokens"][0])
+
+
+def test_a_run_whose_files_changed_since_preparation_stops_and_resumes_once_they_are_back(tiny_config, tmp_path):
+    text = tmp_path / "c.txt"
+    text.write_text(TEXT[:200_000])
+    stat = os.stat(text)
+    cfg = tiny_config.copy_and_resolve_references()
+    cfg.data.path = str(text)
+    cfg.train.update(steps=2, eval_every=2)
+    cfg.checkpoint.every = 2
+    workdir = str(tmp_path / "run")
+    train(cfg, workdir)
+    text.write_text(TEXT[:200_000] + "\n\nOne more document.")
+    cfg.train.steps = 4
+    with pytest.raises(UserError, match=rf"^the data at {text} changed since this run's data was prepared from it "
+                                        rf"\({text} changed \(size 200000 -> 200020 bytes"):
+        train(cfg, workdir)
+    text.write_text(TEXT[:200_000])
+    os.utime(text, ns=(stat.st_atime_ns, stat.st_mtime_ns))  # as it was
+    assert train(cfg, workdir)["loss"] > 0

@@ -29,5 +29,5 @@ setup(
         "tensorboardX>=2.6",  # TensorBoard event files without TensorFlow
         "tqdm>=4.60",  # progress lines
     ],
-    extras_require={"test": ["pytest>=8", "ruff>=0.6", "tensorboard>=2.15"]},
+    extras_require={"test": ["pytest>=8", "pytest-xdist>=3.5", "ruff>=0.6", "tensorboard>=2.15"]},
 )

@@ -126,14 +126,19 @@ def defaults() -> ml_collections.ConfigDict:
         nan_steps=(),  # steps fed a corrupted batch on purpose (a token id past the vocabulary), to try the policy
     )
     c.optim = dict(
-        name="adamw",  # any optax optimizer that takes learning_rate: adamw, lion, adam, sgd, ... (lm/optim.py)
+        name="adamw",  # muon, or an optax optimizer taking learning_rate: adamw, lion, adam, sgd, ... (lm/optim.py)
         lr=1e-3,  # peak learning rate, after a linear warmup
-        min_lr=1e-4,  # reached by the cosine decay at the last step
+        min_lr=1e-4,  # reached at the last step by the decay (cosine, linear, or wsd's cooldown)
         warmup_steps=100,  # steps of the linear warmup from 0
+        schedule="cosine",  # after the warmup: cosine | wsd (warmup-stable-decay) | linear | constant
+        cooldown_steps=0,  # wsd: the last steps, decaying from lr to min_lr (0: 20% of train.steps)
+        cooldown="linear",  # wsd: the cooldown's shape, linear | 1-sqrt
+        schedule_steps=0,  # steps the schedule spans (0: train.steps); past train.steps, a wsd run stops stable
         b1=0.9,  # passed to optimizers that take it, as b2 and weight_decay
         b2=0.99,  # the second moment's decay (AdamW)
         weight_decay=0.1,  # on kernels, embeddings and the head only
         grad_clip=1.0,  # global gradient norm clipped to this (0: off)
+        muon_beta=0.95,  # muon: the momentum of the hidden matrices' updates (the rest: AdamW with b1, b2)
     )
     c.checkpoint = dict(
         every=250,  # steps between checkpoints (and one at the end)
@@ -219,6 +224,19 @@ def validate(cfg: ml_collections.ConfigDict) -> None:
     )
     _check(0 <= o.min_lr <= o.lr, f"config.optim.min_lr must be in [0, lr={o.lr}], got {o.min_lr}")
     _check(o.warmup_steps >= 0, f"config.optim.warmup_steps must be >= 0, got {o.warmup_steps}")
+    _check(o.schedule in optim.SCHEDULES,
+           f"config.optim.schedule must be one of {', '.join(optim.SCHEDULES)}, got {o.schedule!r}")
+    _check(o.cooldown in optim.COOLDOWNS,
+           f"config.optim.cooldown must be one of {', '.join(optim.COOLDOWNS)}, got {o.cooldown!r}")
+    _check(o.cooldown_steps >= 0, f"config.optim.cooldown_steps must be >= 0, got {o.cooldown_steps}")
+    _check(o.schedule_steps >= 0, f"config.optim.schedule_steps must be >= 0 (0: train.steps), got {o.schedule_steps}")
+    if o.schedule == "wsd":
+        span = optim.horizon(o, cfg.train.steps)
+        cooldown = optim.cooldown_steps(o, span)
+        _check(cooldown <= span - o.warmup_steps,
+               f"config.optim.cooldown_steps={cooldown} is longer than the run after its warmup (schedule steps "
+               f"{span} - warmup_steps {o.warmup_steps} = {span - o.warmup_steps}); shorten the cooldown or lengthen "
+               "the run")
     _check(0 < o.b1 < 1 and 0 < o.b2 < 1, f"config.optim.b1 and b2 must be in (0, 1), got {o.b1}, {o.b2}")
     _check(o.weight_decay >= 0, f"config.optim.weight_decay must be >= 0, got {o.weight_decay}")
     _check(o.grad_clip >= 0, f"config.optim.grad_clip must be >= 0 (0 turns it off), got {o.grad_clip}")

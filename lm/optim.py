@@ -1,13 +1,16 @@
 """The optimizer, composed from optax parts by `config.optim`: global-norm clipping, then any optax optimizer
-(AdamW by default) with weight decay on kernels, embeddings and the head only and a warmup-cosine learning-rate
-schedule; and the guard around its update that never applies a step whose loss or gradients are not finite."""
+(AdamW by default) with weight decay on kernels, embeddings and the head only, and a learning-rate schedule
+(warmup, then cosine, warmup-stable-decay, linear or constant); and the guard around its update that never
+applies a step whose loss or gradients are not finite."""
 
 import inspect
 from typing import Any
 
 import jax
+import jax.numpy as jnp
 import ml_collections
 import optax
+from optax import contrib
 
 from lm.errors import UserError
 
@@ -16,20 +19,95 @@ from lm.errors import UserError
 DECAYED = ("kernel", "token_embedding", "position_embedding", "lm_head")
 
 
+SCHEDULES = ("cosine", "wsd", "linear", "constant")
+COOLDOWNS = ("linear", "1-sqrt")
+
+
+def horizon(cfg: ml_collections.ConfigDict, total_steps: int) -> int:
+    """The steps the schedule spans: `cfg.schedule_steps`, or the run's `total_steps` if 0."""
+    return cfg.get("schedule_steps", 0) or total_steps
+
+
+def cooldown_steps(cfg: ml_collections.ConfigDict, total_steps: int) -> int:
+    """Warmup-stable-decay's cooldown: `cfg.cooldown_steps`, or 20% of the run if 0."""
+    return cfg.get("cooldown_steps", 0) or max(1, total_steps // 5)
+
+
 def schedule(cfg: ml_collections.ConfigDict, total_steps: int) -> optax.Schedule:
-    """Linear warmup from 0 to `lr` over `warmup_steps`, then cosine decay to `min_lr` at `total_steps`."""
-    return optax.warmup_cosine_decay_schedule(init_value=0.0, peak_value=cfg.lr, warmup_steps=cfg.warmup_steps,
-                                              decay_steps=max(total_steps, cfg.warmup_steps + 1), end_value=cfg.min_lr)
+    """Linear warmup from 0 to `lr` over `warmup_steps`, then by `cfg.schedule`: cosine decay to `min_lr` at
+    `total_steps`; linear decay to `min_lr` at `total_steps`; constant `lr`; or warmup-stable-decay (wsd): `lr`
+    until the last `cooldown_steps`, which decay to `min_lr` linearly or as 1 - sqrt(fraction of the cooldown).
+    A wsd run resumed from a checkpoint of its stable phase with a new length (or cooldown) has had the same
+    learning rates so far as a run started with them: that is how such a run is continued."""
+    name = cfg.get("schedule", "cosine")  # (configs saved before there was a choice)
+    if name == "cosine":
+        return optax.warmup_cosine_decay_schedule(init_value=0.0, peak_value=cfg.lr, warmup_steps=cfg.warmup_steps,
+                                                  decay_steps=max(total_steps, cfg.warmup_steps + 1),
+                                                  end_value=cfg.min_lr)
+    warmup = optax.linear_schedule(0.0, cfg.lr, cfg.warmup_steps)
+    if name == "constant":
+        return optax.join_schedules([warmup, optax.constant_schedule(cfg.lr)], [cfg.warmup_steps])
+    if name == "linear":
+        decay = optax.linear_schedule(cfg.lr, cfg.min_lr, max(1, total_steps - cfg.warmup_steps))
+        return optax.join_schedules([warmup, decay], [cfg.warmup_steps])
+    cooldown = cooldown_steps(cfg, total_steps)
+
+    def decay(step: jax.Array) -> jax.Array:
+        done = jnp.clip(step / cooldown, 0.0, 1.0)  # fraction of the cooldown behind
+        left = 1.0 - done if cfg.cooldown == "linear" else 1.0 - jnp.sqrt(done)
+        return cfg.min_lr + (cfg.lr - cfg.min_lr) * left
+
+    stable = optax.constant_schedule(cfg.lr)
+    return optax.join_schedules([warmup, stable, decay], [cfg.warmup_steps, total_steps - cooldown])
 
 
 def decay_mask(params: optax.Params) -> optax.Params:
     """True for the leaves named in DECAYED, False for biases, norm scales and every other vector; scanned or
     unrolled layers alike."""
-    return jax.tree_util.tree_map_with_path(lambda path, _: getattr(path[-1], "key", None) in DECAYED, params)
+    return jax.tree_util.tree_map_with_path(lambda path, _: _names(path)[-1] in DECAYED, params)
+
+
+def _names(path: tuple) -> list[str]:
+    """The dictionary keys of a leaf's path (a flax box's `.value` step left out: optimizer states are created
+    from logically boxed parameters)."""
+    return [k.key for k in path if isinstance(k, jax.tree_util.DictKey)]
+
+
+def muon_dimensions(params: optax.Params) -> optax.Params:
+    """Muon's matrix view of each hidden projection kernel, None for every other leaf (embeddings, the head,
+    biases and norm scales go to AdamW): the input axes are the reduction axes (an attention output kernel
+    [N, H, D] reduces N and H; a query, key or value kernel [D, N, H] reduces D), and a scanned stack's layer
+    axis is a batch axis."""
+    def dims(path: tuple, x: jax.Array) -> contrib.MuonDimensionNumbers | None:
+        names = _names(path)
+        if names[-1] != "kernel":
+            return None
+        first = 1 if names[0] == "blocks" else 0  # scanned layers: [L, ...]
+        if names[-2] in ("out", "proj"):  # [..., D]: from heads or the MLP width back to the model width
+            return contrib.MuonDimensionNumbers(tuple(range(first, x.ndim - 1)), (x.ndim - 1,))
+        return contrib.MuonDimensionNumbers((first,), tuple(range(first + 1, x.ndim)))
+
+    return jax.tree_util.tree_map_with_path(dims, params)
+
+
+def _muon(cfg: ml_collections.ConfigDict, lr: optax.Schedule) -> optax.GradientTransformation:
+    """Muon for the hidden projection kernels (`muon_dimensions`), AdamW for the rest, both with masked decay."""
+    def labels(params: optax.Params) -> optax.Params:
+        return jax.tree.map(lambda d: "adam" if d is None else "muon", muon_dimensions(params),
+                            is_leaf=lambda d: d is None or isinstance(d, contrib.MuonDimensionNumbers))
+
+    return optax.partition({
+        "muon": contrib.muon(learning_rate=lr, beta=cfg.muon_beta, weight_decay=cfg.weight_decay,
+                             muon_weight_dimension_numbers=muon_dimensions),
+        "adam": optax.adamw(learning_rate=lr, b1=cfg.b1, b2=cfg.b2, weight_decay=cfg.weight_decay, mask=decay_mask),
+    }, labels)
 
 
 def _base(cfg: ml_collections.ConfigDict, lr: optax.Schedule) -> optax.GradientTransformation:
-    """`optax.<cfg.name>(learning_rate=lr, ...)` with the config's b1, b2 and weight decay where it takes them."""
+    """`optax.<cfg.name>(learning_rate=lr, ...)` with the config's b1, b2 and weight decay where it takes them;
+    'muon': `_muon`."""
+    if cfg.name == "muon":
+        return _muon(cfg, lr)
     factory = getattr(optax, cfg.name, None)
     takes = inspect.signature(factory).parameters if callable(factory) else {}
     if "learning_rate" not in takes:
@@ -45,8 +123,9 @@ def _base(cfg: ml_collections.ConfigDict, lr: optax.Schedule) -> optax.GradientT
 
 def optimizer(cfg: ml_collections.ConfigDict, total_steps: int) -> tuple[optax.GradientTransformation,
                                                                          optax.Schedule]:
-    """The optimizer of a run's `config.optim`, and its learning-rate schedule."""
-    lr = schedule(cfg, total_steps)
+    """The optimizer of a run's `config.optim`, and its learning-rate schedule over `cfg.schedule_steps` (0: the
+    run's `total_steps`)."""
+    lr = schedule(cfg, horizon(cfg, total_steps))
     parts = [optax.clip_by_global_norm(cfg.grad_clip)] if cfg.grad_clip > 0 else []
     return optax.chain(*parts, _base(cfg, lr)), lr
 

@@ -3,6 +3,8 @@ the decay mask, the schedule), a non-finite step is dropped, and weight decay re
 embeddings and head."""
 
 import dataclasses
+import functools
+import json
 
 import flax.linen as nn
 import jax
@@ -123,3 +125,135 @@ def test_weight_decay_reaches_kernels_embeddings_and_head_and_nothing_else(famil
     layers = ["blocks"] if scanned else [f"block_{i}" for i in range(cfg.num_layers)]
     want = {f"{layer}/{name}": d for layer in layers for name, d in LAYER_PARAMS[family].items()}
     assert got == {**want, **TOP_PARAMS[family]}
+
+
+def _wsd(step: int, lr: float, min_lr: float, warmup: int, total: int, cooldown: int, shape: str) -> float:
+    """Warmup-stable-decay written out: the learning rate of the update after `step` updates."""
+    if step < warmup:
+        return lr * step / warmup
+    if step < total - cooldown:
+        return lr
+    done = min(1.0, (step - (total - cooldown)) / cooldown)
+    return min_lr + (lr - min_lr) * ((1 - done) if shape == "linear" else (1 - done ** 0.5))
+
+
+def test_a_wsd_run_stopped_in_its_stable_phase_continues_to_a_new_length_as_if_started_with_it(tiny_config,
+                                                                                               tmp_path, capsys):
+    from lm.train.loop import train
+
+    def run(workdir, steps, schedule_steps, cooldown):
+        cfg = tiny_config.copy_and_resolve_references()
+        cfg.train.update(steps=steps, log_every=1, eval_every=1000)
+        cfg.optim.update(schedule="wsd", lr=3e-3, min_lr=3e-4, warmup_steps=3, cooldown_steps=cooldown,
+                         cooldown="1-sqrt", schedule_steps=schedule_steps)
+        train(cfg, str(workdir))
+        with open(workdir / "metrics.jsonl") as f:
+            return {r["step"]: (r["loss"], r["lr"]) for r in map(json.loads, f) if "loss" in r}
+
+    # Planned as 24 steps with a 5-step cooldown, stopped at step 10 (stable), then continued to 30 steps with an
+    # 8-step cooldown: every step as in a run of 30 steps with that cooldown from the start.
+    first = run(tmp_path / "continued", 10, 24, 5)
+    assert "starting at step 0" in capsys.readouterr().out
+    continued = {**first, **run(tmp_path / "continued", 30, 0, 8)}
+    assert "resuming at step 10" in capsys.readouterr().out
+    straight = run(tmp_path / "straight", 30, 0, 8)
+    assert sorted(continued) == sorted(straight) == list(range(1, 31))
+    for step in range(1, 31):
+        assert continued[step][0] == straight[step][0], step  # the same batches and updates, bitwise
+        want = _wsd(step - 1, 3e-3, 3e-4, warmup=3, total=30, cooldown=8, shape="1-sqrt")
+        assert continued[step][1] == pytest.approx(want, rel=1e-6, abs=1e-12), step
+    assert continued[23][1] == pytest.approx(3e-3)  # the cooldown starts at update 22 (logged as step 23) ...
+    assert continued[30][1] == pytest.approx(3e-4 + 2.7e-3 * (1 - (7 / 8) ** 0.5))  # ... and is 7/8 done at 30
+
+
+def test_bad_schedule_settings_are_one_line():
+    from lm import config as config_lib
+
+    def fails(match, **optim_keys):
+        cfg = config_lib.defaults()
+        cfg.optim.update(optim_keys)
+        with pytest.raises(UserError, match=match):
+            config_lib.validate(cfg)
+
+    fails(r"^config.optim.schedule must be one of cosine, wsd, linear, constant, got 'cosin'$", schedule="cosin")
+    fails(r"^config.optim.cooldown must be one of linear, 1-sqrt, got 'sqrt'$", schedule="wsd", cooldown="sqrt")
+    fails(r"^config.optim.cooldown_steps=1950 is longer than the run after its warmup \(schedule steps 2000 - "
+          r"warmup_steps 100 = 1900\); shorten the cooldown or lengthen the run$", schedule="wsd", cooldown_steps=1950)
+
+
+def test_muon_orthogonalizes_each_hidden_matrix_in_its_matrix_view_and_adamw_takes_the_rest():
+    """Against optax's Muon on each kernel reshaped by hand to [inputs, outputs] (per layer), and optax's AdamW
+    on the other leaves (decayed: embeddings and head; not decayed: biases and norm scales)."""
+    rng = np.random.default_rng(0)
+    shapes = {"blocks": {"attn": {"query": {"kernel": (2, 8, 2, 4), "bias": (2, 2, 4)},
+                                  "out": {"kernel": (2, 2, 4, 8), "bias": (2, 8)}},
+                         "mlp": {"fc": {"kernel": (2, 8, 16)}, "proj": {"kernel": (2, 16, 8)}},
+                         "norm_mlp": {"scale": (2, 8)}},
+              "token_embedding": (12, 8), "lm_head": (8, 12)}
+    params = jax.tree.map(lambda s: jnp.asarray(rng.normal(size=s), jnp.float32), shapes,
+                          is_leaf=lambda x: isinstance(x, tuple))
+    grads = [jax.tree.map(lambda x: jnp.asarray(rng.normal(size=x.shape), jnp.float32), params) for _ in range(3)]
+    cfg = ml_collections.ConfigDict(dict(CONFIG.to_dict(), name="muon", warmup_steps=0, muon_beta=0.95,
+                                         grad_clip=0.0, schedule="constant"))
+    tx, _ = optim.optimizer(cfg, 10)
+    got, _ = _run(tx, params, grads)
+
+    def muon_by_hand(path, inputs):  # each layer's kernel as a matrix [prod(input axes), prod(output axes)]
+        keys = path.split("/")
+        x = functools.reduce(lambda t, k: t[k], keys, params)
+        gs = [functools.reduce(lambda t, k: t[k], keys, g) for g in grads]
+        out = []
+        for layer in range(x.shape[0]):
+            flat = lambda a: a[layer].reshape(int(np.prod(a.shape[1:1 + inputs])), -1)  # noqa: E731
+            ref = optax.contrib.muon(1e-2, beta=0.95, weight_decay=0.1)
+            p, s = flat(x), None
+            s = ref.init(p)
+            for g in gs:
+                u, s = ref.update(flat(g), s, p)
+                p = optax.apply_updates(p, u)
+            out.append(p.reshape(x.shape[1:]))
+        return np.stack(out)
+
+    for path, inputs in (("blocks/attn/query/kernel", 1), ("blocks/attn/out/kernel", 2),
+                         ("blocks/mlp/fc/kernel", 1), ("blocks/mlp/proj/kernel", 1)):
+        keys = path.split("/")
+        np.testing.assert_allclose(functools.reduce(lambda t, k: t[k], keys, got), muon_by_hand(path, inputs),
+                                   rtol=1e-5, atol=1e-6, err_msg=path)
+    rest = {"decayed": ["token_embedding", "lm_head"],
+            "kept": ["blocks/attn/query/bias", "blocks/attn/out/bias", "blocks/norm_mlp/scale"]}
+    for kind, paths in rest.items():
+        ref = optax.adamw(1e-2, b1=0.9, b2=0.95, weight_decay=0.1 if kind == "decayed" else 0.0)
+        for path in paths:
+            keys = path.split("/")
+            p = functools.reduce(lambda t, k: t[k], keys, params)
+            s = ref.init(p)
+            for g in grads:
+                u, s = ref.update(functools.reduce(lambda t, k: t[k], keys, g), s, p)
+                p = optax.apply_updates(p, u)
+            np.testing.assert_allclose(functools.reduce(lambda t, k: t[k], keys, got), p, rtol=1e-6, atol=1e-7,
+                                       err_msg=path)
+
+
+def test_a_muon_run_stopped_and_resumed_ends_bitwise_equal_to_one_never_stopped(tiny_config, tmp_path):
+    from lm.checkpoint import reader
+    from lm.parallel import mesh as shd
+    from lm.train import state as state_lib
+    from lm.train.loop import train
+
+    def run(workdir, steps):
+        cfg = tiny_config.copy_and_resolve_references()
+        cfg.train.update(steps=steps, eval_every=1000)
+        cfg.optim.update(name="muon", warmup_steps=2, schedule_steps=10)  # one schedule for both runs
+        train(cfg, str(workdir))
+        ckpt, step, model_config, _, run_config = reader.open_run(str(workdir))
+        tx, _ = optim.optimizer(ml_collections.ConfigDict(run_config["optim"]), run_config["train"]["steps"])
+        layout = shd.make_layout({"data": -1, "fsdp": 1, "tensor": 1})
+        return step, jax.device_get(ckpt.restore(step, state_lib.abstract(select.model(model_config), tx, layout)))
+
+    assert run(tmp_path / "resumed", 6)[0] == 6
+    (step, (a, a_data)), (_, (b, b_data)) = run(tmp_path / "resumed", 10), run(tmp_path / "straight", 10)
+    assert step == 10 and a_data == b_data
+    leaves = jax.tree.leaves(a)  # parameters, Muon's momentum, AdamW's moments, the counts
+    assert len(leaves) > 2 * len(jax.tree.leaves(a.params))
+    for x, y in zip(leaves, jax.tree.leaves(b), strict=True):
+        np.testing.assert_array_equal(x, y)

@@ -29,9 +29,10 @@ MESHES = [(8, 1, 1), (1, 8, 1), (1, 1, 8), (2, 2, 2)]  # data, FSDP, tensor para
 CONFIGS = sorted(glob.glob(os.path.join(os.path.dirname(__file__), "..", "configs", "*.py")))
 
 
-def _divisible_tiny(tiny_config, mesh=(8, 1, 1), steps=5):
+def _divisible_tiny(tiny_config, mesh=(8, 1, 1), steps=5, optimizer="adamw"):
     """The tiny config with 8 heads and a 512-piece vocabulary, so that every 8-device mesh divides it."""
     cfg = tiny_config.copy_and_resolve_references()
+    cfg.optim.name = optimizer
     cfg.tokenizer.update(type="bpe", vocab_size=512, sample_chars=100_000)  # a quick tokenizer
     cfg.model.update(num_heads=8, embed_dim=64)
     cfg.train.update(steps=steps, log_every=1, eval_every=1000)
@@ -45,13 +46,14 @@ def _params(workdir):
     return jax.tree.leaves(ckpt.params(step, placement.abstract_params(select.model(model_config), layout)))
 
 
-def test_same_losses_and_parameters_on_every_mesh(tiny_config, tmp_path, capfd):
+@pytest.mark.parametrize("optimizer", ["adamw", "muon"])
+def test_same_losses_and_parameters_on_every_mesh(optimizer, tiny_config, tmp_path, capfd):
     losses, params = {}, {}
     jax.config.update("jax_enable_compilation_cache", False)  # XLA warns while it compiles: compile afresh
     try:
         for mesh in MESHES:
             workdir = str(tmp_path / "x".join(map(str, mesh)))
-            train(_divisible_tiny(tiny_config, mesh), workdir)
+            train(_divisible_tiny(tiny_config, mesh, optimizer=optimizer), workdir)
             with open(os.path.join(workdir, METRICS)) as f:
                 losses[mesh] = [r["loss"] for r in map(json.loads, f) if "loss" in r]
             params[mesh] = _params(workdir)

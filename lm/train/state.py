@@ -30,10 +30,17 @@ def _init_fn(model: TransformerLM, tx: optax.GradientTransformation, seed: int) 
     return init
 
 
+def _unbox_masked(tree: Any) -> Any:
+    """The state's boxes around optax's MaskedNode (where a masked or partitioned optimizer leaves a parameter
+    out; it holds nothing) taken off, so that only arrays carry logical axis names."""
+    return jax.tree.map(lambda x: x.value if isinstance(getattr(x, "value", None), optax.MaskedNode) else x, tree,
+                        is_leaf=lambda x: isinstance(x, nn.Partitioned))
+
+
 def abstract(model: TransformerLM, tx: optax.GradientTransformation, layout: Layout) -> TrainState:
     """The train state as ShapeDtypeStructs with their shardings on the layout; checks divisibility."""
     with layout.scope():
-        boxed = jax.eval_shape(_init_fn(model, tx, 0))
+        boxed = _unbox_masked(jax.eval_shape(_init_fn(model, tx, 0)))
     return placement.abstract(boxed, layout)
 
 

@@ -121,7 +121,8 @@ def main() -> None:
     killed = long_small + ".killed"
     cmd = prepare_command(long_small[:-len(".prepared")], killed, cache)
     first, _, _ = run_measured(cmd, kill_after=25.0)
-    done = len(os.listdir(os.path.join(killed, "tasks"))) if os.path.exists(killed) else 0
+    records = os.path.join(killed, "tasks")
+    done = len([n for n in os.listdir(records) if n.endswith(".json")]) if os.path.isdir(records) else 0
     run_measured(cmd)
     same = checksums(killed) == checksums(long_small)
     print(f"SIGKILL after {first:.0f} s ({done} tasks done), then the same command: shards and manifest "

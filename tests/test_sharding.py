@@ -43,10 +43,17 @@ def _divisible_tiny(tiny_config, mesh=(8, 1, 1), steps=5, optimizer="adamw"):
 def _params(workdir):
     ckpt, step, model_config, _, _ = reader.open_run(workdir)
     layout = shd.make_layout({"data": 1, "fsdp": 1, "tensor": 1}, jax.devices()[:1])
-    return jax.tree.leaves(ckpt.params(step, placement.abstract_params(select.model(model_config), layout)))
+    leaves = jax.tree_util.tree_leaves_with_path(ckpt.params(step, placement.abstract_params(
+        select.model(model_config), layout)))
+    return {jax.tree_util.keystr(path): x for path, x in leaves}
 
 
-@pytest.mark.parametrize("optimizer", ["adamw", "muon"])
+# The key bias adds one constant to all of a query's scores: its gradient is zero in exact arithmetic, float noise
+# whose sign follows the reduction order, and Lion's sign update makes that noise a whole step of lr.
+NOISE_ONLY = {"lion": ["['blocks']['attn']['key']['bias']"]}
+
+
+@pytest.mark.parametrize("optimizer", ["adamw", "muon", "lion"])
 def test_same_losses_and_parameters_on_every_mesh(optimizer, tiny_config, tmp_path, capfd):
     losses, params = {}, {}
     jax.config.update("jax_enable_compilation_cache", False)  # XLA warns while it compiles: compile afresh
@@ -63,8 +70,10 @@ def test_same_losses_and_parameters_on_every_mesh(optimizer, tiny_config, tmp_pa
     assert len(losses[base]) == 5
     for mesh in MESHES[1:]:
         np.testing.assert_allclose(losses[mesh], losses[base], rtol=1e-5, err_msg=str(mesh))
-        for a, b in zip(params[mesh], params[base], strict=True):
-            np.testing.assert_allclose(np.asarray(a), np.asarray(b), atol=1e-4, rtol=0, err_msg=str(mesh))
+        assert params[mesh].keys() == params[base].keys()
+        for name in params[base].keys() - set(NOISE_ONLY.get(optimizer, [])):
+            np.testing.assert_allclose(np.asarray(params[mesh][name]), np.asarray(params[base][name]), atol=1e-4,
+                                       rtol=0, err_msg=f"{mesh} {name}")
     err = capfd.readouterr().err
     assert "Involuntary full rematerialization" not in err
 

@@ -160,12 +160,12 @@ def test_a_mixture_draws_by_weight_and_each_corpus_goes_on_through_its_rows_acro
 def test_eval_batches_cover_the_split_once(shakespeare):
     _, tok, pieces = shakespeare
     split = Split(pieces["validation"], 65, whole=False)
-    batches = eval_batches([split], 16)
+    batches = list(eval_batches([split], 16))
     assert all(b["tokens"].shape == (16, 65) for b in batches)
     stream = expected_stream(tok, "validation")
     real = np.concatenate([b["tokens"][b["segment_ids"] > 0] for b in batches])
     np.testing.assert_array_equal(real, stream)  # every token once, in order; the rest is padding
-    halves = [eval_batches([split], 16, process_index=i, process_count=2) for i in range(2)]
+    halves = [list(eval_batches([split], 16, process_index=i, process_count=2)) for i in range(2)]
     assert len(halves[0]) == len(halves[1]) == len(batches)
     np.testing.assert_array_equal(np.concatenate([halves[0][3]["tokens"], halves[1][3]["tokens"]]),
                                   batches[3]["tokens"])

@@ -34,8 +34,8 @@ def test_bits_per_byte_of_a_text_counted_by_hand(tmp_path, cache_dir):
     zeros = jax.tree.map(lambda x: np.zeros(x.shape, x.dtype),
                          jax.eval_shape(lambda: nn.unbox(placement.boxed_params(model, 0))))
     layout = shd.make_layout({"data": 1, "fsdp": 1, "tensor": 1}, jax.devices()[:1])
-    batches = eval_batches(corpus.eval_splits({**config_lib.defaults().data.to_dict(), "cache_dir": cache_dir, **d},
-                                              tok, c.max_len + 1, "train"), 1)
+    data = {**config_lib.defaults().data.to_dict(), "cache_dir": cache_dir, **d}
+    batches = list(eval_batches(corpus.eval_splits(data, tok, c.max_len + 1, "train"), 1))
     assert len(batches) == 1  # 11 tokens in one row of 16
     result = evaluate(make_eval_step(model, tok.token_bytes(len("\n\n")), layout), zeros, batches, layout)
     assert result["tokens"] == 9

@@ -15,6 +15,7 @@ import dataclasses
 import queue
 import sys
 import threading
+from collections.abc import Iterator
 from typing import Any
 
 import numpy as np
@@ -158,24 +159,23 @@ class TrainBatches:
 
 
 def eval_batches(splits: list[Split], global_batch: int, process_index: int = 0, process_count: int = 1,
-                 max_batches: int = 0) -> list[dict[str, np.ndarray]]:
+                 max_batches: int = 0) -> Iterator[dict[str, np.ndarray]]:
     """This process's rows of each batch of one ordered pass over the rows of `splits` (every token; at most
-    `max_batches` batches if positive); rows past the end are padding (segment id 0)."""
+    `max_batches` batches if positive), made as they are read, so a large split is never held in memory; rows
+    past the end are padding (segment id 0)."""
     local = local_rows(global_batch, process_index, process_count)
-    order = [(s, r) for s, split in enumerate(splits) for r in range(split.count)]
-    count = -(-len(order) // global_batch)
+    first = np.cumsum([0] + [split.count for split in splits])  # [splits + 1]: global row index of each start
+    count = -(-int(first[-1]) // global_batch)
     if max_batches:
         count = min(count, max_batches)
-    row_len = splits[0].row_len
-    batches = []
     for b in range(count):
-        out = {f: np.zeros((len(local), row_len), np.int32) for f in FIELDS}
-        mine = [(i, order[b * global_batch + j]) for i, j in enumerate(local) if b * global_batch + j < len(order)]
+        out = {f: np.zeros((len(local), splits[0].row_len), np.int32) for f in FIELDS}
+        wanted = np.array([b * global_batch + j for j in local])
+        which = np.searchsorted(first, wanted, "right") - 1  # the split of each row (len(splits): past the end)
         for s, split in enumerate(splits):
-            at = [i for i, (which, _) in mine if which == s]
-            if at:
-                got = split.rows([r for _, (which, r) in mine if which == s])
+            at = np.flatnonzero(which == s)
+            if len(at):
+                got = split.rows(wanted[at] - first[s])
                 for f in FIELDS:
                     out[f][at] = got[f]
-        batches.append(out)
-    return batches
+        yield out

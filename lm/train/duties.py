@@ -22,18 +22,15 @@ class Evaluations:
         self.cfg, self.start, self.layout, self.log = cfg, start, layout, log
         separator_bytes = len(cfg.data.separator.encode())
         self.step_fn = make_eval_step(start.model, start.tokenizer.token_bytes(separator_bytes), layout)
-        self.rows: list[dict[str, Any]] = []
 
     def due(self, step: int) -> bool:
         return step % self.every == 0 or step == self.last_step
 
     def run(self, step: int, params: Any, record: bool = True) -> dict[str, float]:
         """Evaluates `params`, logs the result (recorded unless not `record`) and returns it."""
-        if not self.rows:  # packed once, reused by every evaluation
-            s = self.start
-            self.rows = batches_lib.eval_batches(s.validation, self.cfg.train.batch_size, jax.process_index(),
-                                                 jax.process_count(), max_batches=self.limit)
-        result = evaluate(self.step_fn, params, self.rows, self.layout)
+        rows = batches_lib.eval_batches(self.start.validation, self.cfg.train.batch_size, jax.process_index(),
+                                        jax.process_count(), max_batches=self.limit)  # read as evaluated
+        result = evaluate(self.step_fn, params, rows, self.layout)
         self.log.evaluation(step, result, record)
         return result
 

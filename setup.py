@@ -12,7 +12,7 @@ setup(
     install_requires=[
         "jax>=0.6",
         "flax>=0.10",
-        "optax>=0.2.5",
+        "optax>=0.2.8",  # contrib.muon with declared matrix views
         "orbax-checkpoint>=0.11",
         "tensorflow-datasets>=4.9.7",
         "array_record>=0.7",

@@ -206,7 +206,7 @@ def test_muon_orthogonalizes_each_hidden_matrix_in_its_matrix_view_and_adamw_tak
         for layer in range(x.shape[0]):
             flat = lambda a: a[layer].reshape(int(np.prod(a.shape[1:1 + inputs])), -1)  # noqa: E731
             ref = optax.contrib.muon(1e-2, beta=0.95, weight_decay=0.1)
-            p, s = flat(x), None
+            p = flat(x)
             s = ref.init(p)
             for g in gs:
                 u, s = ref.update(flat(g), s, p)

@@ -126,7 +126,7 @@ def defaults() -> ml_collections.ConfigDict:
         nan_steps=(),  # steps fed a corrupted batch on purpose (a token id past the vocabulary), to try the policy
     )
     c.optim = dict(
-        name="adamw",  # muon, or an optax optimizer taking learning_rate: adamw, lion, adam, sgd, ... (lm/optim.py)
+        name="adamw",  # muon, schedule_free_adamw, or an optax optimizer taking learning_rate: adamw, lion, adam, ...
         lr=1e-3,  # peak learning rate, after a linear warmup
         min_lr=1e-4,  # reached at the last step by the decay (cosine, linear, or wsd's cooldown)
         warmup_steps=100,  # steps of the linear warmup from 0
@@ -139,6 +139,8 @@ def defaults() -> ml_collections.ConfigDict:
         weight_decay=0.1,  # on kernels, embeddings and the head only
         grad_clip=1.0,  # global gradient norm clipped to this (0: off)
         muon_beta=0.95,  # muon: the momentum of the hidden matrices' updates (the rest: AdamW with b1, b2)
+        muon_lr=0.0,  # muon: the matrices' peak learning rate, on lr's schedule (0: lr)
+        muon_params="*kernel",  # muon: globs of the parameter paths it updates (e.g. 'blocks/*/kernel,lm_head')
     )
     c.checkpoint = dict(
         every=250,  # steps between checkpoints (and one at the end)
@@ -237,6 +239,10 @@ def validate(cfg: ml_collections.ConfigDict) -> None:
                f"config.optim.cooldown_steps={cooldown} is longer than the run after its warmup (schedule steps "
                f"{span} - warmup_steps {o.warmup_steps} = {span - o.warmup_steps}); shorten the cooldown or lengthen "
                "the run")
+    _check(o.name != optim.SCHEDULE_FREE or o.schedule == "constant",
+           f"config.optim.name={optim.SCHEDULE_FREE} replaces the decay by averaging; set "
+           f"--config.optim.schedule=constant (its warmup stays warmup_steps), got {o.schedule!r}")
+    _check(o.muon_lr >= 0, f"config.optim.muon_lr must be >= 0 (0: lr), got {o.muon_lr}")
     _check(0 < o.b1 < 1 and 0 < o.b2 < 1, f"config.optim.b1 and b2 must be in (0, 1), got {o.b1}, {o.b2}")
     _check(o.weight_decay >= 0, f"config.optim.weight_decay must be >= 0, got {o.weight_decay}")
     _check(o.grad_clip >= 0, f"config.optim.grad_clip must be >= 0 (0 turns it off), got {o.grad_clip}")

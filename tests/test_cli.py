@@ -32,6 +32,13 @@ def test_config_key_typo_names_the_key(tmp_path, cache_dir):
     (["--config.mesh.data=3"], "config.mesh (data=3, fsdp=1, tensor=1) needs 3 devices but 1 are present"),
     (["--config.mesh.cpu_devices=2", "--config.mesh.tensor=2", "--config.model.num_heads=1"],  # the model
      "model.num_heads=1 is not divisible by mesh tensor=2"),
+    (["--config.optim.name=adamm"], "config.optim.name='adamm' is not an optax optimizer taking a learning rate"),
+    (["--config.optim.schedule=cosine_decay"], "config.optim.schedule must be one of cosine, wsd, linear, constant"),
+    (["--config.optim.name=muon", "--config.optim.muon_params=blocks/*"],  # a Muon setting the shapes do not fit
+     "config.optim.muon_params='blocks/*' gives Muon blocks/attn/key/bias of shape [2, 2, 16], which is not a weight "
+     "matrix"),
+    (["--config.optim.schedule=wsd", "--config.optim.cooldown_steps=25"],
+     "config.optim.cooldown_steps=25 is longer than the run after its warmup (schedule steps 20 - warmup_steps 2"),
 ])
 def test_bad_config_values_are_one_line(flags, message, tmp_path, cache_dir):
     one_line_error(run_module("lm.train", "--config", TINY, "--workdir", str(tmp_path),
@@ -63,6 +70,17 @@ def test_a_checkpoint_with_an_older_optimizer_state_is_one_line_and_kept(tiny_ru
                            f"is 'optax: chain(clip_by_global_norm, adamw)'); continue from its "
                            f"parameters with --config.init_from={workdir} and a new --workdir")
     assert metas and sorted(os.listdir(os.path.join(workdir, "checkpoints"))) == before
+
+
+def test_resuming_with_another_optimizer_is_one_line_and_keeps_the_checkpoints(tiny_run, cache_dir):
+    workdir = tiny_run[0]
+    before = sorted(os.listdir(os.path.join(workdir, "checkpoints")))
+    result = run_module("lm.train", "--config", TINY, "--workdir", workdir, f"--config.data.cache_dir={cache_dir}",
+                        "--config.train.steps=30", "--config.optim.name=muon")
+    one_line_error(result, f"{workdir} holds an optimizer state in another format ('optax: chain(clip_by_global_norm, "
+                           "adamw)'; this run's is 'optax: chain(clip_by_global_norm, muon on *kernel)'); continue "
+                           f"from its parameters with --config.init_from={workdir} and a new --workdir")
+    assert sorted(os.listdir(os.path.join(workdir, "checkpoints"))) == before
 
 
 PRE_REDESIGN = os.path.join(os.path.dirname(__file__), "fixtures", "pre_redesign_run")

@@ -276,8 +276,13 @@ def test_resuming_with_another_batch_size_is_refused(tiny_run, tiny_config, tmp_
 # 7. Readers: damaged checkpoints of every kind, and a trainer deleting them.
 
 def _truncate_array(w):
-    f = max(_array_files(w, 20, "params"), key=os.path.getsize)
-    os.truncate(f, os.path.getsize(f) // 2)
+    for f in _array_files(w, 20, "params"):  # each (the arrays are spread over the files as the writes went)
+        os.truncate(f, os.path.getsize(f) // 2)
+
+
+def _remove_array(w):
+    for f in _array_files(w, 20, "params"):
+        os.remove(f)
 
 
 def _garbage(w):
@@ -290,7 +295,7 @@ def _garbage(w):
 
 DAMAGE = {
     "truncated array file": _truncate_array,
-    "missing array file": lambda w: os.remove(max(_array_files(w, 20, "params"), key=os.path.getsize)),
+    "missing array file": _remove_array,
     "missing params": lambda w: shutil.rmtree(os.path.join(w, "checkpoints", "20", "params")),
     "missing meta": lambda w: shutil.rmtree(os.path.join(w, "checkpoints", "20", "meta")),
     "garbage": _garbage,

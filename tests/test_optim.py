@@ -18,7 +18,7 @@ from lm import optim
 from lm.backends import select
 from lm.config import ModelConfig
 from lm.errors import UserError
-from lm.parallel.placement import boxed_params
+from lm.parallel.placement import abstract_params, boxed_params
 
 CONFIG = ml_collections.ConfigDict(dict(name="adamw", lr=1e-2, min_lr=1e-3, warmup_steps=2, b1=0.9, b2=0.95,
                                         weight_decay=0.1, grad_clip=1.0))
@@ -166,7 +166,7 @@ def test_a_wsd_run_stopped_in_its_stable_phase_continues_to_a_new_length_as_if_s
     assert continued[30][1] == pytest.approx(3e-4 + 2.7e-3 * (1 - (7 / 8) ** 0.5))  # ... and is 7/8 done at 30
 
 
-def test_bad_schedule_settings_are_one_line():
+def test_bad_optimizer_and_schedule_settings_are_one_line():
     from lm import config as config_lib
 
     def fails(match, **optim_keys):
@@ -179,11 +179,29 @@ def test_bad_schedule_settings_are_one_line():
     fails(r"^config.optim.cooldown must be one of linear, 1-sqrt, got 'sqrt'$", schedule="wsd", cooldown="sqrt")
     fails(r"^config.optim.cooldown_steps=1950 is longer than the run after its warmup \(schedule steps 2000 - "
           r"warmup_steps 100 = 1900\); shorten the cooldown or lengthen the run$", schedule="wsd", cooldown_steps=1950)
+    fails(r"^config.optim.name=schedule_free_adamw replaces the decay by averaging; set --config.optim.schedule="
+          r"constant \(its warmup stays warmup_steps\), got 'cosine'$", name="schedule_free_adamw")
+    fails(r"^config.optim.name='adamm' is not an optax optimizer taking a learning rate; use e.g. adamw, muon, "
+          r"schedule_free_adamw, lion, adam or sgd$", name="adamm")
 
 
-def test_muon_orthogonalizes_each_hidden_matrix_in_its_matrix_view_and_adamw_takes_the_rest():
-    """Against optax's Muon on each kernel reshaped by hand to [inputs, outputs] (per layer), and optax's AdamW
-    on the other leaves (decayed: embeddings and head; not decayed: biases and norm scales)."""
+def _assert_leaf_follows(ref: optax.GradientTransformation, path: str, params: dict, grads: list[dict],
+                         got: dict) -> None:
+    """The leaf at `path` ('a/b') of `got` is where `ref`, run on that leaf alone with its gradients, takes it."""
+    leaf = lambda tree: functools.reduce(lambda t, k: t[k], path.split("/"), tree)  # noqa: E731
+    p = leaf(params)
+    s = ref.init(p)
+    for g in grads:
+        u, s = ref.update(leaf(g), s, p)
+        p = optax.apply_updates(p, u)
+    np.testing.assert_allclose(leaf(got), p, rtol=1e-6, atol=1e-7, err_msg=path)
+
+
+@pytest.mark.parametrize("muon_lr", [0.0, 3e-2])
+def test_muon_orthogonalizes_each_hidden_matrix_in_its_matrix_view_and_adamw_takes_the_rest(muon_lr):
+    """Against optax's Muon on each kernel reshaped by hand to [inputs, outputs] (per layer), at `muon_lr` (0:
+    the AdamW rate), and optax's AdamW on the other leaves (decayed: embeddings and head; not decayed: biases
+    and norm scales)."""
     rng = np.random.default_rng(0)
     shapes = {"blocks": {"attn": {"query": {"kernel": (2, 8, 2, 4), "bias": (2, 2, 4)},
                                   "out": {"kernel": (2, 2, 4, 8), "bias": (2, 8)}},
@@ -194,7 +212,7 @@ def test_muon_orthogonalizes_each_hidden_matrix_in_its_matrix_view_and_adamw_tak
                           is_leaf=lambda x: isinstance(x, tuple))
     grads = [jax.tree.map(lambda x: jnp.asarray(rng.normal(size=x.shape), jnp.float32), params) for _ in range(3)]
     cfg = ml_collections.ConfigDict(dict(CONFIG.to_dict(), name="muon", warmup_steps=0, muon_beta=0.95,
-                                         grad_clip=0.0, schedule="constant"))
+                                         grad_clip=0.0, schedule="constant", muon_lr=muon_lr))
     tx, _ = optim.optimizer(cfg, 10)
     got, _ = _run(tx, params, grads)
 
@@ -205,7 +223,7 @@ def test_muon_orthogonalizes_each_hidden_matrix_in_its_matrix_view_and_adamw_tak
         out = []
         for layer in range(x.shape[0]):
             flat = lambda a: a[layer].reshape(int(np.prod(a.shape[1:1 + inputs])), -1)  # noqa: E731
-            ref = optax.contrib.muon(1e-2, beta=0.95, weight_decay=0.1)
+            ref = optax.contrib.muon(muon_lr or 1e-2, beta=0.95, weight_decay=0.1)
             p = flat(x)
             s = ref.init(p)
             for g in gs:
@@ -224,17 +242,13 @@ def test_muon_orthogonalizes_each_hidden_matrix_in_its_matrix_view_and_adamw_tak
     for kind, paths in rest.items():
         ref = optax.adamw(1e-2, b1=0.9, b2=0.95, weight_decay=0.1 if kind == "decayed" else 0.0)
         for path in paths:
-            keys = path.split("/")
-            p = functools.reduce(lambda t, k: t[k], keys, params)
-            s = ref.init(p)
-            for g in grads:
-                u, s = ref.update(functools.reduce(lambda t, k: t[k], keys, g), s, p)
-                p = optax.apply_updates(p, u)
-            np.testing.assert_allclose(functools.reduce(lambda t, k: t[k], keys, got), p, rtol=1e-6, atol=1e-7,
-                                       err_msg=path)
+            _assert_leaf_follows(ref, path, params, grads, got)
 
 
-def test_a_muon_run_stopped_and_resumed_ends_bitwise_equal_to_one_never_stopped(tiny_config, tmp_path):
+@pytest.mark.parametrize("name", ["muon", "schedule_free_adamw"])
+def test_a_run_stopped_and_resumed_ends_bitwise_equal_to_one_never_stopped(name, tiny_config, tmp_path):
+    """Muon and schedule-free AdamW; schedule-free's checkpoint holds its average x as the parameters every
+    reader takes ((y - (1 - b1) z) / b1 of the trained y and its z), and the trained y with the optimizer state."""
     from lm.checkpoint import reader
     from lm.parallel import mesh as shd
     from lm.train import state as state_lib
@@ -243,17 +257,75 @@ def test_a_muon_run_stopped_and_resumed_ends_bitwise_equal_to_one_never_stopped(
     def run(workdir, steps):
         cfg = tiny_config.copy_and_resolve_references()
         cfg.train.update(steps=steps, eval_every=1000)
-        cfg.optim.update(name="muon", warmup_steps=2, schedule_steps=10)  # one schedule for both runs
+        cfg.optim.update(name=name, warmup_steps=2, schedule_steps=10)  # one schedule for both runs
+        if name == "schedule_free_adamw":
+            cfg.optim.schedule = "constant"
         train(cfg, str(workdir))
         ckpt, step, model_config, _, run_config = reader.open_run(str(workdir))
         tx, _ = optim.optimizer(ml_collections.ConfigDict(run_config["optim"]), run_config["train"]["steps"])
         layout = shd.make_layout({"data": -1, "fsdp": 1, "tensor": 1})
-        return step, jax.device_get(ckpt.restore(step, state_lib.abstract(select.model(model_config), tx, layout)))
+        model = select.model(model_config)
+        restored = ckpt.restore(step, state_lib.abstract(model, tx, layout), optim.evaluated_apart(cfg.optim))
+        read = ckpt.params(step, abstract_params(model, layout))  # what the sampler and evaluator take
+        return step, jax.device_get(restored), jax.device_get(read)
 
     assert run(tmp_path / "resumed", 6)[0] == 6
-    (step, (a, a_data)), (_, (b, b_data)) = run(tmp_path / "resumed", 10), run(tmp_path / "straight", 10)
+    (step, (a, a_data), a_read), (_, (b, b_data), _) = run(tmp_path / "resumed", 10), run(tmp_path / "straight", 10)
     assert step == 10 and a_data == b_data
-    leaves = jax.tree.leaves(a)  # parameters, Muon's momentum, AdamW's moments, the counts
+    leaves = jax.tree.leaves(a)  # parameters, momenta or z, second moments, the counts
     assert len(leaves) > 2 * len(jax.tree.leaves(a.params))
     for x, y in zip(leaves, jax.tree.leaves(b), strict=True):
         np.testing.assert_array_equal(x, y)
+    if name == "muon":
+        for x, y in zip(jax.tree.leaves(a_read), jax.tree.leaves(a.params), strict=True):
+            np.testing.assert_array_equal(x, y)
+        return
+    sf = next(s for s in a.opt_state if isinstance(s, optax.contrib.ScheduleFreeState))
+    for x, y, z in zip(jax.tree.leaves(a_read), jax.tree.leaves(a.params), jax.tree.leaves(sf.z), strict=True):
+        np.testing.assert_allclose(x, (y - 0.1 * z) / 0.9, rtol=1e-5, atol=1e-6)
+    pairs = zip(jax.tree.leaves(a_read), jax.tree.leaves(a.params), strict=True)
+    gap = max(float(np.max(np.abs(x - y))) for x, y in pairs)
+    assert gap > 1e-4  # not the trained parameters
+
+
+def test_schedule_free_adamw_is_optax_with_decay_masked_and_evaluates_the_weighted_average_of_its_iterates():
+    """Against optax's schedule_free_adamw per group of leaves (decayed kernels; biases and scales with no
+    decay); and the evaluation parameters equal the average of the iterates z_2..z_{n+1} weighted by the
+    running maximum of the learning rate squared, computed here from the z of each state."""
+    rng = np.random.default_rng(0)
+    params = _params(rng)
+    cfg = ml_collections.ConfigDict(dict(CONFIG.to_dict(), name="schedule_free_adamw", schedule="constant",
+                                         grad_clip=0.0))
+    tx, _ = optim.optimizer(cfg, 10)
+    grads = [jax.tree.map(lambda x: jnp.asarray(rng.normal(size=x.shape), jnp.float32), params) for _ in range(5)]
+    got, state = _run(tx, params, grads)
+    for path, decayed in (("blocks/kernel", True), ("head/kernel", True), ("blocks/bias", False),
+                          ("head/scale", False)):
+        ref = optax.contrib.schedule_free_adamw(1e-2, warmup_steps=2, b1=0.9, b2=0.95,
+                                                weight_decay=0.1 if decayed else 0.0)
+        _assert_leaf_follows(ref, path, params, grads, got)
+    # x by its definition: z_{k+1} weighted by w_k = (max lr of steps 1..k)^2, lr 5e-3 at step 1 then 1e-2
+    zs, s, p = [], tx.init(params), params
+    for g in grads:
+        u, s = tx.update(g, s, p)
+        p = optax.apply_updates(p, u)
+        zs.append(s[-1].z)
+    weights = np.array([5e-3, 1e-2, 1e-2, 1e-2, 1e-2]) ** 2
+    average = jax.tree.map(lambda *z: sum(w * zi for w, zi in zip(weights, z, strict=True)) / weights.sum(), *zs)
+    x = optim.eval_params(state, got)
+    for a, b in zip(jax.tree.leaves(x), jax.tree.leaves(average), strict=True):
+        np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-6)
+
+
+def test_muon_params_that_are_not_matrices_or_match_nothing_are_one_line():
+    shapes = {"blocks": {"attn": {"query": {"kernel": (2, 8, 2, 4)}}, "norm_mlp": {"scale": (2, 8)}},
+              "token_embedding": (12, 8)}
+    params = jax.tree.map(jnp.zeros, shapes, is_leaf=lambda x: isinstance(x, tuple))
+    views = optim.muon_dimensions(params, "*kernel,token_embedding")
+    assert views["token_embedding"] == optax.contrib.MuonDimensionNumbers((0,), (1,))
+    assert views["blocks"]["norm_mlp"]["scale"] is None
+    with pytest.raises(UserError, match=r"^config.optim.muon_params='\*kernel,\*scale' gives Muon "
+                                        r"blocks/norm_mlp/scale of shape \[2, 8\], which is not a weight matrix"):
+        optim.muon_dimensions(params, "*kernel,*scale")
+    with pytest.raises(UserError, match=r"^config.optim.muon_params='\*kernal': \['\*kernal'\] matches no parameter"):
+        optim.muon_dimensions(params, "*kernal")

@@ -33,6 +33,8 @@ def _divisible_tiny(tiny_config, mesh=(8, 1, 1), steps=5, optimizer="adamw"):
     """The tiny config with 8 heads and a 512-piece vocabulary, so that every 8-device mesh divides it."""
     cfg = tiny_config.copy_and_resolve_references()
     cfg.optim.name = optimizer
+    if optimizer == "schedule_free_adamw":
+        cfg.optim.schedule = "constant"
     cfg.tokenizer.update(type="bpe", vocab_size=512, sample_chars=100_000)  # a quick tokenizer
     cfg.model.update(num_heads=8, embed_dim=64)
     cfg.train.update(steps=steps, log_every=1, eval_every=1000)
@@ -53,7 +55,7 @@ def _params(workdir):
 NOISE_ONLY = {"lion": ["['blocks']['attn']['key']['bias']"]}
 
 
-@pytest.mark.parametrize("optimizer", ["adamw", "muon", "lion"])
+@pytest.mark.parametrize("optimizer", ["adamw", "muon", "lion", "schedule_free_adamw"])
 def test_same_losses_and_parameters_on_every_mesh(optimizer, tiny_config, tmp_path, capfd):
     losses, params = {}, {}
     jax.config.update("jax_enable_compilation_cache", False)  # XLA warns while it compiles: compile afresh

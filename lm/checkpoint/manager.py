@@ -73,8 +73,11 @@ class Checkpointer:
         """Whether `step` is one that the save interval asks for."""
         return self.manager.should_save(step)
 
-    def save(self, step: int, state: TrainState, data_state: dict[str, Any], meta: dict[str, Any]) -> None:
+    def save(self, step: int, state: TrainState, data_state: dict[str, Any], meta: dict[str, Any],
+             eval_params: Any = None) -> None:
         """Starts an asynchronous save at `step` (every process calls it, with the same `data_state`).
+        `eval_params`: where a run evaluates other parameters than it trains (schedule-free), they are the
+        checkpoint's `params`, which every reader takes, and the trained ones go with the optimizer state.
 
         A save that would not fit on the disk is not started: the run stops with one line instead, and the
         previous checkpoint stays the newest."""
@@ -87,9 +90,14 @@ class Checkpointer:
                             f"{self.path}, {free / 2**20:.1f} MiB are free; free some space and rerun the same command "
                             f"to resume from {self._newest()}")
         opt_state = {"step": state.step, "opt_state": state.opt_state}
-        integrity = {"params": fingerprint(state.params)[0], "opt_state": fingerprint(opt_state)[0]}
+        params = state.params
+        if eval_params is not None:
+            opt_state["params"], params = state.params, eval_params
+        sums = fingerprint({"params": params, "opt_state": opt_state})[0]  # one program for both
+        integrity = {item: {k.split("/", 1)[1]: v for k, v in sums.items() if k.split("/", 1)[0] == item}
+                     for item in ("params", "opt_state")}
         args = ocp.args.Composite(
-            params=ocp.args.StandardSave(state.params),
+            params=ocp.args.StandardSave(params),
             opt_state=ocp.args.StandardSave(opt_state),
             data=ocp.args.JsonSave(data_state),
             meta=ocp.args.JsonSave(meta),
@@ -128,22 +136,25 @@ class Checkpointer:
             return {}
         return self.manager.restore(step, args=ocp.args.Composite(integrity=ocp.args.JsonRestore())).integrity
 
-    def restore(self, step: int, abstract_state: TrainState) -> tuple[TrainState, dict[str, Any]]:
+    def restore(self, step: int, abstract_state: TrainState, apart: bool = False
+                ) -> tuple[TrainState, dict[str, Any]]:
         """The train state saved at `step`, placed as `abstract_state`'s shardings say, and the data state;
-        Damaged if it does not restore whole."""
+        Damaged if it does not restore whole. `apart`: the trained parameters were saved with the optimizer
+        state (`save`'s eval_params)."""
+        opt_state = {"step": abstract_state.step, "opt_state": abstract_state.opt_state}
+        items = {"opt_state": opt_state, "params": abstract_state.params}
+        if apart:
+            items = {"opt_state": {**opt_state, "params": abstract_state.params}}
         try:
             expected = self._integrity(step)
             out = self.manager.restore(step, args=ocp.args.Composite(
-                params=ocp.args.StandardRestore(abstract_state.params),
-                opt_state=ocp.args.StandardRestore({"step": abstract_state.step,
-                                                    "opt_state": abstract_state.opt_state}),
-                data=ocp.args.JsonRestore(),
-            ))
+                **{k: ocp.args.StandardRestore(v) for k, v in items.items()}, data=ocp.args.JsonRestore()))
         except Exception as e:  # noqa: BLE001 (truncated or missing files fail in orbax or tensorstore)
             raise Damaged(first_line(e)) from e
-        integrity.verify("params", out.params, expected.get("params"))
-        integrity.verify("opt_state", out.opt_state, expected.get("opt_state"))
-        state = abstract_state.replace(step=out.opt_state["step"], params=out.params,
+        for item in items:
+            integrity.verify(item, out[item], expected.get(item))
+        params = out.opt_state["params"] if apart else out.params
+        state = abstract_state.replace(step=out.opt_state["step"], params=params,
                                        opt_state=out.opt_state["opt_state"])
         return state, out.data
 
@@ -173,14 +184,14 @@ class Checkpointer:
             self.set_aside([bad for bad, _ in damaged])
         return *found, [f"{bad} ({why})" for bad, why in damaged]
 
-    def restore_newest_good(self, newest: int, abstract_state: TrainState
+    def restore_newest_good(self, newest: int, abstract_state: TrainState, apart: bool = False
                             ) -> tuple[int, TrainState, dict[str, Any], list[str]]:
         """The newest checkpoint at or before `newest` that restores whole: (step, state, data state, the
         damaged ones skipped, each 'STEP (what failed)'). Damaged checkpoints are moved aside as damaged-STEP."""
         damaged = []
         for step in sorted((s for s in self.all_steps() if s <= newest), reverse=True):
             try:
-                state, data_state = self.restore(step, abstract_state)
+                state, data_state = self.restore(step, abstract_state, apart)
             except Damaged as e:
                 damaged.append((step, str(e)))
                 continue

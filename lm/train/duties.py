@@ -1,11 +1,10 @@
 """What the training loop hands off besides metrics, each saying when it is due: evaluations on the validation
 split, and checkpoints (never one after a step that was not finite)."""
 
-from typing import Any
-
 import jax
 import ml_collections
 
+from lm import optim
 from lm.data import batches as batches_lib
 from lm.evaluate.scoring import evaluate, make_eval_step
 from lm.parallel.mesh import Layout
@@ -22,12 +21,15 @@ class Evaluations:
         self.cfg, self.start, self.layout, self.log = cfg, start, layout, log
         separator_bytes = len(cfg.data.separator.encode())
         self.step_fn = make_eval_step(start.model, start.tokenizer.token_bytes(separator_bytes), layout)
+        self.evaluated = optim.evaluation(cfg.optim)
 
     def due(self, step: int) -> bool:
         return step % self.every == 0 or step == self.last_step
 
-    def run(self, step: int, params: Any, record: bool = True) -> dict[str, float]:
-        """Evaluates `params`, logs the result (recorded unless not `record`) and returns it."""
+    def run(self, step: int, state: TrainState, record: bool = True) -> dict[str, float]:
+        """Evaluates the state's parameters to evaluate (lm.optim.eval_params), logs the result (recorded
+        unless not `record`) and returns it."""
+        params = self.evaluated(state)
         rows = batches_lib.eval_batches(self.start.validation, self.cfg.train.batch_size, jax.process_index(),
                                         jax.process_count(), max_batches=self.limit)  # read as evaluated
         result = evaluate(self.step_fn, params, rows, self.layout)
@@ -41,6 +43,7 @@ class Checkpoints:
 
     def __init__(self, cfg: ml_collections.ConfigDict, start: Start):
         self.ckpt, self.last_step, self.start = start.checkpointer, cfg.train.steps, start
+        self.evaluated = optim.evaluation(cfg.optim) if optim.evaluated_apart(cfg.optim) else None
         self.saved = start.step
 
     def due(self, step: int) -> bool:
@@ -54,7 +57,8 @@ class Checkpoints:
         self.start.guard.check()
         data_state = {**self.start.batches.get_state(), "identities": self.start.identities,
                       "nonfinite": self.start.guard.state()}
-        self.ckpt.save(step, state, data_state, self.start.meta)
+        eval_params = self.evaluated(state) if self.evaluated else None
+        self.ckpt.save(step, state, data_state, self.start.meta, eval_params)
         self.saved = step
 
     def close(self) -> str:

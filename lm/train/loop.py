@@ -64,7 +64,7 @@ def _loop(cfg: ml_collections.ConfigDict, workdir: str, layout: Layout, start: s
                 log.step(step, values, guard.skipped)
                 guard.check()
             if evals.due(step):
-                result = evals.run(step, state.params)
+                result = evals.run(step, state)
             if saves.due(step):
                 saves.save(step, state, metrics["finite"])
             signum = stop.agreed()
@@ -73,7 +73,7 @@ def _loop(cfg: ml_collections.ConfigDict, workdir: str, layout: Layout, start: s
                 saves.close()
                 raise Stopped(f"stopped by {signal.Signals(signum).name} after step {step}; checkpoint {step} saved in "
                               f"{workdir}; rerun the same command to resume", 128 + signum)
-    return result or evals.run(start.step, state.params, record=False)  # a finished run resumed: its final result
+    return result or evals.run(start.step, state, record=False)  # a finished run resumed: its final result
 
 
 def _compiled_step(cfg: ml_collections.ConfigDict, layout: Layout, start: startup.Start) -> Callable:

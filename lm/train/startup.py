@@ -52,13 +52,16 @@ class Start(NamedTuple):
 
 
 def check_fits(cfg: ml_collections.ConfigDict, layout: Layout) -> None:
-    """One line if the batch or the model does not divide over the mesh, before any tokenizer is trained."""
+    """One line if the batch or the model does not divide over the mesh, or the optimizer does not fit the
+    parameters, before any tokenizer is trained."""
     batch = cfg.train.batch_size
     if batch % layout.data_parallel:
         raise UserError(f"config.train.batch_size={batch} is not divisible by the data-parallel size "
                         f"{layout.data_parallel} (mesh data x fsdp)")
     any_vocab = layout.mesh.size * 128  # a vocabulary every mesh axis divides
-    placement.abstract_params(TransformerLM(config_lib.model_config(cfg, any_vocab)), layout)
+    params = placement.abstract_params(TransformerLM(config_lib.model_config(cfg, any_vocab)), layout)
+    tx, _ = optim.optimizer(cfg.optim, cfg.train.steps)
+    jax.eval_shape(tx.init, params)  # an optimizer setting that does not fit a parameter (Muon's) stops here
 
 
 def _tokenizer(cfg: ml_collections.ConfigDict, workdir: str) -> AnyTokenizer:
@@ -100,7 +103,8 @@ def start(cfg: ml_collections.ConfigDict, workdir: str, layout: Layout) -> Start
         model = select.model(config_lib.model_config(cfg, saved["model"]["vocab_size"]))
         compatibility.check_compatible(saved, model.config, cfg.tokenizer.to_dict(), cfg.train.batch_size,
                                        optim.state_format(cfg.optim), workdir)
-        step, state, data_state, more = ckpt.restore_newest_good(newest, state_lib.abstract(model, tx, layout))
+        step, state, data_state, more = ckpt.restore_newest_good(newest, state_lib.abstract(model, tx, layout),
+                                                                 optim.evaluated_apart(cfg.optim))
         damaged, origin = damaged + more, f"resuming at step {step}"
     elif cfg.init_from:
         source, source_step, source_model, tokenizer, _ = compatibility.init_source(cfg.init_from)

@@ -2,6 +2,7 @@
 and finishes both, a rerun that trains nothing, the results table against each run's JSONL, and every experiment
 file loading and expanding."""
 
+import functools
 import glob
 import importlib.util
 import json
@@ -94,8 +95,8 @@ def test_every_experiment_file_loads_and_expands(path):
     for overrides in runs:  # every run's config is one lm.train accepts
         cfg = module.get_config()
         for key, value in {**fixed, **overrides}.items():
-            section, name = key.split(".")
-            cfg[section][name] = value
+            *sections, name = key.split(".")  # 'optim.lr', or a top-level key such as 'seed'
+            functools.reduce(lambda c, k: c[k], sections, cfg)[name] = value
         config_lib.validate(cfg)
 
 

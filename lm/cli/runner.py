@@ -1,5 +1,6 @@
-"""Runs a command's absl `main`: chatty libraries quietened, and every way it can end (a user error, a full disk,
-a stop on purpose, Ctrl-C) turned into one line and its documented exit status."""
+"""Runs a command's absl `main`: chatty libraries quietened, JAX's compilation cache on (compile_cache.py), and
+every way it can end (a user error, a full disk, a stop on purpose, Ctrl-C) turned into one line and its
+documented exit status."""
 
 import logging as std_logging
 import os
@@ -9,7 +10,7 @@ from typing import Any
 
 from absl import app, flags, logging
 
-from lm.cli import interrupt
+from lm.cli import compile_cache, interrupt
 from lm.cli.flags import die, parse
 from lm.errors import EXIT_USER_ERROR, DiskFull, Stopped, UserError
 
@@ -44,6 +45,7 @@ def run(main: Callable[[Sequence[str]], None]) -> None:
             logging.set_verbosity(logging.ERROR)
             logging.get_absl_handler().addFilter(_not_handled)
             sys.unraisablehook = _without_closed_loop(sys.unraisablehook)
+        compile_cache.enable()
         try:
             main(argv)
         except DiskFull as e:  # exit at once: the failing writer threads would print tracebacks at shutdown

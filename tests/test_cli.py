@@ -298,3 +298,27 @@ def test_bench_times_decoding_per_weight_format():
     assert all(float(t) > 0 and float(p) > 0 for _, _, t, p in rows)
     assert "of greedy tokens equal" in result.stdout and "copy bandwidth" in result.stdout
     assert "lm's model over 2 device(s)" in result.stdout
+
+
+def test_commands_keep_compiled_programs_in_the_cache_under_home_and_a_second_run_reads_them(tmp_path, cache_dir):
+    """With JAX_COMPILATION_CACHE_DIR unset, a first run writes its programs to ~/.cache/lm/jax; a second run of
+    the same config, in a fresh workdir, finds every one there and adds none."""
+    import subprocess
+    import sys
+
+    from conftest import ROOT, USER_ENV
+
+    env = {k: v for k, v in USER_ENV.items() if not k.startswith("JAX_PERSISTENT") and k != "JAX_COMPILATION_CACHE_DIR"}
+    env["HOME"] = str(tmp_path / "home")
+    cache = tmp_path / "home" / ".cache" / "lm" / "jax"
+
+    def train(name):
+        done = subprocess.run([sys.executable, "-m", "lm.train", "--config", TINY, "--workdir", str(tmp_path / name),
+                               f"--config.data.cache_dir={cache_dir}", "--config.train.steps=10"], cwd=ROOT, env=env,
+                              capture_output=True, text=True, timeout=300)
+        assert done.returncode == 0, done.stderr
+        return sorted(os.listdir(cache))
+
+    first = train("a")
+    assert len([f for f in first if f.startswith("jit_train_step")]) == 1, first
+    assert train("b") == first

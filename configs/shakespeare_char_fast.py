@@ -5,7 +5,7 @@
 The nanoGPT CPU recipe's data, split and shape (4 layers, 4 heads, context 64, batch 12) with what a modern recipe
 changes: Muon for the hidden matrices (AdamW for embeddings, norms and biases) at a learning rate of 3e-2, RoPE
 instead of learned positions, width 96 instead of 128, and 400 steps instead of 2000, evaluated once, at the end,
-on the whole validation split. experiments/README.md has its figures and where its time goes.
+on the whole validation split. docs/performance.md has its figures and where its time goes.
 """
 
 import ml_collections

@@ -1,4 +1,4 @@
-"""Character-level GPT on tiny Shakespeare to nanoGPT's validation loss in half its time on a 2-core CPU.
+"""Character-level GPT on tiny Shakespeare to nanoGPT's validation loss in a fifth of its steps, on a CPU.
 
     python -m lm.train --config configs/shakespeare_char_fast.py --workdir runs/shakespeare_char_fast
 

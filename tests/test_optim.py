@@ -13,6 +13,7 @@ import ml_collections
 import numpy as np
 import optax
 import pytest
+from conftest import score_by_hand
 
 from lm import optim
 from lm.backends import select
@@ -248,7 +249,8 @@ def test_muon_orthogonalizes_each_hidden_matrix_in_its_matrix_view_and_adamw_tak
 @pytest.mark.parametrize("name", ["muon", "schedule_free_adamw"])
 def test_a_run_stopped_and_resumed_ends_bitwise_equal_to_one_never_stopped(name, tiny_config, tmp_path):
     """Muon and schedule-free AdamW; schedule-free's checkpoint holds its average x as the parameters every
-    reader takes ((y - (1 - b1) z) / b1 of the trained y and its z), and the trained y with the optimizer state."""
+    reader takes ((y - (1 - b1) z) / b1 of the trained y and its z), and the trained y with the optimizer state;
+    the loop's evaluation is the loss of those parameters, scored by hand."""
     from lm.checkpoint import reader
     from lm.parallel import mesh as shd
     from lm.train import state as state_lib
@@ -272,6 +274,10 @@ def test_a_run_stopped_and_resumed_ends_bitwise_equal_to_one_never_stopped(name,
     assert run(tmp_path / "resumed", 6)[0] == 6
     (step, (a, a_data), a_read), (_, (b, b_data), _) = run(tmp_path / "resumed", 10), run(tmp_path / "straight", 10)
     assert step == 10 and a_data == b_data
+    with open(tmp_path / "straight" / "metrics.jsonl") as f:  # the loop evaluated what readers read
+        logged = [json.loads(line)["val_loss"] for line in f if "val_loss" in line][-1]
+    nll, count, _ = score_by_hand(str(tmp_path / "straight"), max_batches=tiny_config.train.eval_batches)
+    assert logged == pytest.approx(nll / count, rel=1e-5)
     leaves = jax.tree.leaves(a)  # parameters, momenta or z, second moments, the counts
     assert len(leaves) > 2 * len(jax.tree.leaves(a.params))
     for x, y in zip(leaves, jax.tree.leaves(b), strict=True):

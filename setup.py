@@ -21,7 +21,7 @@ setup(
         "pyarrow>=14",  # Parquet corpora
         "sentencepiece>=0.2",
         "safetensors>=0.4",
-        "regex>=2022.1",  # GPT-2's pre-tokenizer pattern (Unicode letter and number classes)
+        "tokenizers>=0.20",  # Hugging Face tokenizer.json files of imported models
         "ml_collections>=1.0",
         "absl-py>=2.1",
         "numpy>=1.26",

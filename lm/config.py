@@ -18,6 +18,7 @@ from lm.errors import UserError
 TOKENIZER_TYPES = ("char", "bpe", "unigram")
 DTYPES = ("float32", "bfloat16")
 POSITIONS = ("learned", "rope")
+ROPE_SCALINGS = ("none", "llama3")
 NORMS = ("layernorm", "rmsnorm")
 MLPS = ("gelu", "swiglu")
 ATTENTIONS = ("auto", "xla", "cudnn", "cpu", "reference")
@@ -39,12 +40,20 @@ class ModelConfig:
     embed_dim: int = 128  # model width
     mlp_dim: int = 0  # MLP width; 0: 4 * embed_dim
     num_kv_heads: int = 0  # 0: as many as num_heads; fewer: grouped-query attention; 1: multi-query
+    head_dim: int = 0  # width of each head; 0: embed_dim // num_heads (Qwen3 sets it apart from the width)
     position: str = "learned"  # learned | rope
     rope_theta: float = 10000.0  # RoPE's base wavelength
+    rope_scaling: str = "none"  # none | llama3: Llama 3.1's stretch of the long wavelengths (the rope_* keys below)
+    rope_factor: float = 8.0  # llama3: how much the longest wavelengths are stretched
+    rope_low_freq_factor: float = 1.0  # llama3: wavelengths above rope_original_max_len / this are stretched fully
+    rope_high_freq_factor: float = 4.0  # llama3: wavelengths below rope_original_max_len / this are kept
+    rope_original_max_len: int = 8192  # llama3: the context the model was first trained at
+    sliding_window: int = 0  # each query sees its own and the window - 1 keys before it (Mistral); 0: all before
     norm: str = "layernorm"  # layernorm | rmsnorm
     norm_eps: float = 1e-5  # added to the variance in every norm
     mlp: str = "gelu"  # gelu (tanh approximation, as GPT-2) | swiglu
     use_bias: bool = True  # biases in projections and LayerNorms (GPT-2); none (Llama)
+    qkv_bias: bool = False  # biases on the query, key and value projections even without use_bias (Qwen2)
     tie_embeddings: bool = True  # the output head is the token embedding table
     vocab_multiple: int = 1  # embedding/head rows rounded up to a multiple of this (128: aligned GPU matmuls)
     qk_norm: bool = False  # RMSNorm on queries and keys per head
@@ -59,10 +68,8 @@ class ModelConfig:
     def __post_init__(self) -> None:
         if not self.mlp_dim:
             object.__setattr__(self, "mlp_dim", 4 * self.embed_dim)
-
-    @property
-    def head_dim(self) -> int:
-        return self.embed_dim // self.num_heads
+        if not self.head_dim:
+            object.__setattr__(self, "head_dim", self.embed_dim // self.num_heads)
 
     @property
     def padded_vocab(self) -> int:
@@ -197,19 +204,25 @@ def validate(cfg: ml_collections.ConfigDict) -> None:
     _check(m.vocab_multiple >= 1, f"config.model.vocab_multiple must be >= 1 (1: no padding), got {m.vocab_multiple}")
     _check(m.scan_unroll >= 0, f"config.model.scan_unroll must be >= 0 (0: all layers), got {m.scan_unroll}")
     _check(m.mlp_dim >= 0, f"config.model.mlp_dim must be >= 0 (0 means 4 * embed_dim), got {m.mlp_dim}")
+    _check(m.head_dim >= 0, f"config.model.head_dim must be >= 0 (0: embed_dim / num_heads), got {m.head_dim}")
     _check(
-        m.embed_dim % m.num_heads == 0,
-        f"config.model.embed_dim={m.embed_dim} is not divisible by config.model.num_heads={m.num_heads}",
+        m.head_dim or m.embed_dim % m.num_heads == 0,
+        f"config.model.embed_dim={m.embed_dim} is not divisible by config.model.num_heads={m.num_heads} "
+        "(or set config.model.head_dim)",
     )
+    _check(m.sliding_window >= 0, f"config.model.sliding_window must be >= 0 (0: none), got {m.sliding_window}")
     for key, allowed in (("dtype", DTYPES), ("param_dtype", DTYPES), ("position", POSITIONS), ("norm", NORMS),
                          ("mlp", MLPS), ("attention", ATTENTIONS), ("matmul", MATMULS),
-                         ("remat", REMATS)):
+                         ("remat", REMATS), ("rope_scaling", ROPE_SCALINGS)):
         _check(m[key] in allowed, f"config.model.{key} must be one of {allowed}, got {m[key]!r}")
     kv = m.num_kv_heads or m.num_heads
     _check(0 < kv <= m.num_heads and m.num_heads % kv == 0,
            f"config.model.num_kv_heads={m.num_kv_heads} must divide num_heads={m.num_heads} (0: as many)")
-    _check(m.position != "rope" or (m.embed_dim // m.num_heads) % 2 == 0,
-           "RoPE needs an even head dim (config.model.embed_dim / num_heads)")
+    _check(m.position != "rope" or (m.head_dim or m.embed_dim // m.num_heads) % 2 == 0,
+           "RoPE needs an even head dim (config.model.head_dim, or embed_dim / num_heads)")
+    _check(m.rope_scaling == "none" or 0 < m.rope_low_freq_factor < m.rope_high_freq_factor,
+           "config.model.rope_low_freq_factor must be above 0 and below rope_high_freq_factor, got "
+           f"{m.rope_low_freq_factor} and {m.rope_high_freq_factor}")
     b, mb = cfg.train.batch_size, cfg.train.microbatches
     _check(mb >= 1 and b % mb == 0, f"config.train.microbatches={mb} must divide config.train.batch_size={b}")
     _check(cfg.train.z_loss >= 0, f"config.train.z_loss must be >= 0, got {cfg.train.z_loss}")

@@ -43,9 +43,9 @@ def peak_flops_per_second(quick: bool = False, dtype: str = "float32") -> tuple[
 def flops_per_token(c: config_lib.ModelConfig, params: Any) -> float:
     """Training FLOPs per token, as nanoGPT and PaLM count them: 6 x the parameters a token's forward pass
     multiplies by (every parameter but the lookup tables: learned positions, an untied input embedding, and the
-    padding rows of the vocabulary) + 12 x layers x width x context (attention's scores and values)."""
+    padding rows of the vocabulary) + 12 x layers x heads x head width x context (attention's scores and values)."""
     total = sum(x.size for x in jax.tree.leaves(params))
     lookups = c.padded_vocab * c.embed_dim * (0 if c.tie_embeddings else 1)  # untied input table: a gather
     lookups += c.max_len * c.embed_dim if c.position == "learned" else 0
     lookups += (c.padded_vocab - c.vocab_size) * c.embed_dim  # the head's padding columns are not model FLOPs
-    return 6 * (total - lookups) + 12 * c.num_layers * c.embed_dim * c.max_len
+    return 6 * (total - lookups) + 12 * c.num_layers * c.num_heads * c.head_dim * c.max_len

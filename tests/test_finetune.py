@@ -10,7 +10,7 @@ import pytest
 
 from lm.backends import select
 from lm.checkpoint import reader
-from lm.convert.gpt2 import import_gpt2
+from lm.convert.hf import import_hf
 from lm.data import corpus
 from lm.data.batches import TrainBatches
 from lm.errors import UserError
@@ -60,7 +60,7 @@ def test_first_loss_of_a_fine_tune_is_the_source_loss_on_that_batch(tiny_run, ti
 def test_fine_tune_converts_layers_and_vocabulary_padding_either_way(tiny_config, tmp_path):
     """An imported GPT-2 (scanned, vocabulary 400 unpadded) fine-tunes unrolled with the table padded to 512 rows;
     that run fine-tunes scanned and unpadded again. Each first loss is the source model's own on that batch."""
-    import_gpt2(GPT2_BPE, str(tmp_path / "gpt2"), scan_layers=True)
+    import_hf(GPT2_BPE, str(tmp_path / "gpt2"), scan_layers=True)
     cfg = tiny_config.copy_and_resolve_references()
     cfg.init_from = str(tmp_path / "gpt2") + ":0"
     cfg.model.update(num_layers=2, num_heads=4, embed_dim=32, max_len=64, scan_layers=False, vocab_multiple=128)
@@ -100,6 +100,6 @@ def test_init_from_errors_are_one_line(tiny_run, tiny_config, tmp_path):
     cfg.init_from = source + ":12345"
     with pytest.raises(UserError, match="has no checkpoint at step 12345"):
         train(cfg, str(tmp_path / "c"))
-    import_gpt2(GPT2_BPE, str(tmp_path / "gpt2"))
+    import_hf(GPT2_BPE, str(tmp_path / "gpt2"))
     with pytest.raises(UserError, match="holds imported weights"):
         train(tiny_config, str(tmp_path / "gpt2"))

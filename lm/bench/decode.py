@@ -17,7 +17,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from lm.config import ModelConfig
-from lm.convert.gpt2 import gpt2_from_params, gpt2_hf_config
+from lm.convert.gpt2 import hf_config, hf_from_params
 from lm.errors import UserError
 from lm.model.transformer import init_cache
 from lm.sample import weights as weight_formats
@@ -71,11 +71,11 @@ def transformers_decoder(c: ModelConfig, params: Any, batch: int, prompt_len: in
     except ImportError:
         return None
     try:
-        hf_config = gpt2_hf_config(c)
+        config = hf_config(c, {})
     except UserError:  # not GPT-2 style
         return None
-    model = transformers.GPT2LMHeadModel(transformers.GPT2Config(**hf_config)).eval()
-    state = {k: torch.from_numpy(v) for k, v in gpt2_from_params(params, c).items()}
+    model = transformers.GPT2LMHeadModel(transformers.GPT2Config(**config)).eval()
+    state = {k: torch.from_numpy(v) for k, v in hf_from_params(params, c).items()}
     model.load_state_dict(state, strict=False)
     model.tie_weights()
     ids = torch.from_numpy(np.random.default_rng(0).integers(0, c.vocab_size, (batch, prompt_len)))

@@ -1,4 +1,4 @@
-"""`python -m lm.convert`: GPT-2 checkpoints in Hugging Face format <-> `lm` workdirs, with no network."""
+"""`python -m lm.convert`: Hugging Face models in and out of `lm` workdirs (command.py)."""
 
 from lm.cli import process
 

@@ -22,7 +22,7 @@ from lm.data.documents import SPLITS, Settings
 from lm.data.shards import Split
 from lm.data.sources import FileSource, corpus_files
 from lm.errors import UserError
-from lm.tokenizer import gpt2, sentencepiece
+from lm.tokenizer import huggingface, sentencepiece
 from lm.tokenizer.kinds import AnyTokenizer
 
 
@@ -86,11 +86,12 @@ def cache_root(d: Any) -> str:
 
 
 def _load_tokenizer_file(path: str) -> AnyTokenizer:
-    """config.tokenizer.path: a SentencePiece .model file, or a folder with GPT-2's vocab.json and merges.txt."""
+    """config.tokenizer.path: a SentencePiece .model file, or a Hugging Face folder (tokenizer.json, or GPT-2's
+    vocab.json and merges.txt)."""
     if os.path.isdir(path):
-        return gpt2.GPT2Tokenizer.from_folder(path)
+        return huggingface.HFTokenizer.from_folder(path)
     return sentencepiece.Tokenizer.load(path, "set config.tokenizer.path to a .model file written by SentencePiece, "
-                                              "or a folder with GPT-2's vocab.json and merges.txt")
+                                              "or a folder with a Hugging Face tokenizer.json")
 
 
 def fresh_tokenizer(d: Any, t: Any) -> AnyTokenizer:

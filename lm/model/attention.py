@@ -1,4 +1,5 @@
-"""Causal self-attention: grouped-query heads, RoPE, QK-norm, segment masks for packed rows, a KV cache.
+"""Causal self-attention: grouped-query heads, RoPE, QK-norm, a sliding window, segment masks for packed rows,
+a KV cache.
 
 Einsum letters: B batch, T query length, S key length, N query heads, K kv heads, G = N / K query heads per
 kv head, H head dim, D model dim.
@@ -16,18 +17,22 @@ import jax.numpy as jnp
 
 from lm import axes
 from lm.config import ModelConfig
-from lm.model.layers import Projection, norm, rope
+from lm.model.layers import Projection, norm, rope, rope_frequencies
 from lm.model.ops import Ops
 
 NEG_INF = -1e30
 
 
-def attention_mask(q_slots: jax.Array, kv_slots: jax.Array, q_segments: jax.Array, kv_segments: jax.Array) -> jax.Array:
-    """[B, 1, T, S] boolean: causal in slot order and never across segments.
+def attention_mask(q_slots: jax.Array, kv_slots: jax.Array, q_segments: jax.Array, kv_segments: jax.Array,
+                   window: int = 0) -> jax.Array:
+    """[B, 1, T, S] boolean: causal in slot order, never across segments, and with a `window` (> 0) no further
+    back than window - 1 slots.
 
     q_slots [T], kv_slots [S]: positions in the key sequence; q_segments [B, T], kv_segments [B, S].
     """
     causal = kv_slots[None, :] <= q_slots[:, None]  # [T, S]
+    if window:
+        causal &= kv_slots[None, :] > q_slots[:, None] - window
     same_doc = q_segments[:, :, None] == kv_segments[:, None, :]  # [B, T, S]
     return (causal[None] & same_doc)[:, None]
 
@@ -68,7 +73,7 @@ class SelfAttention(nn.Module):
         c = self.config
         d, n, kv, h = c.embed_dim, c.num_heads, c.kv_heads, c.head_dim
         kw = dict(dtype=c.dtype, param_dtype=c.param_dtype, ops=self.ops)
-        bias = (axes.HEAD_DIM,) if c.use_bias else None
+        bias = c.use_bias or c.qkv_bias
 
         def project(name: str, heads: int, axis: str, act_axis: str) -> jax.Array:
             proj = Projection("btd,dnh->btnh", (d, heads, h), (axes.EMBED, axis, axes.HEAD_DIM),
@@ -82,11 +87,13 @@ class SelfAttention(nn.Module):
             q = norm("rmsnorm", c.norm_eps, False, c.dtype, c.param_dtype, "query_norm", axes.HEAD_DIM)(q)
             k = norm("rmsnorm", c.norm_eps, False, c.dtype, c.param_dtype, "key_norm", axes.HEAD_DIM)(k)
         if c.position == "rope":
-            q, k = rope(q, positions, c.rope_theta), rope(k, positions, c.rope_theta)
+            freqs = rope_frequencies(h, c.rope_theta, c.rope_scaling, c.rope_factor, c.rope_low_freq_factor,
+                                     c.rope_high_freq_factor, c.rope_original_max_len)  # [H/2]
+            q, k = rope(q, positions, freqs), rope(k, positions, freqs)
         t = x.shape[1]
         if cache is None:
             slots = jnp.arange(t)
-            mask = attention_mask(slots, slots, segment_ids, segment_ids)
+            mask = attention_mask(slots, slots, segment_ids, segment_ids, c.sliding_window)
             out = self.ops.attention(q, k, v, mask, True)
         else:  # the cache holds [B, K, S, H]: the layout its attention matmuls read without a transposed copy
             def write(name: str, new: jax.Array) -> jax.Array:  # new [B, T, K, H] into slots from cache_index
@@ -95,7 +102,8 @@ class SelfAttention(nn.Module):
 
             k, v = write("k", k), write("v", v)
             cache = {"k": k, "v": v}
-            mask = attention_mask(cache_index + jnp.arange(t), jnp.arange(k.shape[2]), segment_ids, cache_segment_ids)
+            mask = attention_mask(cache_index + jnp.arange(t), jnp.arange(k.shape[2]), segment_ids, cache_segment_ids,
+                                  c.sliding_window)
             out = cached_attention(q, k, v, mask)
         out_proj = Projection(
             "btnh,nhd->btd", (n, h, d), (axes.HEADS, axes.HEAD_DIM, axes.EMBED),

@@ -8,6 +8,7 @@ from collections.abc import Sequence
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
+import numpy as np
 
 from lm import axes
 from lm.model.ops import Ops
@@ -47,11 +48,27 @@ def norm(kind: str, eps: float, use_bias: bool, dtype: str, param_dtype: str, na
                         bias_init=nn.with_logical_partitioning(nn.initializers.zeros, (axis_name,)), name=name)
 
 
-def rope(x: jax.Array, positions: jax.Array, theta: float) -> jax.Array:
-    """Rotary position embedding of x [B, T, N, H] at positions [B, T] (halves rotated, as Llama/NeoX)."""
+def rope_frequencies(head_dim: int, theta: float, scaling: str = "none", factor: float = 8.0,
+                     low_freq_factor: float = 1.0, high_freq_factor: float = 4.0,
+                     original_max_len: int = 8192) -> np.ndarray:
+    """[H/2] angular frequency of each rotated pair: theta^(-2i/H); with Llama 3's scaling, wavelengths longer
+    than original_max_len / low_freq_factor are stretched by `factor`, those shorter than original_max_len /
+    high_freq_factor kept, and those between blended smoothly."""
+    freqs = theta ** (-np.arange(0, head_dim, 2, dtype=np.float64) / head_dim)
+    if scaling == "llama3":
+        wavelength = 2 * np.pi / freqs
+        blend = (original_max_len / wavelength - low_freq_factor) / (high_freq_factor - low_freq_factor)
+        blended = (1 - blend) * freqs / factor + blend * freqs
+        freqs = np.where(wavelength > original_max_len / low_freq_factor, freqs / factor,
+                         np.where(wavelength < original_max_len / high_freq_factor, freqs, blended))
+    return freqs.astype(np.float32)
+
+
+def rope(x: jax.Array, positions: jax.Array, freqs: np.ndarray) -> jax.Array:
+    """Rotary position embedding of x [B, T, N, H] at positions [B, T] with frequencies [H/2] (halves rotated,
+    as Llama/NeoX)."""
     half = x.shape[-1] // 2
-    freqs = theta ** (-jnp.arange(half, dtype=jnp.float32) / half)  # [H/2]
-    angles = positions[:, :, None, None].astype(jnp.float32) * freqs  # [B, T, 1, H/2]
+    angles = positions[:, :, None, None].astype(jnp.float32) * jnp.asarray(freqs)  # [B, T, 1, H/2]
     sin, cos = jnp.sin(angles), jnp.cos(angles)
     x1, x2 = x[..., :half].astype(jnp.float32), x[..., half:].astype(jnp.float32)
     return jnp.concatenate([x1 * cos - x2 * sin, x2 * cos + x1 * sin], axis=-1).astype(x.dtype)

@@ -1,13 +1,13 @@
-"""The kinds of tokenizer a run can hold (a trained SentencePiece model, or GPT-2's imported BPE), read back from
-a checkpoint's JSON."""
+"""The kinds of tokenizer a run can hold (a trained SentencePiece model, or a Hugging Face tokenizer for imported
+weights), read back from a checkpoint's JSON."""
 
 import base64
 from typing import Any
 
-from lm.tokenizer.gpt2 import GPT2Tokenizer
+from lm.tokenizer.huggingface import HFTokenizer
 from lm.tokenizer.sentencepiece import Tokenizer
 
-AnyTokenizer = Tokenizer | GPT2Tokenizer
+AnyTokenizer = Tokenizer | HFTokenizer
 
 
 def from_json(saved: dict[str, Any] | str | None) -> AnyTokenizer | None:
@@ -16,6 +16,6 @@ def from_json(saved: dict[str, Any] | str | None) -> AnyTokenizer | None:
         return None
     if isinstance(saved, str):
         return Tokenizer(base64.b64decode(saved))
-    if saved["type"] == "gpt2_bpe":
-        return GPT2Tokenizer(saved["vocab"], saved["merges"])
+    if saved["type"] in ("huggingface", "gpt2_bpe"):
+        return HFTokenizer.from_json(saved)
     return Tokenizer(base64.b64decode(saved["model"]))

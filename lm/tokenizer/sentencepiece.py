@@ -1,5 +1,5 @@
 """SentencePiece tokenizers (char, BPE, unigram) trained on the training split, behind one small interface
-(shared with GPT-2's BPE, gpt2.py; kinds.py reads either back from a checkpoint).
+(shared with Hugging Face tokenizers, huggingface.py; kinds.py reads either back from a checkpoint).
 
 Trained with settings that make `decode(encode(text)) == text` (identity normalization, kept whitespace and
 newlines, full character coverage), so bits per byte are honest. BPE and unigram models also fall back to

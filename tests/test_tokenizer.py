@@ -1,6 +1,9 @@
 """Tokenizers round-trip any text exactly, and their byte counts add up to the text's."""
 
+import gzip
+import json
 import os
+import shutil
 
 import pytest
 import sentencepiece as spm
@@ -9,6 +12,7 @@ from lm import config as config_lib
 from lm.data import corpus, sources
 from lm.errors import UserError
 from lm.tokenizer import sentencepiece
+from lm.tokenizer.huggingface import HFTokenizer
 
 TEXT = open(sources.bundled_corpus(), encoding="utf-8").read()[:200_000]
 ODD = "Ünïcödé — 字 and emoji 🙂\n\n  two  spaces,\ttab\nend"
@@ -77,3 +81,25 @@ def test_the_char_tokenizer_reads_a_character_it_never_saw_as_unknown():
     unknown = " \u2047 "  # SentencePiece's text for <unk>
     assert tok.decode(ids) == "caf" + unknown + " " + unknown + "!"
     assert tok.token_bytes(2)[ids].tolist() == [1] * 7
+
+
+@pytest.mark.parametrize("name", ["llama3", "qwen", "mistral"])
+def test_family_tokenizer_files_give_the_ids_transformers_gives(name, tmp_path):
+    """Llama 3's, Qwen's and Mistral v0.3's real vocabularies, as tokenizer.json files (tests/fixtures/tokenizers,
+    made by tests/fixtures/make_family_fixtures.py), give the ids `transformers`' own tokenizer gave for texts in
+    several scripts, with emoji, runs of whitespace and newlines; the start and end tokens come from the files."""
+    fixture = os.path.join(os.path.dirname(__file__), "fixtures", "tokenizers", name)
+    with gzip.open(os.path.join(fixture, "tokenizer.json.gz"), "rb") as f:
+        (tmp_path / "tokenizer.json").write_bytes(f.read())
+    shutil.copy(os.path.join(fixture, "tokenizer_config.json"), tmp_path)
+    with open(os.path.join(fixture, "expected.json"), encoding="utf-8") as f:
+        expected = json.load(f)
+    tok = HFTokenizer.from_folder(str(tmp_path))
+    assert tok.vocab_size == expected["vocab_size"] and tok.eos_id == expected["eos_id"]
+    assert tok.bos_id == (expected["eos_id"] if expected["bos_id"] is None else expected["bos_id"])  # Qwen: none
+    for text, ids, with_special in zip(expected["texts"], expected["ids"], expected["with_special"], strict=True):
+        assert tok.encode(text) == ids, text
+        starts = [] if expected["bos_id"] is None else [tok.bos_id]
+        assert starts + tok.encode(text) == with_special, text
+        if name != "mistral" and "<|" not in text:  # SentencePiece's normalizer drops a text's leading space
+            assert tok.decode(tok.encode(text)) == text

@@ -82,9 +82,10 @@ def _repad(params: dict[str, Any], c: ModelConfig) -> dict[str, Any]:
 def init_params(ckpt: Checkpointer, step: int, saved: ModelConfig, current: ModelConfig, layout: Layout,
                 source: str) -> Any:
     """Another run's parameters for a model of the same shape, placed on `layout` (scanned or not as `current`)."""
+    free = RUNTIME_FIELDS + (("max_len",) if saved.position == current.position == "rope" else ())  # no table
     diff = [f"model.{f.name}: {getattr(current, f.name)} here, {getattr(saved, f.name)} there"
             for f in dataclasses.fields(ModelConfig)
-            if f.name not in RUNTIME_FIELDS and getattr(saved, f.name) != getattr(current, f.name)]
+            if f.name not in free and getattr(saved, f.name) != getattr(current, f.name)]
     if diff:
         raise UserError(f"config.init_from={source} holds a model of another shape ({'; '.join(diff)}); set "
                         "those config keys to its values")

@@ -117,7 +117,7 @@ def defaults() -> ml_collections.ConfigDict:
         type="char",  # char | bpe | unigram, trained on the training documents
         vocab_size=256,  # pieces of a bpe or unigram model (char: as many as the characters)
         sample_chars=20_000_000,  # characters of the training documents it is trained on (0: all)
-        path="",  # an existing SentencePiece .model file, used as it is (then type and vocab_size are ignored)
+        path="",  # a SentencePiece .model file or a Hugging Face folder (tokenizer.json), used as it is
     )
     c.model = {f.name: f.default for f in dataclasses.fields(ModelConfig) if f.name != "vocab_size"}
     c.train = dict(

@@ -1,5 +1,6 @@
 """Same losses on DP (one flat gradient all-reduce on CPUs), FSDP, TP and mixes; FSDP memory; bad meshes."""
 
+import dataclasses
 import glob
 import json
 import os
@@ -10,7 +11,7 @@ import jax
 import numpy as np
 import optax
 import pytest
-from conftest import load_config, score_by_hand
+from conftest import load_config
 
 from lm import config as config_lib
 from lm import optim
@@ -97,7 +98,8 @@ def test_fsdp_shards_parameters_and_optimizer_state_evenly(tiny_config):
 def test_every_shipped_config_names_every_parameter_dimension(path):
     cfg = load_config(path)
     config_lib.validate(cfg)
-    model = select.model(config_lib.model_config(cfg, vocab_size=cfg.tokenizer.vocab_size))
+    c = config_lib.model_config(cfg, vocab_size=cfg.tokenizer.vocab_size)
+    model = select.model(dataclasses.replace(c, num_layers=min(c.num_layers, 2)))  # every layer is named alike
     boxed = jax.eval_shape(lambda: placement.boxed_params(model, 0))
     leaves = jax.tree.leaves(boxed, is_leaf=lambda x: isinstance(x, nn.Partitioned))
     assert leaves and all(isinstance(x, nn.Partitioned) and len(x.names) == x.value.ndim for x in leaves)
@@ -121,26 +123,6 @@ def test_bad_meshes_stop_with_one_line_naming_the_sizes(tiny_config, tmp_path):
     fails(r"model.num_kv_heads=2 is not divisible by mesh tensor=4", mesh__data=2, mesh__tensor=4, model__num_heads=4,
           model__num_kv_heads=2, tokenizer__vocab_size=512, tokenizer__type="bpe")
     fails(r"batch_size=12 is not divisible by the data-parallel size 8", train__batch_size=12)
-
-
-@pytest.mark.parametrize("name", ["gpt2_124m", "gpt2_350m", "llama_150m", "llama_1b"])
-def test_model_family_configs_train_on_a_cpu_with_a_small_override(name, tiny_config, tmp_path):
-    cfg = load_config(os.path.join(os.path.dirname(__file__), "..", "configs", f"{name}.py"))
-    cfg.data.cache_dir = tiny_config.data.cache_dir
-    cfg.tokenizer.update(vocab_size=512, sample_chars=100_000)  # a quick tokenizer: the configs are under test
-    cfg.model.update(num_layers=2, num_heads=4, num_kv_heads=2 if cfg.model.num_kv_heads else 0, embed_dim=64,
-                     mlp_dim=128, max_len=32)
-    cfg.train.update(batch_size=8, steps=3, log_every=1, eval_every=3, eval_batches=2)
-    result = train(cfg, str(tmp_path))
-    with open(tmp_path / METRICS) as f:
-        first = json.loads(f.readline())
-    vocab = reader.open_run(str(tmp_path))[2].vocab_size
-    # Initialized near uniform (logits of std ~0.02 x sqrt(64)): the first loss is ln V plus ~0.01.
-    assert first["step"] == 1 and abs(first["loss"] - np.log(vocab)) < 0.05, (first, vocab)
-    nll, count, nbytes = score_by_hand(str(tmp_path), max_batches=2)  # the validation loss, recomputed
-    assert result["tokens"] == count
-    assert result["loss"] == pytest.approx(nll / count, rel=1e-4)
-    assert result["bits_per_byte"] == pytest.approx(nll / np.log(2) / nbytes, rel=1e-4)
 
 
 def test_cpu_devices_zero_means_one_per_core_as_the_mesh_and_batch_allow():

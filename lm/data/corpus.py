@@ -104,7 +104,7 @@ def fresh_tokenizer(d: Any, t: Any) -> AnyTokenizer:
         return shards.Prepared.open(prepared[0].prepared, None).tokenizer()
     if any(c.token_files for c in corpora):
         raise UserError("token files (.bin) need the tokenizer they were made with: set config.tokenizer.path to its "
-                        "SentencePiece .model file or GPT-2 folder (vocab.json, merges.txt)")
+                        "SentencePiece .model file or Hugging Face folder (tokenizer.json)")
     settings = {k: t[k] for k in ("type", "vocab_size", "sample_chars")}
     path = os.path.join(cache_root(d), "tokenizers",
                         _key([settings, [(c.source.identity(), c.weight) for c in corpora]]) + ".model")

@@ -29,5 +29,8 @@ setup(
         "tensorboardX>=2.6",  # TensorBoard event files without TensorFlow
         "tqdm>=4.60",  # progress lines
     ],
-    extras_require={"test": ["pytest>=8", "pytest-xdist>=3.5", "ruff>=0.6", "tensorboard>=2.15"]},
+    extras_require={
+        "eval": ["lm_eval>=0.4.9"],  # lm-evaluation-harness tasks on a workdir (lm/evaluate/harness.py)
+        "test": ["pytest>=8", "pytest-xdist>=3.5", "ruff>=0.6", "tensorboard>=2.15", "lm_eval>=0.4.9"],
+    },
 )

@@ -75,8 +75,9 @@ def read(workdir: str, step: int | None, layout_for: Callable[[dict[str, Any]], 
             except UserError:
                 raise
             except Exception as e:  # noqa: BLE001 (Damaged, or a meta that does not read)
-                if not os.path.isdir(os.path.join(ckpt.path, str(s))):
-                    break  # deleted by a trainer: read the newest again
+                listed = sorted(int(n) for n in os.listdir(ckpt.path) if n.isdigit())
+                if s not in listed or listed != sorted(steps):
+                    break  # deleted, or being deleted, by a trainer that saved a newer one: read the newest again
                 why = str(e) if isinstance(e, Damaged) else first_line(e.__cause__ or e)
                 if step is not None:
                     raise UserError(f"checkpoint {s} in {workdir} is damaged ({why}); read another --step of "

@@ -1,5 +1,8 @@
 """`python -m lm.evaluate --workdir DIR [--step N] [--split validation|train] [--data_path P] [--cache_dir D]`:
-one JSON line of the checkpoint's loss, perplexity and bits per byte (which data it scores goes to stderr)."""
+one JSON line of the checkpoint's loss, perplexity and bits per byte (which data it scores goes to stderr).
+`--tasks FILES` scores downstream tasks instead (tasks.py: minimal pairs, multiple choice, cloze): one JSON line of
+each task's metrics and the mean accuracy. `--harness TASKS` runs lm-evaluation-harness tasks (harness.py): one
+JSON line of the harness's results."""
 
 import contextlib
 import json
@@ -14,14 +17,21 @@ from lm.backends import select
 from lm.checkpoint.reader import read, require_tokenizer
 from lm.data import batches, corpus
 from lm.data.documents import SPLITS
+from lm.evaluate import tasks as tasks_lib
+from lm.evaluate.loglikelihood import make_token_scores
 from lm.evaluate.scoring import evaluate, make_eval_step
-from lm.parallel.mesh import make_layout
+from lm.parallel.mesh import run_layout
 
 flags.DEFINE_string("workdir", None, "Run directory holding checkpoints.", required=True)
 flags.DEFINE_integer("step", None, "Checkpoint step (default: the latest).")
 flags.DEFINE_enum("split", "validation", SPLITS, "Split to evaluate.")
 flags.DEFINE_string("data_path", "", "Text to evaluate on, as config.data.path takes it (default: the run's data).")
 flags.DEFINE_string("cache_dir", "", "Folder for the prepared data (default: ~/.cache/lm/data).")
+flags.DEFINE_string("tasks", "", "Downstream tasks to score: comma-separated JSONL files, folders of them or globs.")
+flags.DEFINE_integer("batch_size", 0, "Rows per scoring batch (default: the run's training batch size).")
+flags.DEFINE_string("harness", "", "lm-evaluation-harness tasks to run, comma-separated (pip install -e '.[eval]').")
+flags.DEFINE_string("harness_include", "", "A folder of harness task YAML files (local tasks) to add to its own.")
+flags.DEFINE_integer("limit", None, "With --harness: at most this many examples per task.")
 
 
 def _data_settings(saved: dict[str, Any], data_path: str, cache_dir: str) -> dict[str, Any]:
@@ -36,10 +46,25 @@ def _data_settings(saved: dict[str, Any], data_path: str, cache_dir: str) -> dic
 def main(argv: Sequence[str]) -> None:
     del argv
     f = flags.FLAGS
-    step, params, model_config, tokenizer, run = read(f.workdir, f.step, lambda run: make_layout(run["mesh"]))
+    if f.harness:
+        from lm.evaluate.harness import run_harness
+
+        with contextlib.redirect_stdout(sys.stderr):  # stdout holds the result alone
+            result = run_harness(f.workdir, f.step, f.harness, f.harness_include, f.batch_size or 8, f.limit)
+        print(json.dumps(result, default=str))
+        return
+    step, params, model_config, tokenizer, run = read(f.workdir, f.step, run_layout)
     tokenizer = require_tokenizer(tokenizer, f.workdir)
-    layout = make_layout(run["mesh"])
+    layout = run_layout(run)
     model = select.model(model_config)
+    batch_size = f.batch_size or run.get("train", {}).get("batch_size", 8)  # imported weights: 8
+    if f.tasks:
+        tasks = tasks_lib.read_tasks(f.tasks)
+        print(f"scoring {len(tasks)} task(s): {', '.join(t.name for t in tasks)}", file=sys.stderr, flush=True)
+        scores = tasks_lib.score_tasks(make_token_scores(model, layout), params, tokenizer, tasks,
+                                       model_config.max_len, batch_size, layout)
+        print(json.dumps({"step": step, **scores}))
+        return
     d = _data_settings(run["data"], f.data_path, f.cache_dir)
     what = (f"TFDS dataset {d['tfds_name']}" if d.get("tfds_name")
             else d.get("mixture") or d["path"] or "the bundled corpus")
@@ -48,6 +73,6 @@ def main(argv: Sequence[str]) -> None:
     with contextlib.redirect_stdout(sys.stderr):  # stdout holds the result alone
         splits = corpus.eval_splits(d, tokenizer, model_config.max_len + 1, f.split)
     eval_step = make_eval_step(model, tokenizer.token_bytes(len(d["separator"].encode())), layout)
-    rows = batches.eval_batches(splits, run["train"]["batch_size"], jax.process_index(), jax.process_count())
+    rows = batches.eval_batches(splits, batch_size, jax.process_index(), jax.process_count())
     result = {"step": step, "split": f.split, **evaluate(eval_step, params, rows, layout)}
     print(json.dumps(result))

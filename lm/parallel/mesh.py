@@ -116,6 +116,13 @@ def make_layout(sizes: dict[str, Any], devices: Sequence[jax.Device] | None = No
     return Layout(mesh, as_rules(sizes.get("rules", DEFAULT_RULES)))
 
 
+def run_layout(run: dict[str, Any]) -> Layout:
+    """The layout of a saved run config's `mesh`; one device for a workdir without one (imported weights)."""
+    if "mesh" in run:
+        return make_layout(run["mesh"])
+    return make_layout({"data": 1, "fsdp": 1, "tensor": 1}, jax.devices()[:1])
+
+
 def tensor_layout(tensor: int, flag: str = "--tensor") -> Layout:
     """A mesh that splits the model over `tensor` devices (heads, MLP, vocabulary) for sampling (a CPU host is
     split into that many devices first: lm/backends/cpu_devices.py). `flag` names the option in errors."""

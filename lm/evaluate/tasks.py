@@ -1,0 +1,174 @@
+"""Downstream tasks read from local JSONL files, one example a line, their format told by their fields:
+
+- minimal pairs (BLiMP's own files): `sentence_good`, `sentence_bad`; right when the good sentence has the higher
+  log-probability.
+- multiple choice (HellaSwag, ARC, PIQA as lm-evaluation-harness scores them): `context`, `choices` (a list of
+  strings, each the text that follows the context, its leading space included) and `answer` (the index of the
+  right one); right when the right choice has the highest log-likelihood, raw (`acc`), divided by its characters
+  (`acc_char`) or by its tokens (`acc_token`).
+- cloze (LAMBADA): `context`, `target`; right when greedy decoding after the context gives the target's tokens
+  exactly (`acc`), with the target's perplexity per token (`ppl`).
+
+Each example becomes (context, continuation) requests (loglikelihood.py scores them all in packed batches) and
+each task's metrics are computed from those scores here. A task is named by its file's name without `.jsonl`.
+"""
+
+import dataclasses
+import glob
+import json
+import math
+import os
+from typing import Any
+
+import numpy as np
+
+from lm.errors import UserError
+from lm.evaluate.loglikelihood import TokenScores, score_pairs
+from lm.parallel.mesh import Layout
+from lm.tokenizer.kinds import AnyTokenizer
+
+FORMATS = {"minimal_pair": ("sentence_good", "sentence_bad"), "multiple_choice": ("context", "choices", "answer"),
+           "cloze": ("context", "target")}
+# One request's score: (summed log-likelihood of the continuation, whether greedy decoding gives it, its tokens).
+Score = tuple[float, bool, int]
+
+
+@dataclasses.dataclass(frozen=True)
+class Task:
+    """A task file's examples, all of one format."""
+
+    name: str
+    format: str
+    examples: tuple[dict[str, Any], ...]
+
+    def requests(self) -> list[tuple[str, str]]:
+        """Every (context, continuation) pair the task's examples need scored, example by example."""
+        out: list[tuple[str, str]] = []
+        for e in self.examples:
+            if self.format == "minimal_pair":
+                out += [("", e["sentence_good"]), ("", e["sentence_bad"])]
+            elif self.format == "multiple_choice":
+                out += [(e["context"], c) for c in e["choices"]]
+            else:
+                out.append((e["context"], e["target"]))
+        return out
+
+    def metrics(self, scores: list[Score]) -> dict[str, float]:
+        """The task's metrics from the scores of `requests()`, in their order."""
+        it = iter(scores)
+        right: dict[str, list[bool]] = {}
+        nll, tokens = 0.0, 0
+        for e in self.examples:
+            if self.format == "minimal_pair":
+                good, bad = next(it), next(it)
+                right.setdefault("acc", []).append(good[0] > bad[0])
+            elif self.format == "multiple_choice":
+                got = [next(it) for _ in e["choices"]]
+                raw = np.array([s[0] for s in got])
+                chars = np.array([max(len(c), 1) for c in e["choices"]])
+                toks = np.array([max(s[2], 1) for s in got])
+                for name, values in (("acc", raw), ("acc_char", raw / chars), ("acc_token", raw / toks)):
+                    right.setdefault(name, []).append(int(np.argmax(values)) == e["answer"])
+            else:
+                ll, greedy, n = next(it)
+                right.setdefault("acc", []).append(greedy)
+                nll, tokens = nll - ll, tokens + n
+        out = {name: float(np.mean(values)) for name, values in right.items()}
+        if self.format == "cloze":
+            out["ppl"] = math.exp(nll / max(tokens, 1))
+        return {**out, "examples": len(self.examples)}
+
+
+def _format_of(example: Any, where: str) -> str:
+    if not isinstance(example, dict):
+        raise UserError(f"{where}: an example is a JSON object, got {type(example).__name__}")
+    for name, fields in FORMATS.items():
+        if all(f in example for f in fields):
+            return name
+    wanted = "; ".join(f"{name.replace('_', ' ')}: {', '.join(fields)}" for name, fields in FORMATS.items())
+    raise UserError(f"{where}: fields {sorted(example)} match no task format ({wanted})")
+
+
+def _check(example: dict[str, Any], fmt: str, where: str) -> None:
+    strings = {"minimal_pair": ("sentence_good", "sentence_bad"), "multiple_choice": ("context",),
+               "cloze": ("context", "target")}[fmt]
+    for field in strings:
+        if not isinstance(example[field], str):
+            raise UserError(f"{where}: field {field} must be a string, got {example[field]!r:.60}")
+    if fmt == "cloze" and not example["target"]:
+        raise UserError(f"{where}: field target is empty")
+    if fmt == "multiple_choice":
+        choices, answer = example["choices"], example["answer"]
+        if not isinstance(choices, list) or len(choices) < 2 or not all(isinstance(c, str) and c for c in choices):
+            raise UserError(f"{where}: field choices must be a list of two or more non-empty strings")
+        if not isinstance(answer, int) or isinstance(answer, bool) or not 0 <= answer < len(choices):
+            raise UserError(f"{where}: field answer={answer!r} is out of range for {len(choices)} choices "
+                            f"(an index from 0 to {len(choices) - 1})")
+
+
+def read_task(path: str) -> Task:
+    """The task in one JSONL file; a line that is not an example of the file's format is one line of error."""
+    name = os.path.basename(path).removesuffix(".jsonl")
+    examples, fmt = [], None
+    try:
+        with open(path, encoding="utf-8") as f:
+            for number, line in enumerate(f, 1):
+                if not line.strip():
+                    continue
+                where = f"task file {path} line {number}"
+                try:
+                    example = json.loads(line)
+                except json.JSONDecodeError as e:
+                    raise UserError(f"{where}: not JSON ({e.msg} at column {e.colno})") from None
+                this = _format_of(example, where)
+                if fmt and this != fmt:
+                    raise UserError(f"{where}: a {this.replace('_', ' ')} example in a {fmt.replace('_', ' ')} "
+                                    "file; one format a file")
+                fmt = this
+                _check(example, fmt, where)
+                examples.append(example)
+    except (OSError, UnicodeDecodeError) as e:
+        raise UserError(f"task file {path} does not read ({e}); give JSONL files in UTF-8") from None
+    if not examples:
+        raise UserError(f"task file {path} holds no examples; give a JSONL file of one example a line")
+    return Task(name, fmt, tuple(examples))
+
+
+def read_tasks(spec: str) -> list[Task]:
+    """The tasks `--tasks` names (comma-separated files, folders of *.jsonl, globs), each name once."""
+    tasks = [read_task(path) for path in task_files(spec)]
+    names = [t.name for t in tasks]
+    twice = sorted({n for n in names if names.count(n) > 1})
+    if twice:
+        raise UserError(f"--tasks names two task files called {twice[0]}; a task is named by its file, so give "
+                        "each a name of its own")
+    return tasks
+
+
+def task_files(spec: str) -> list[str]:
+    """The JSONL files `--tasks` names: comma-separated files, folders (their *.jsonl) or globs."""
+    files: list[str] = []
+    for part in filter(None, (p.strip() for p in spec.split(","))):
+        if os.path.isdir(part):
+            found = sorted(glob.glob(os.path.join(part, "*.jsonl")))
+        else:
+            found = sorted(glob.glob(part))
+        if not found:
+            raise UserError(f"--tasks: {part} names no task file; give JSONL files, folders of them or globs")
+        files += found
+    if not files:
+        raise UserError("--tasks names no task file; give JSONL files, folders of them or globs")
+    return files
+
+
+def score_tasks(token_scores: TokenScores, params: Any, tokenizer: AnyTokenizer, tasks: list[Task], max_len: int,
+                batch_size: int, layout: Layout) -> dict[str, Any]:
+    """Every task's metrics, all their requests scored together, and `mean_acc`: the mean of the tasks' `acc`."""
+    requests = [task.requests() for task in tasks]
+    scores = score_pairs(token_scores, params, tokenizer, [r for rs in requests for r in rs], max_len, batch_size,
+                         layout)
+    out, first = {}, 0
+    for task, rs in zip(tasks, requests, strict=True):
+        out[task.name] = task.metrics(scores[first:first + len(rs)])
+        first += len(rs)
+    return {"tasks": out, "mean_acc": float(np.mean([m["acc"] for m in out.values()]))}

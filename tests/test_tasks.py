@@ -1,0 +1,158 @@
+"""Downstream tasks: the GPT-2 of tests/fixtures/gpt2_bpe, imported, scores minimal pairs (real BLiMP pairs),
+multiple choice and cloze requests packed many to a row exactly as `transformers` scored each alone from its own
+logits (tests/fixtures/tasks, made by tests/fixtures/make_task_fixture.py); bad task files are one line each."""
+
+import json
+import os
+import subprocess
+import sys
+
+import jax
+import numpy as np
+import pytest
+
+from lm.backends import select
+from lm.checkpoint import reader
+from lm.convert.hf import import_hf
+from lm.errors import UserError
+from lm.evaluate import tasks as tasks_lib
+from lm.evaluate.loglikelihood import make_token_scores, score_pairs
+from lm.parallel import mesh as shd
+from lm.parallel import placement
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+FIXTURES = os.path.join(ROOT, "tests", "fixtures")
+TASKS = os.path.join(FIXTURES, "tasks")
+
+
+@pytest.fixture(scope="module")
+def gpt2(tmp_path_factory):
+    workdir = str(tmp_path_factory.mktemp("gpt2"))
+    import_hf(os.path.join(FIXTURES, "gpt2_bpe"), workdir)
+    ckpt, step, c, tok, _ = reader.open_run(workdir)
+    layout = shd.make_layout({"data": 1, "fsdp": 1, "tensor": 1}, jax.devices()[:1])
+    model = select.model(c)
+    params = ckpt.params(step, placement.abstract_params(model, layout))
+    return workdir, c, tok, layout, make_token_scores(model, layout), params
+
+
+def _expected():
+    with open(os.path.join(TASKS, "expected.json")) as f:
+        return json.load(f)["scores"]
+
+
+def _by_hand(scores):
+    """Each task's accuracy from per-request scores, in the order the fixture's tasks list them."""
+    it = iter(scores)
+    out = {}
+    with open(os.path.join(TASKS, "pairs.jsonl")) as f:
+        pairs = [json.loads(line) for line in f]
+    out["pairs"] = np.mean([next(it)["ll"] > next(it)["ll"] for _ in pairs])
+    with open(os.path.join(TASKS, "choice.jsonl")) as f:
+        choice = [json.loads(line) for line in f]
+    raw, per_char = [], []
+    for e in choice:
+        got = [next(it) for _ in e["choices"]]
+        raw.append(np.argmax([g["ll"] for g in got]) == e["answer"])
+        per_char.append(np.argmax([g["ll"] / len(c) for g, c in zip(got, e["choices"], strict=True)]) == e["answer"])
+    out["choice"], out["choice_char"] = np.mean(raw), np.mean(per_char)
+    out["cloze"] = np.mean([s["greedy"] for s in it])
+    return out
+
+
+@pytest.mark.parametrize("batch_size", [1, 4])
+def test_packed_scores_are_those_transformers_gives_each_request_alone(gpt2, batch_size):
+    _, c, tok, layout, token_scores, params = gpt2
+    want = _expected()
+    tasks = [tasks_lib.read_task(os.path.join(TASKS, f"{n}.jsonl")) for n in ("pairs", "choice", "cloze")]
+    pairs = [r for t in tasks for r in t.requests()]
+    assert len(pairs) == len(want) == 2 * 24 + 4 * 12 + 14
+    got = score_pairs(token_scores, params, tok, pairs, c.max_len, batch_size, layout)
+    lls = np.array([g[0] for g in got])
+    print(f"max |lm - transformers| summed log-likelihood {np.abs(lls - [w['ll'] for w in want]).max():.1e}")
+    np.testing.assert_allclose(lls, [w["ll"] for w in want], atol=1e-4, rtol=0)
+    assert [g[1] for g in got] == [w["greedy"] for w in want] and sum(g[1] for g in got) == 4
+    assert [g[2] for g in got] == [w["tokens"] for w in want]
+    hand = _by_hand(want)
+    scored = tasks_lib.score_tasks(token_scores, params, tok, tasks, c.max_len, batch_size, layout)["tasks"]
+    assert scored["pairs"]["acc"] == hand["pairs"] and scored["choice"]["acc"] == hand["choice"]
+    assert scored["choice"]["acc_char"] == hand["choice_char"] and scored["cloze"]["acc"] == hand["cloze"] == 4 / 14
+
+
+def test_evaluate_scores_task_files_and_prints_one_json_line(gpt2):
+    workdir = gpt2[0]
+    done = subprocess.run([sys.executable, "-m", "lm.evaluate", "--workdir", workdir, "--tasks",
+                           f"{TASKS}/pairs.jsonl,{TASKS}/choice.jsonl", "--batch_size", "2"],
+                          cwd=ROOT, capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr
+    result = json.loads(done.stdout)
+    hand = _by_hand(_expected())
+    assert result["step"] == 0 and result["tasks"]["pairs"]["acc"] == hand["pairs"]
+    assert result["tasks"]["choice"]["examples"] == 12 and result["tasks"]["choice"]["acc"] == hand["choice"]
+    assert result["mean_acc"] == pytest.approx((hand["pairs"] + hand["choice"]) / 2)
+
+
+def _fails(tmp_path, lines, match):
+    path = tmp_path / "task.jsonl"
+    path.write_text("".join(line + "\n" for line in lines))
+    with pytest.raises(UserError, match=match) as e:
+        tasks_lib.read_task(str(path))
+    assert "\n" not in str(e.value)
+
+
+def test_bad_task_files_are_one_line_each(tmp_path, gpt2):
+    good = json.dumps({"context": "a", "choices": [" b", " c"], "answer": 1})
+    _fails(tmp_path, [good, json.dumps({"context": "a", "options": [" b"], "answer": 0})],
+           r"task\.jsonl line 2: fields \['answer', 'context', 'options'\] match no task format")
+    _fails(tmp_path, [good, json.dumps({"context": "a", "choices": [" b", " c"], "answer": 2})],
+           r"line 2: field answer=2 is out of range for 2 choices")
+    _fails(tmp_path, [good, '{"context": "a",'], r"line 2: not JSON")
+    _fails(tmp_path, [good, json.dumps({"sentence_good": "a", "sentence_bad": "b"})],
+           r"line 2: a minimal pair example in a multiple choice file")
+    _fails(tmp_path, ["", "  "], r"holds no examples")
+    _, c, tok, layout, token_scores, params = gpt2
+    task = tasks_lib.Task("long", "multiple_choice",
+                          ({"context": "a", "choices": [" b", " word" * 80], "answer": 0},))
+    with pytest.raises(UserError, match=r"a continuation of \d+ tokens .* is longer than the model's context of 64"):
+        tasks_lib.score_tasks(token_scores, params, tok, [task], c.max_len, 2, layout)
+    with pytest.raises(UserError, match="names no task file"):
+        tasks_lib.read_tasks(str(tmp_path / "missing*.jsonl"))
+
+
+HARNESS_YAML = """task: local_{name}
+dataset_path: json
+dataset_kwargs:
+  data_files:
+    test: {path}
+test_split: test
+output_type: multiple_choice
+doc_to_text: "{text}"
+doc_to_choice: "{choice}"
+doc_to_target: {target}
+target_delimiter: ""
+metric_list:
+  - metric: acc
+  - metric: acc_norm
+"""
+
+
+def test_the_harness_with_our_adapter_scores_a_local_task_as_our_evaluator_does(gpt2, tmp_path):
+    """lm-evaluation-harness reads two tasks defined in local YAML over the fixture's JSON lines (BLiMP's pairs as
+    two choices, as the harness's own BLiMP task scores them) and asks our adapter for their log-likelihoods: its
+    accuracies are the ones computed by hand from transformers' scores, as our evaluator's are."""
+    (tmp_path / "tasks").mkdir()
+    for name, text, choice, target in (("choice", "{{context}}", "{{choices}}", "answer"),
+                                       ("pairs", "", "{{[sentence_good, sentence_bad]}}", "0")):
+        (tmp_path / "tasks" / f"{name}.yaml").write_text(HARNESS_YAML.format(
+            name=name, path=os.path.join(TASKS, f"{name}.jsonl"), text=text, choice=choice, target=target))
+    env = {**os.environ, "HF_DATASETS_OFFLINE": "1", "HF_HUB_OFFLINE": "1", "HF_HOME": str(tmp_path / "hf")}
+    done = subprocess.run([sys.executable, "-m", "lm.evaluate", "--workdir", gpt2[0], "--harness",
+                           "local_choice,local_pairs", "--harness_include", str(tmp_path / "tasks")],
+                          cwd=ROOT, capture_output=True, text=True, timeout=600, env=env)
+    assert done.returncode == 0, done.stderr[-3000:]
+    results = json.loads(done.stdout)["results"]
+    hand = _by_hand(_expected())
+    print({k: {m: v for m, v in r.items() if m.startswith("acc")} for k, r in results.items()})
+    assert results["local_pairs"]["acc,none"] == pytest.approx(hand["pairs"], abs=1e-12)
+    assert results["local_choice"]["acc,none"] == pytest.approx(hand["choice"], abs=1e-12)
+    assert results["local_choice"]["acc_norm,none"] == pytest.approx(hand["choice_char"], abs=1e-12)

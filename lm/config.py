@@ -132,6 +132,11 @@ def defaults() -> ml_collections.ConfigDict:
         max_skips=10,  # with nonfinite='skip': stop after this many such steps in a row
         nan_steps=(),  # steps fed a corrupted batch on purpose (a token id past the vocabulary), to try the policy
     )
+    c.eval = dict(
+        tasks="",  # downstream tasks scored in training: JSONL files, folders or globs, as lm.evaluate --tasks takes
+        every=0,  # steps between task evaluations (0: with each validation evaluation); always at the last step
+        examples=0,  # examples of each task scored (0: all of them)
+    )
     c.optim = dict(
         name="adamw",  # muon, schedule_free_adamw, or an optax optimizer taking learning_rate: adamw, lion, adam, ...
         lr=1e-3,  # peak learning rate, after a linear warmup
@@ -201,6 +206,9 @@ def validate(cfg: ml_collections.ConfigDict) -> None:
         "optim.lr", "checkpoint.every", "checkpoint.keep", "tokenizer.vocab_size",
     )
     m, o = cfg.model, cfg.optim
+    _check(cfg.eval.every >= 0, f"config.eval.every must be >= 0 (0: with each validation evaluation), got "
+                                f"{cfg.eval.every}")
+    _check(cfg.eval.examples >= 0, f"config.eval.examples must be >= 0 (0: all), got {cfg.eval.examples}")
     _check(m.vocab_multiple >= 1, f"config.model.vocab_multiple must be >= 1 (1: no padding), got {m.vocab_multiple}")
     _check(m.scan_unroll >= 0, f"config.model.scan_unroll must be >= 0 (0: all layers), got {m.scan_unroll}")
     _check(m.mlp_dim >= 0, f"config.model.mlp_dim must be >= 0 (0 means 4 * embed_dim), got {m.mlp_dim}")

@@ -8,7 +8,7 @@ import shutil
 
 import jax
 import pytest
-from conftest import TINY, load_config, one_line_error, run_module, score_by_hand
+from conftest import ROOT, TINY, load_config, one_line_error, run_module, score_by_hand
 
 from lm.backends import select
 from lm.checkpoint import reader
@@ -284,6 +284,20 @@ def test_bench_times_the_training_batches_against_the_train_step(cache_dir):
     rows = float(batches.group(1).replace(",", "")) / float(batches.group(2).replace(",", ""))
     assert abs(rows - 8 * 32) < 1, result.stdout  # tiny.py: a batch trains on 8 rows of context 32
     want = float(batches.group(1).replace(",", "")) / float(step.group(1).replace(",", ""))
+    assert abs(float(ratio.group(1)) - want) <= 0.05 + 0.01 * want, result.stdout
+
+
+def test_bench_times_task_scoring_batched_and_one_example_at_a_time(cache_dir):
+    tasks = os.path.join(ROOT, "tests", "fixtures", "tasks", "pairs.jsonl")
+    result = run_module("lm.bench", "--config", TINY, "--tasks", tasks, "--task_examples", "12",
+                        f"--config.data.cache_dir={cache_dir}", "--config.model.max_len=96")
+    assert result.returncode == 0, result.stderr
+    assert "scoring 12 examples (24 requests) of 1 task(s):" in result.stdout, result.stdout
+    batched = re.search(r"batched, packed into 8 rows of 97 tokens +([\d,.]+) examples/s", result.stdout)
+    single = re.search(r"one example at a time \(2 rows\) +([\d,.]+) examples/s", result.stdout)
+    ratio = re.search(r"ratio batched / one at a time: ([\d.]+)x", result.stdout)
+    assert batched and single and ratio, result.stdout
+    want = float(batched.group(1).replace(",", "")) / float(single.group(1).replace(",", ""))
     assert abs(float(ratio.group(1)) - want) <= 0.05 + 0.01 * want, result.stdout
 
 

@@ -4,12 +4,14 @@ logits (tests/fixtures/tasks, made by tests/fixtures/make_task_fixture.py); bad 
 
 import json
 import os
+import signal
 import subprocess
 import sys
 
 import jax
 import numpy as np
 import pytest
+from conftest import USER_ENV, start_training, train_command
 
 from lm.backends import select
 from lm.checkpoint import reader
@@ -74,7 +76,8 @@ def test_packed_scores_are_those_transformers_gives_each_request_alone(gpt2, bat
     assert [g[1] for g in got] == [w["greedy"] for w in want] and sum(g[1] for g in got) == 4
     assert [g[2] for g in got] == [w["tokens"] for w in want]
     hand = _by_hand(want)
-    scored = tasks_lib.score_tasks(token_scores, params, tok, tasks, c.max_len, batch_size, layout)["tasks"]
+    encoded = tasks_lib.encode_tasks(tok, tasks, c.max_len)
+    scored = tasks_lib.score_tasks(token_scores, params, tasks, encoded, c.max_len, batch_size, layout)["tasks"]
     assert scored["pairs"]["acc"] == hand["pairs"] and scored["choice"]["acc"] == hand["choice"]
     assert scored["choice"]["acc_char"] == hand["choice_char"] and scored["cloze"]["acc"] == hand["cloze"] == 4 / 14
 
@@ -110,11 +113,11 @@ def test_bad_task_files_are_one_line_each(tmp_path, gpt2):
     _fails(tmp_path, [good, json.dumps({"sentence_good": "a", "sentence_bad": "b"})],
            r"line 2: a minimal pair example in a multiple choice file")
     _fails(tmp_path, ["", "  "], r"holds no examples")
-    _, c, tok, layout, token_scores, params = gpt2
+    c, tok = gpt2[1], gpt2[2]
     task = tasks_lib.Task("long", "multiple_choice",
                           ({"context": "a", "choices": [" b", " word" * 80], "answer": 0},))
     with pytest.raises(UserError, match=r"a continuation of \d+ tokens .* is longer than the model's context of 64"):
-        tasks_lib.score_tasks(token_scores, params, tok, [task], c.max_len, 2, layout)
+        tasks_lib.encode_tasks(tok, [task], c.max_len)
     with pytest.raises(UserError, match="names no task file"):
         tasks_lib.read_tasks(str(tmp_path / "missing*.jsonl"))
 
@@ -156,3 +159,42 @@ def test_the_harness_with_our_adapter_scores_a_local_task_as_our_evaluator_does(
     assert results["local_pairs"]["acc,none"] == pytest.approx(hand["pairs"], abs=1e-12)
     assert results["local_choice"]["acc,none"] == pytest.approx(hand["choice"], abs=1e-12)
     assert results["local_choice"]["acc_norm,none"] == pytest.approx(hand["choice_char"], abs=1e-12)
+
+
+def _evaluations(workdir):
+    with open(workdir / "metrics.jsonl") as f:
+        records = [json.loads(line) for line in f]
+    return [r for r in records if "val_loss" in r]
+
+
+def test_a_run_killed_and_resumed_logs_every_task_evaluation_once_with_an_uninterrupted_runs_values(tmp_path,
+                                                                                                    cache_dir):
+    """Task scores every 4 steps (validation every 2) and checkpoints every 4; SIGKILL once step 6 is logged and
+    checkpoint 4 committed, then the same command again: the evaluations at 2, 4, ..., 12 appear once each, each
+    equal to the uninterrupted run's, and summary.json holds the last."""
+    tasks = f"{TASKS}/choice.jsonl,{TASKS}/pairs.jsonl"
+    overrides = ("--config.train.steps=12", "--config.model.max_len=96", "--config.train.eval_every=2",
+                 "--config.checkpoint.every=4", "--config.train.log_every=1", f"--config.eval.tasks={tasks}",
+                 "--config.eval.every=4", "--config.eval.examples=8")
+    reference = tmp_path / "reference"
+    done = subprocess.run(train_command(reference, cache_dir, *overrides), cwd=ROOT, env=USER_ENV,
+                          capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr
+    want = _evaluations(reference)
+    assert [r["step"] for r in want] == [2, 4, 6, 8, 10, 12]
+    assert [r["step"] for r in want if "task_mean_acc" in r] == [4, 8, 12]
+    assert all(0 <= r["task_choice_acc"] <= 1 and 0 <= r["task_pairs_acc"] <= 1 for r in want if r["step"] % 4 == 0)
+    summary = json.load(open(reference / "summary.json"))
+    assert summary["final"]["task_mean_acc"] == want[-1]["task_mean_acc"]
+
+    workdir = tmp_path / "killed"
+    logged = lambda out: "step      6 |" in out and (workdir / "checkpoints" / "4").is_dir()  # noqa: E731
+    proc, cmd, _ = start_training(workdir, cache_dir, logged, *overrides, poll=0.01)
+    proc.send_signal(signal.SIGKILL)
+    proc.communicate()
+    again = subprocess.run(cmd, cwd=ROOT, env=USER_ENV, capture_output=True, text=True, timeout=300)
+    assert again.returncode == 0 and "resuming at step" in again.stdout, again.stderr
+    got = _evaluations(workdir)
+    assert [r["step"] for r in got] == [2, 4, 6, 8, 10, 12]
+    for g, w in zip(got, want, strict=True):
+        assert g == w

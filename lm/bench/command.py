@@ -1,6 +1,6 @@
-"""`python -m lm.bench --config configs/NAME.py [--profile] [--depths 12,48] [--decode] [--data]`: figures of the
-train step (compile time, step time, tokens/s, MFU, where the time goes), or of decoding, or of the input
-pipeline, printed for the config's model on random tokens."""
+"""`python -m lm.bench --config configs/NAME.py [--profile] [--depths 12,48] [--decode] [--data] [--tasks FILES]`:
+figures of the train step (compile time, step time, tokens/s, MFU, where the time goes), or of decoding, of the
+input pipeline, or of downstream-task scoring, printed for the config's model with random weights."""
 
 import dataclasses
 from collections.abc import Sequence
@@ -13,6 +13,7 @@ from ml_collections import config_flags
 from lm import config as config_lib
 from lm.backends import cpu_devices
 from lm.bench import decode
+from lm.bench import tasks as task_bench
 from lm.bench.step import bench, compile_seconds, data_speed
 from lm.errors import UserError
 from lm.model.transformer import TransformerLM
@@ -31,6 +32,8 @@ flags.DEFINE_string("decode_formats", "none,bfloat16,int8,int8_dynamic",
                     "Decode: weight formats (see lm.sample --quantize).")
 flags.DEFINE_integer("prompt_len", 16, "Decode: prompt tokens.")
 flags.DEFINE_integer("new_tokens", 128, "Decode: tokens generated per row.")
+flags.DEFINE_string("tasks", "", "Measure downstream-task scoring (lm.evaluate --tasks) on these task files.")
+flags.DEFINE_integer("task_examples", 100, "Tasks: examples of each task scored (0: all).")
 flags.DEFINE_string("depths", "", "Also compare the step's compile time at these depths, e.g. 12,48.")
 
 
@@ -88,6 +91,9 @@ def main(argv: Sequence[str]) -> None:
         _decode(cfg, f)
         return
     cpu_devices.split_cpu(cfg.mesh, cfg.train.batch_size)
+    if f.tasks:
+        task_bench.report(task_bench.measure(cfg, f.tasks, f.task_examples))
+        return
     if f.data:
         data_speed(cfg, f.repeats)
         return

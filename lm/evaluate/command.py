@@ -61,7 +61,8 @@ def main(argv: Sequence[str]) -> None:
     if f.tasks:
         tasks = tasks_lib.read_tasks(f.tasks)
         print(f"scoring {len(tasks)} task(s): {', '.join(t.name for t in tasks)}", file=sys.stderr, flush=True)
-        scores = tasks_lib.score_tasks(make_token_scores(model, layout), params, tokenizer, tasks,
+        encoded = tasks_lib.encode_tasks(tokenizer, tasks, model_config.max_len)
+        scores = tasks_lib.score_tasks(make_token_scores(model, layout), params, tasks, encoded,
                                        model_config.max_len, batch_size, layout)
         print(json.dumps({"step": step, **scores}))
         return

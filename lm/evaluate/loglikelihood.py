@@ -98,6 +98,12 @@ def score_pairs(token_scores: TokenScores, params: Any, tokenizer: AnyTokenizer,
                 max_len: int, batch_size: int, layout: Layout) -> list[tuple[float, bool, int]]:
     """(summed log-likelihood of the continuation, whether greedy decoding gives every one of its tokens, its token
     count) for each (context, continuation) pair, in order."""
+    return score_encoded(token_scores, params, encode_pairs(tokenizer, pairs, max_len), max_len, batch_size, layout)
+
+
+def encode_pairs(tokenizer: AnyTokenizer, pairs: Sequence[tuple[str, str]],
+                 max_len: int) -> list[tuple[list[int], list[int]]]:
+    """`encode_pair` of each pair; one line of error for a continuation that is empty or longer than `max_len`."""
     encoded = [encode_pair(tokenizer, c, t) for c, t in pairs]
     for (context, continuation), (_, ids) in zip(pairs, encoded, strict=True):
         if len(ids) > max_len:
@@ -106,7 +112,7 @@ def score_pairs(token_scores: TokenScores, params: Any, tokenizer: AnyTokenizer,
         if not ids:
             raise UserError(f"the continuation {continuation!r} after {context[-40:]!r} is no tokens; a choice or "
                             "target must hold text")
-    return score_encoded(token_scores, params, encoded, max_len, batch_size, layout)
+    return encoded
 
 
 def score_encoded(token_scores: TokenScores, params: Any, encoded: Sequence[tuple[list[int], list[int]]],

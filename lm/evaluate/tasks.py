@@ -23,7 +23,7 @@ from typing import Any
 import numpy as np
 
 from lm.errors import UserError
-from lm.evaluate.loglikelihood import TokenScores, score_pairs
+from lm.evaluate.loglikelihood import TokenScores, encode_pairs, score_encoded
 from lm.parallel.mesh import Layout
 from lm.tokenizer.kinds import AnyTokenizer
 
@@ -134,9 +134,12 @@ def read_task(path: str) -> Task:
     return Task(name, fmt, tuple(examples))
 
 
-def read_tasks(spec: str) -> list[Task]:
-    """The tasks `--tasks` names (comma-separated files, folders of *.jsonl, globs), each name once."""
+def read_tasks(spec: str, examples: int = 0) -> list[Task]:
+    """The tasks `--tasks` names (comma-separated files, folders of *.jsonl, globs), each name once, each cut to
+    its first `examples` (0: all)."""
     tasks = [read_task(path) for path in task_files(spec)]
+    if examples:
+        tasks = [dataclasses.replace(t, examples=t.examples[:examples]) for t in tasks]
     names = [t.name for t in tasks]
     twice = sorted({n for n in names if names.count(n) > 1})
     if twice:
@@ -161,14 +164,26 @@ def task_files(spec: str) -> list[str]:
     return files
 
 
-def score_tasks(token_scores: TokenScores, params: Any, tokenizer: AnyTokenizer, tasks: list[Task], max_len: int,
-                batch_size: int, layout: Layout) -> dict[str, Any]:
-    """Every task's metrics, all their requests scored together, and `mean_acc`: the mean of the tasks' `acc`."""
-    requests = [task.requests() for task in tasks]
-    scores = score_pairs(token_scores, params, tokenizer, [r for rs in requests for r in rs], max_len, batch_size,
-                         layout)
+def encode_tasks(tokenizer: AnyTokenizer, tasks: list[Task], max_len: int) -> list[tuple[list[int], list[int]]]:
+    """The tokens of every request of `tasks`, in order (loglikelihood.encode_pairs: one line for one too long)."""
+    return encode_pairs(tokenizer, [r for task in tasks for r in task.requests()], max_len)
+
+
+def score_tasks(token_scores: TokenScores, params: Any, tasks: list[Task], encoded: list[tuple[list[int], list[int]]],
+                max_len: int, batch_size: int, layout: Layout) -> dict[str, Any]:
+    """Every task's metrics from its requests' tokens (`encode_tasks`), all scored together, and `mean_acc`: the
+    mean of the tasks' `acc`."""
+    scores = score_encoded(token_scores, params, encoded, max_len, batch_size, layout)
     out, first = {}, 0
-    for task, rs in zip(tasks, requests, strict=True):
-        out[task.name] = task.metrics(scores[first:first + len(rs)])
-        first += len(rs)
+    for task in tasks:
+        n = len(task.requests())
+        out[task.name] = task.metrics(scores[first:first + n])
+        first += n
     return {"tasks": out, "mean_acc": float(np.mean([m["acc"] for m in out.values()]))}
+
+
+def flat(scores: dict[str, Any]) -> dict[str, float]:
+    """`score_tasks`' result as one level of numbers: `task_<name>_<metric>` and `task_mean_acc`."""
+    out = {f"task_{name}_{metric}": value for name, metrics in scores["tasks"].items()
+           for metric, value in metrics.items() if metric != "examples"}
+    return {**out, "task_mean_acc": scores["mean_acc"]}

@@ -6,6 +6,8 @@ import ml_collections
 
 from lm import optim
 from lm.data import batches as batches_lib
+from lm.evaluate import tasks as tasks_lib
+from lm.evaluate.loglikelihood import make_token_scores
 from lm.evaluate.scoring import evaluate, make_eval_step
 from lm.parallel.mesh import Layout
 from lm.train.metrics import MetricsLog
@@ -14,7 +16,10 @@ from lm.train.state import TrainState
 
 
 class Evaluations:
-    """Validation loss, perplexity and bits per byte every `config.train.eval_every` steps and at the end."""
+    """Validation loss, perplexity and bits per byte every `config.train.eval_every` steps and at the end, with
+    the downstream tasks of `config.eval.tasks` (if any) every `config.eval.every` steps of those and at the end.
+    Each is logged in the record of its step, written before that step's checkpoint: a resumed run neither loses
+    nor repeats one."""
 
     def __init__(self, cfg: ml_collections.ConfigDict, start: Start, layout: Layout, log: MetricsLog):
         self.every, self.last_step, self.limit = cfg.train.eval_every, cfg.train.steps, cfg.train.eval_batches
@@ -22,9 +27,16 @@ class Evaluations:
         separator_bytes = len(cfg.data.separator.encode())
         self.step_fn = make_eval_step(start.model, start.tokenizer.token_bytes(separator_bytes), layout)
         self.evaluated = optim.evaluation(cfg.optim)
+        self.tasks = tasks_lib.read_tasks(cfg.eval.tasks, cfg.eval.examples) if cfg.eval.tasks else []
+        self.tasks_every = cfg.eval.every or self.every
+        self.token_scores = make_token_scores(start.model, layout) if self.tasks else None
+        self.encoded = tasks_lib.encode_tasks(start.tokenizer, self.tasks, start.model.config.max_len)
 
     def due(self, step: int) -> bool:
-        return step % self.every == 0 or step == self.last_step
+        return step % self.every == 0 or step == self.last_step or self._tasks_due(step)
+
+    def _tasks_due(self, step: int) -> bool:
+        return bool(self.tasks) and (step % self.tasks_every == 0 or step == self.last_step)
 
     def run(self, step: int, state: TrainState, record: bool = True) -> dict[str, float]:
         """Evaluates the state's parameters to evaluate (lm.optim.eval_params), logs the result (recorded
@@ -33,8 +45,12 @@ class Evaluations:
         rows = batches_lib.eval_batches(self.start.validation, self.cfg.train.batch_size, jax.process_index(),
                                         jax.process_count(), max_batches=self.limit)  # read as evaluated
         result = evaluate(self.step_fn, params, rows, self.layout)
-        self.log.evaluation(step, result, record)
-        return result
+        tasks = None
+        if self._tasks_due(step):
+            tasks = tasks_lib.score_tasks(self.token_scores, params, self.tasks, self.encoded,
+                                          self.start.model.config.max_len, self.cfg.train.batch_size, self.layout)
+        self.log.evaluation(step, result, record, tasks)
+        return {**result, **tasks_lib.flat(tasks)} if tasks else result
 
 
 class Checkpoints:

@@ -42,7 +42,8 @@ def train(cfg: ml_collections.ConfigDict, workdir: str) -> dict[str, float]:
             raise Stopped(f"error: {e}; {saves.close()}", EXIT_NONFINITE) from None
         saves.close()
         if log.active:  # the mark of a finished run (lm.sweep skips it)
-            _write_json(os.path.join(workdir, SUMMARY), {"steps": cfg.train.steps, "parameters": _size(start.state)})
+            _write_json(os.path.join(workdir, SUMMARY), {"steps": cfg.train.steps, "parameters": _size(start.state),
+                                                         "final": result})  # validation and task scores
         return result
 
 

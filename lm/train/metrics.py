@@ -16,6 +16,7 @@ from tensorboardX.event_file_writer import EventsWriter
 from tensorboardX.proto import event_pb2, summary_pb2
 
 from lm.errors import DiskFull
+from lm.evaluate.tasks import flat
 
 METRICS = "metrics.jsonl"
 
@@ -35,6 +36,13 @@ def _disk_full_is_one_line(workdir: str) -> Iterator[None]:
             raise
         raise DiskFull(f"the disk filled up while writing the metrics in {workdir}; free some space and rerun the same "
                        "command to resume from the last checkpoint") from None
+
+
+def _tag(key: str) -> str:
+    """The TensorBoard tag of a record's key: val/..., task/... or train/..."""
+    if key.startswith("val_"):
+        return f"val/{key[4:]}"
+    return f"task/{key[5:]}" if key.startswith("task_") else f"train/{key}"
 
 
 def _kept_records(path: str, resume_step: int) -> list[str]:
@@ -94,8 +102,7 @@ class MetricsLog:
         with _disk_full_is_one_line(self.workdir):
             with open(self.path, "a") as f:
                 f.write(json.dumps(record) + "\n")
-            values = [summary_pb2.Summary.Value(tag=f"val/{k[4:]}" if k.startswith("val_") else f"train/{k}",
-                                                simple_value=v)
+            values = [summary_pb2.Summary.Value(tag=_tag(k), simple_value=v)
                       for k, v in record.items() if k != "step" and isinstance(v, int | float)]
             summary = summary_pb2.Summary(value=values)
             self.events.write_event(event_pb2.Event(wall_time=time.time(), step=record["step"], summary=summary))
@@ -120,9 +127,14 @@ class MetricsLog:
                    f"grad norm {metrics['grad_norm']:.3f} | {tps:,.0f} tok/s | MFU {mfu:.1%} | "
                    f"{now - self.start:.1f}s | eta {duration(step_s * (self.last_step - step))}{note}")
 
-    def evaluation(self, step: int, result: dict[str, float], record: bool = True) -> None:
-        """The record (unless not `record`) and line of a validation result."""
+    def evaluation(self, step: int, result: dict[str, float], record: bool = True,
+                   tasks: dict[str, Any] | None = None) -> None:
+        """The record (unless not `record`) and line of a validation result, with downstream task scores (the
+        result of lm.evaluate.tasks.score_tasks) if given."""
         values = {f"val_{k}": v for k, v in result.items()}
-        self.write({"step": step, **self.amount(step), **values} if record else None,
-                   f"step {step:>6} | val loss {result['loss']:.4f} | ppl {result['perplexity']:.2f} | "
-                   f"bits/byte {result['bits_per_byte']:.4f}")
+        line = (f"step {step:>6} | val loss {result['loss']:.4f} | ppl {result['perplexity']:.2f} | "
+                f"bits/byte {result['bits_per_byte']:.4f}")
+        if tasks:
+            values.update(flat(tasks))
+            line += f" | tasks mean acc {tasks['mean_acc']:.4f} over {len(tasks['tasks'])}"
+        self.write({"step": step, **self.amount(step), **values} if record else None, line)

@@ -7,7 +7,7 @@ setup(
     version="0.1.0",
     description="JAX/Flax pretraining of decoder-only Transformers, from a laptop CPU to a device mesh.",
     packages=find_packages(include=["lm", "lm.*"]),
-    package_data={"lm.data": ["*.txt"]},
+    package_data={"lm.data": ["*.txt", "*.jsonl"]},
     python_requires=">=3.10",
     install_requires=[
         "jax>=0.6",

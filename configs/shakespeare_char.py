@@ -22,4 +22,7 @@ def get_config() -> ml_collections.ConfigDict:
     c.train.update(batch_size=12, steps=2000)
     c.mesh.cpu_devices = 0  # on a CPU: data-parallel over one device per core (faster at this size)
     c.optim.update(lr=1e-3, min_lr=1e-4, warmup_steps=100, b2=0.99)
+    # A downstream score with each evaluation: the real next line of a speech among four orders of its words, from
+    # the validation split (lm/data/shakespeare_word_order.jsonl, made by experiments/word_order_task.py; chance 25%).
+    c.eval.tasks = "shakespeare_word_order"
     return c

@@ -198,3 +198,60 @@ def test_a_run_killed_and_resumed_logs_every_task_evaluation_once_with_an_uninte
     assert [r["step"] for r in got] == [2, 4, 6, 8, 10, 12]
     for g, w in zip(got, want, strict=True):
         assert g == w
+
+
+def test_the_harness_adapter_rolls_long_texts_and_generates_as_transformers_does(gpt2):
+    """generate_until writes transformers' own greedy text for the fixture's prompt (kept in
+    tests/fixtures/gpt2_bpe/expected.json) and cuts it at a stop string; loglikelihood_rolling of a text three
+    contexts long equals the sum of its tokens' log-probabilities, each computed here from the model's logits on the
+    window of up to 64 tokens before it, in windows the harness describes (each token predicted once)."""
+    from lm_eval.api.instance import Instance
+
+    from lm.evaluate.harness import HarnessLM
+
+    workdir, c, tok, layout, _, params = gpt2
+    model = HarnessLM(workdir, batch_size=4)
+    with open(os.path.join(FIXTURES, "gpt2_bpe", "expected.json")) as f:
+        expected = json.load(f)
+    prompt, want = expected["prompt"], expected["greedy_text"]
+    asks = [Instance("generate_until", {}, (prompt, {"until": [], "max_gen_toks": 16}), 0),
+            Instance("generate_until", {}, (prompt, {"until": [want[6:9]], "max_gen_toks": 16}), 1)]
+    assert model.generate_until(asks) == [want, want[:6]]
+
+    with open(os.path.join(ROOT, "lm", "data", "tinyshakespeare.txt"), encoding="utf-8") as f:
+        text = f.read()[:400]
+    ids = [tok.bos_id, *tok.encode(text)]
+    assert len(ids) > 3 * c.max_len
+    apply = jax.jit(select.model(c).apply)
+    want_ll = 0.0
+    for first in range(1, len(ids), c.max_len):  # predict ids[first:last] from the window ending at last - 1
+        last = min(first + c.max_len, len(ids))
+        window = np.array([ids[max(0, last - c.max_len - 1):last - 1]])
+        logits = np.asarray(apply({"params": params}, window, np.arange(window.shape[1])[None], np.ones_like(window)),
+                            np.float64)[0]
+        logp = logits - np.log(np.exp(logits - logits.max(-1, keepdims=True)).sum(-1, keepdims=True)) \
+            - logits.max(-1, keepdims=True)
+        targets = ids[first:last]
+        want_ll += sum(logp[len(logp) - len(targets) + k, t] for k, t in enumerate(targets))
+    rolled = model.loglikelihood_rolling([Instance("loglikelihood_rolling", {}, (text,), 0),
+                                          Instance("loglikelihood_rolling", {}, ("ROMEO:",), 1)])
+    assert rolled[0] == pytest.approx(want_ll, abs=1e-3)
+    # A minimal pair's sentence longer than the context scores the same way (a whole text's probability).
+    assert score_pairs(gpt2[4], params, tok, [("", text)], c.max_len, 4, layout)[0][0] == pytest.approx(rolled[0])
+    one_window = model.loglikelihood([Instance("loglikelihood", {}, ("", "ROMEO:"), 0)])[0][0]
+    assert rolled[1] == pytest.approx(one_window, abs=1e-5)  # a text shorter than the context: one window
+
+
+def test_the_shipped_word_order_task_is_read_by_name_and_made_of_the_validation_split():
+    """Each example: a line of the corpus's last 10% and, among its choices, the line after it there; the other
+    choices are its words in other orders."""
+    (task,) = tasks_lib.read_tasks("shakespeare_word_order")
+    assert task.name == "shakespeare_word_order" and task.format == "multiple_choice" and len(task.examples) == 200
+    with open(os.path.join(ROOT, "lm", "data", "tinyshakespeare.txt"), encoding="utf-8") as f:
+        text = f.read()
+    validation = text[int(len(text) * 0.9):]
+    for e in task.examples:
+        real = e["choices"][e["answer"]]
+        assert e["context"] + real + "\n" in validation
+        assert len(set(e["choices"])) == 4
+        assert all(sorted(c.split()) == sorted(real.split()) for c in e["choices"])

@@ -15,7 +15,7 @@ from typing import Any
 from lm.backends import select
 from lm.checkpoint.reader import read, require_tokenizer
 from lm.errors import UserError
-from lm.evaluate.loglikelihood import make_token_scores, score_encoded, score_pairs
+from lm.evaluate.loglikelihood import make_token_scores, score_encoded, score_pairs, windows
 from lm.parallel.mesh import run_layout
 from lm.sample.generate import generate
 
@@ -46,19 +46,11 @@ class HarnessLM(LM):
         return [(ll, greedy) for ll, greedy, _ in scores]
 
     def loglikelihood_rolling(self, requests: Sequence[Any]) -> list[float]:
-        window = self.config.max_len
-        pairs, owner = [], []
-        for i, request in enumerate(requests):
-            full = [self.tokenizer.bos_id, *self.tokenizer.encode(request.args[0])]
-            for first in range(1, len(full), window):  # predict full[first:last] from up to `window` tokens before
-                last = min(first + window, len(full))
-                pairs.append((full[max(0, last - window - 1):first], full[first:last]))
-                owner.append(i)
-        totals = [0.0] * len(requests)
-        for i, (ll, _, _) in zip(owner, score_encoded(self.token_scores, self.params, pairs, self.config.max_len,
-                                                      self.batch_size, self.layout), strict=True):
-            totals[i] += ll
-        return totals
+        texts = [[self.tokenizer.bos_id, *self.tokenizer.encode(r.args[0])] for r in requests]
+        encoded = [windows(ids, 1, self.config.max_len) for ids in texts]
+        scores = score_encoded(self.token_scores, self.params, encoded, self.config.max_len, self.batch_size,
+                               self.layout)
+        return [ll for ll, _, _ in scores]
 
     def generate_until(self, requests: Sequence[Any]) -> list[str]:
         groups: dict[tuple[tuple[str, ...], int], list[int]] = {}

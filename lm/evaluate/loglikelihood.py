@@ -5,7 +5,9 @@ lm-evaluation-harness splits it, so both give a pair the same tokens: whitespace
 start of the continuation, the whole text is encoded once, and the continuation is what follows the context's own
 token count. Pairs are packed, longest first, into rows of `max_len + 1` tokens, each pair a segment of its own
 (positions restart at 0 and attention stays inside the segment), so a pair scores as if it were alone. A pair
-longer than a row loses context tokens from the left; a continuation that does not fit the context is an error.
+longer than a row loses context tokens from the left; a text with no context longer than the model's context (a
+long sentence of a minimal pair) is scored in rolling windows; a continuation after a context that does not fit
+the model's context is an error.
 """
 
 from collections.abc import Callable, Iterator, Sequence
@@ -24,6 +26,7 @@ from lm.tokenizer.kinds import AnyTokenizer
 
 # (params, tokens [B, L], positions [B, L], segment_ids [B, L]) -> (log-likelihood [B, L-1], greedy [B, L-1]):
 # position t scores token t + 1 of its row.
+Piece = tuple[list[int], list[int]]  # (context ids, continuation ids) scored in one row
 TokenScores = Callable[[Any, jax.Array, jax.Array, jax.Array], tuple[jax.Array, jax.Array]]
 
 
@@ -101,25 +104,39 @@ def score_pairs(token_scores: TokenScores, params: Any, tokenizer: AnyTokenizer,
     return score_encoded(token_scores, params, encode_pairs(tokenizer, pairs, max_len), max_len, batch_size, layout)
 
 
-def encode_pairs(tokenizer: AnyTokenizer, pairs: Sequence[tuple[str, str]],
-                 max_len: int) -> list[tuple[list[int], list[int]]]:
-    """`encode_pair` of each pair; one line of error for a continuation that is empty or longer than `max_len`."""
-    encoded = [encode_pair(tokenizer, c, t) for c, t in pairs]
-    for (context, continuation), (_, ids) in zip(pairs, encoded, strict=True):
-        if len(ids) > max_len:
-            raise UserError(f"a continuation of {len(ids)} tokens ({continuation[:40]!r}...) is longer than the "
-                            f"model's context of {max_len} tokens; shorten the task's choices or targets")
+def windows(ids: list[int], first: int, max_len: int) -> list[Piece]:
+    """Pieces that predict ids[first:] in turn, each at most `max_len` tokens and with as much of what comes before
+    it as a row holds: each token predicted once (lm-evaluation-harness's rolling windows)."""
+    out = []
+    for start in range(first, len(ids), max_len):
+        end = min(start + max_len, len(ids))
+        out.append((ids[max(0, end - max_len - 1):start], ids[start:end]))
+    return out
+
+
+def encode_pairs(tokenizer: AnyTokenizer, pairs: Sequence[tuple[str, str]], max_len: int) -> list[list[Piece]]:
+    """The pieces to score for each pair: one (its context cut from the left to fit a row), or, for a text with no
+    context (a whole sentence's probability) longer than the model's context, its rolling `windows`. One line of
+    error for a continuation that is empty, or longer than `max_len` after a context."""
+    out = []
+    for context, continuation in pairs:
+        head, ids = encode_pair(tokenizer, context, continuation)
         if not ids:
             raise UserError(f"the continuation {continuation!r} after {context[-40:]!r} is no tokens; a choice or "
                             "target must hold text")
-    return encoded
+        if len(ids) > max_len and context:
+            raise UserError(f"a continuation of {len(ids)} tokens ({continuation[:40]!r}...) is longer than the "
+                            f"model's context of {max_len} tokens; shorten the task's choices or targets")
+        out.append(windows(head + ids, len(head), max_len))
+    return out
 
 
-def score_encoded(token_scores: TokenScores, params: Any, encoded: Sequence[tuple[list[int], list[int]]],
+def score_encoded(token_scores: TokenScores, params: Any, encoded: Sequence[Sequence[Piece]],
                   max_len: int, batch_size: int, layout: Layout) -> list[tuple[float, bool, int]]:
-    """`score_pairs` of pairs already in tokens: (context ids, starting with the start token; continuation ids),
-    each continuation at most `max_len` tokens."""
-    packed, where = _pack(encoded, max_len + 1)
+    """`score_pairs` of pairs already in tokens: each a list of pieces (context ids; continuation ids of at most
+    `max_len`), the pair's score the sum over its pieces."""
+    pieces = [piece for request in encoded for piece in request]
+    packed, where = _pack(pieces, max_len + 1)
     processes, me = jax.process_count(), jax.process_index()
     if batch_size % layout.data_parallel or batch_size % processes:
         raise UserError(f"the scoring batch of {batch_size} rows does not divide over {layout.data_parallel} "
@@ -137,7 +154,11 @@ def score_encoded(token_scores: TokenScores, params: Any, encoded: Sequence[tupl
     # Span sums from running sums with a zero in front: sum over [a, b) = cs[b] - cs[a].
     ll_cs = np.concatenate([np.zeros((len(ll_rows), 1)), np.cumsum(ll_rows, axis=1)], axis=1)
     miss_cs = np.concatenate([np.zeros((len(ll_rows), 1), np.int64), np.cumsum(~greedy_rows, axis=1)], axis=1)
-    out = []
-    for row, a, b in where:
-        out.append((float(ll_cs[row, b] - ll_cs[row, a]), bool(miss_cs[row, b] == miss_cs[row, a]), b - a))
+    scored = [(float(ll_cs[row, b] - ll_cs[row, a]), bool(miss_cs[row, b] == miss_cs[row, a]), b - a)
+              for row, a, b in where]
+    out, first = [], 0
+    for request in encoded:
+        mine = scored[first:first + len(request)]
+        first += len(request)
+        out.append((sum(m[0] for m in mine), all(m[1] for m in mine), sum(m[2] for m in mine)))
     return out

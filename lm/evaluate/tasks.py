@@ -22,8 +22,9 @@ from typing import Any
 
 import numpy as np
 
+from lm.data import sources
 from lm.errors import UserError
-from lm.evaluate.loglikelihood import TokenScores, encode_pairs, score_encoded
+from lm.evaluate.loglikelihood import Piece, TokenScores, encode_pairs, score_encoded
 from lm.parallel.mesh import Layout
 from lm.tokenizer.kinds import AnyTokenizer
 
@@ -149,11 +150,15 @@ def read_tasks(spec: str, examples: int = 0) -> list[Task]:
 
 
 def task_files(spec: str) -> list[str]:
-    """The JSONL files `--tasks` names: comma-separated files, folders (their *.jsonl) or globs."""
+    """The JSONL files `--tasks` names: comma-separated files, folders (their *.jsonl), globs, or the name of a
+    task shipped in the package (lm/data/NAME.jsonl: shakespeare_word_order)."""
     files: list[str] = []
     for part in filter(None, (p.strip() for p in spec.split(","))):
+        bundled = os.path.join(os.path.dirname(sources.bundled_corpus()), f"{part}.jsonl")
         if os.path.isdir(part):
             found = sorted(glob.glob(os.path.join(part, "*.jsonl")))
+        elif not glob.glob(part) and os.sep not in part and os.path.isfile(bundled):
+            found = [bundled]  # a task shipped in the package, by name
         else:
             found = sorted(glob.glob(part))
         if not found:
@@ -164,12 +169,12 @@ def task_files(spec: str) -> list[str]:
     return files
 
 
-def encode_tasks(tokenizer: AnyTokenizer, tasks: list[Task], max_len: int) -> list[tuple[list[int], list[int]]]:
+def encode_tasks(tokenizer: AnyTokenizer, tasks: list[Task], max_len: int) -> list[list[Piece]]:
     """The tokens of every request of `tasks`, in order (loglikelihood.encode_pairs: one line for one too long)."""
     return encode_pairs(tokenizer, [r for task in tasks for r in task.requests()], max_len)
 
 
-def score_tasks(token_scores: TokenScores, params: Any, tasks: list[Task], encoded: list[tuple[list[int], list[int]]],
+def score_tasks(token_scores: TokenScores, params: Any, tasks: list[Task], encoded: list[list[Piece]],
                 max_len: int, batch_size: int, layout: Layout) -> dict[str, Any]:
     """Every task's metrics from its requests' tokens (`encode_tasks`), all scored together, and `mean_acc`: the
     mean of the tasks' `acc`."""

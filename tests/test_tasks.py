@@ -93,6 +93,11 @@ def test_evaluate_scores_task_files_and_prints_one_json_line(gpt2):
     assert result["step"] == 0 and result["tasks"]["pairs"]["acc"] == hand["pairs"]
     assert result["tasks"]["choice"]["examples"] == 12 and result["tasks"]["choice"]["acc"] == hand["choice"]
     assert result["mean_acc"] == pytest.approx((hand["pairs"] + hand["choice"]) / 2)
+    # Imported weights hold no data settings: their loss needs text named on the command line.
+    done = subprocess.run([sys.executable, "-m", "lm.evaluate", "--workdir", workdir], cwd=ROOT, capture_output=True,
+                          text=True, timeout=300)
+    assert done.returncode == 2 and done.stderr.strip().splitlines() == [
+        f"error: {workdir} holds imported weights and no data of its own; give --data_path (text to score) or --tasks"]
 
 
 def _fails(tmp_path, lines, match):

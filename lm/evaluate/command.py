@@ -13,10 +13,12 @@ from typing import Any
 import jax
 from absl import flags
 
+from lm import config as config_lib
 from lm.backends import select
 from lm.checkpoint.reader import read, require_tokenizer
 from lm.data import batches, corpus
 from lm.data.documents import SPLITS
+from lm.errors import UserError
 from lm.evaluate import tasks as tasks_lib
 from lm.evaluate.loglikelihood import make_token_scores
 from lm.evaluate.scoring import evaluate, make_eval_step
@@ -66,7 +68,10 @@ def main(argv: Sequence[str]) -> None:
                                        model_config.max_len, batch_size, layout)
         print(json.dumps({"step": step, **scores}))
         return
-    d = _data_settings(run["data"], f.data_path, f.cache_dir)
+    if "data" not in run and not f.data_path:
+        raise UserError(f"{f.workdir} holds imported weights and no data of its own; give --data_path (text to "
+                        "score) or --tasks")
+    d = _data_settings(run.get("data", config_lib.defaults().data.to_dict()), f.data_path, f.cache_dir)
     what = (f"TFDS dataset {d['tfds_name']}" if d.get("tfds_name")
             else d.get("mixture") or d["path"] or "the bundled corpus")
     whose = "the given --data_path" if f.data_path else "the run's data; --data_path chooses other data"

@@ -6,7 +6,9 @@ import functools
 import glob
 import importlib.util
 import json
+import math
 import os
+import re
 import shlex
 import subprocess
 
@@ -16,7 +18,7 @@ from conftest import ROOT, TEST_XLA_FLAGS, TINY, USER_ENV
 
 from lm import config as config_lib
 from lm.errors import UserError
-from lm.sweep import experiment
+from lm.sweep import experiment, seeds
 
 EXPERIMENT = """
 BASE = {base!r}
@@ -85,7 +87,7 @@ def test_dry_run_commands_run_a_sweep_resumes_and_finishes_its_runs_and_a_rerun_
 @pytest.mark.parametrize("path", sorted(p for p in glob.glob(os.path.join(ROOT, "experiments", "*.py"))
                                         if "def sweep(" in open(p).read()))
 def test_every_experiment_file_loads_and_expands(path):
-    base, fixed, runs = experiment.load(path)
+    base, fixed, runs, _ = experiment.load(path)
     assert os.path.isfile(os.path.join(ROOT, base)) and runs
     names = [experiment.run_name({**o}) for o in runs]
     assert len(set(names)) == len(names)  # every run gets a workdir of its own
@@ -115,3 +117,67 @@ def test_an_experiment_file_without_a_sweep_is_named(tmp_path):
     (tmp_path / "empty.py").write_text("BASE = 'configs/tiny.py'\n")
     with pytest.raises(UserError, match=r"empty.py needs BASE \(a config file\) and def sweep\(add\)"):
         experiment.load(str(tmp_path / "empty.py"))
+
+
+SEEDS_EXPERIMENT = """
+BASE = {base!r}
+FIXED = {{"data.cache_dir": {cache!r}, "train.steps": 4, "train.eval_every": 4, "train.log_every": 2,
+         "train.eval_batches": 2, "checkpoint.every": 4}}
+SEEDS = (0, 1, 2)
+BASELINE = {{"optim.lr": 0.001}}
+
+def sweep(add):
+    add({{"optim.lr": 0.001}})
+    add({{"optim.lr": 0.01}})
+"""
+
+
+def _welch_p(a, b):
+    """Two-sided p-value of Welch's t-test, by hand: t, the Welch-Satterthwaite degrees of freedom, and the t
+    density integrated numerically over |x| > |t|."""
+    va, vb = np.var(a, ddof=1) / len(a), np.var(b, ddof=1) / len(b)
+    t = (np.mean(a) - np.mean(b)) / math.sqrt(va + vb)
+    df = (va + vb) ** 2 / (va ** 2 / (len(a) - 1) + vb ** 2 / (len(b) - 1))
+    x = np.linspace(0.0, abs(t), 200_001)
+    density = math.gamma((df + 1) / 2) / (math.sqrt(df * math.pi) * math.gamma(df / 2)) * (1 + x ** 2 / df) ** (
+        -(df + 1) / 2)
+    return 1.0 - 2.0 * float(np.sum((density[1:] + density[:-1]) / 2 * np.diff(x)))
+
+
+def test_a_seeds_sweep_writes_each_arms_mean_deviation_and_welch_p_value(tmp_path, cache_dir, monkeypatch):
+    """2 arms x 3 seeds on the tiny config: results.md's arms table holds the mean and sample deviation of each
+    arm's final validation losses and Welch's p-value against the baseline, recomputed here from the runs' own
+    metrics.jsonl."""
+    monkeypatch.setenv("XLA_FLAGS", TEST_XLA_FLAGS)
+    path = tmp_path / "seeds.py"
+    path.write_text(SEEDS_EXPERIMENT.format(base=TINY, cache=cache_dir))
+    rows = experiment.run(str(path), str(tmp_path / "runs"))
+    assert [r["run"] for r in rows] == [f"optim.lr={lr},seed={s}" for lr in ("0.001", "0.01") for s in (0, 1, 2)]
+    losses = {}
+    for row in rows:
+        with open(tmp_path / "runs" / "seeds" / row["run"] / "metrics.jsonl") as f:
+            final = [json.loads(line)["val_loss"] for line in f if "val_loss" in line][-1]
+        losses.setdefault(row["run"].split(",")[0], []).append(final)
+    assert len(set(losses["optim.lr=0.001"])) == 3  # the seeds differ
+    table = (tmp_path / "runs" / "seeds" / "results.md").read_text()
+    arms = re.findall(r"^\| (optim\.lr=[\d.]+) \| 3 \| ([\d.]+) \| ([\d.]+) \| ([\d.e-]*) \|$", table, re.M)
+    assert [a for a, _, _, _ in arms] == ["optim.lr=0.001", "optim.lr=0.01"], table
+    for arm, mean, std, _ in arms:
+        assert float(mean) == pytest.approx(np.mean(losses[arm]), abs=1e-4)
+        assert float(std) == pytest.approx(np.std(losses[arm], ddof=1), abs=1e-4)
+    assert arms[0][3] == ""  # the baseline against itself: no p-value
+    want = _welch_p(losses["optim.lr=0.01"], losses["optim.lr=0.001"])
+    print(f"arms {losses}; Welch p {arms[1][3]} (by hand {want:.4g})")
+    assert float(arms[1][3]) == pytest.approx(want, rel=1e-3, abs=1e-6)
+
+
+def test_bad_seeds_or_baseline_are_one_line(tmp_path):
+    for body, match in (("SEEDS = (0, 0)", "must be distinct integers"), ("BASELINE = 0.001", "must be the overrides"),
+                        ("SEEDS = (0, 1)\nBASELINE = {'optim.lr': 0.5}", "names the arm 'optim.lr=0.5'")):
+        path = tmp_path / "bad.py"
+        path.write_text(f"BASE = 'configs/tiny.py'\n{body}\ndef sweep(add):\n    add({{'optim.lr': 0.1}})\n")
+        with pytest.raises(UserError, match=match):
+            if "0.5" in body:
+                seeds.arm_rows({"optim.lr=0.1": [1.0, 2.0]}, experiment.load(str(path)).baseline)
+            else:
+                experiment.load(str(path))

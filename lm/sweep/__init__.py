@@ -1,1 +1,2 @@
-"""`python -m lm.sweep`: the command (command.py) and experiments, their runs and results (experiment.py)."""
+"""`python -m lm.sweep`: the command (command.py), experiments, their runs and results (experiment.py), and the
+statistics across seeds (seeds.py)."""

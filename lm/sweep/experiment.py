@@ -9,11 +9,15 @@ An experiment file names a base config and adds one set of overrides per run:
         for lr in (3e-4, 1e-3, 3e-3):
             add({"optim.lr": lr})
 
+    SEEDS = (0, 1, 2)                      # optional: each run once per seed, with mean, std and Welch's p-value
+    BASELINE = {"optim.lr": 1e-3}          # optional with SEEDS: the arm the others are tested against (seeds.py)
+
 Each run trains in ROOT/NAME/<its overrides> with `python -m lm.train`. A run whose workdir holds `summary.json`
 (written when training reaches its last step) is skipped; any other is started, or resumed from its last
 checkpoint. `--dry_run` prints the commands instead, one per line, for a cluster scheduler. At the end:
 ROOT/NAME/results.csv and results.md (overrides, parameters, tokens, FLOPs, final train and validation loss,
-bits per byte, wall time, tokens/s) and ROOT/NAME/loss.png (every run's loss curves).
+bits per byte, wall time, tokens/s; with SEEDS, each arm's mean, deviation and p-value) and ROOT/NAME/loss.png
+(every run's loss curves).
 """
 
 import csv
@@ -25,18 +29,29 @@ import shlex
 import statistics
 import subprocess
 import sys
-from typing import Any
+from typing import Any, NamedTuple
 
 from lm.errors import Stopped, UserError
 from lm.plot import figure
+from lm.sweep import seeds
 from lm.train.loop import SUMMARY
 
 COLUMNS = ("run", "parameters", "tokens", "flops", "train_loss", "val_loss", "val_bits_per_byte", "wall_s",
            "tokens_per_sec")
 
 
-def load(path: str) -> tuple[str, dict[str, Any], list[dict[str, Any]]]:
-    """(base config path, fixed overrides, one override dict per run) of the experiment file `path`."""
+class Experiment(NamedTuple):
+    """An experiment file's base config, fixed overrides, one override dict per run (`seed` among them when the
+    file gives SEEDS) and the name of its BASELINE arm (None: none)."""
+
+    base: str
+    fixed: dict[str, Any]
+    runs: list[dict[str, Any]]
+    baseline: str | None
+
+
+def load(path: str) -> Experiment:
+    """The experiment file `path`."""
     if not os.path.isfile(path):
         raise UserError(f"experiment file {path} does not exist; pass experiments/NAME.py")
     spec = importlib.util.spec_from_file_location(os.path.basename(path)[:-3], path)
@@ -48,7 +63,18 @@ def load(path: str) -> tuple[str, dict[str, Any], list[dict[str, Any]]]:
     module.sweep(lambda overrides: runs.append(dict(overrides)))
     if not runs:
         raise UserError(f"sweep() in {path} added no run")
-    return module.BASE, dict(getattr(module, "FIXED", {})), runs
+    seed_list = tuple(getattr(module, "SEEDS", ()))
+    integers = all(isinstance(x, int) and not isinstance(x, bool) for x in seed_list)
+    if len(set(seed_list)) != len(seed_list) or not integers:
+        raise UserError(f"SEEDS in {path} must be distinct integers, e.g. SEEDS = (0, 1, 2); got {seed_list!r}")
+    if seed_list:
+        runs = [{**o, "seed": s} for o in runs for s in seed_list]
+    baseline = getattr(module, "BASELINE", None)
+    if baseline is not None and not isinstance(baseline, dict):
+        raise UserError(f"BASELINE in {path} must be the overrides of one arm, e.g. {{'optim.lr': 0.001}}; got "
+                        f"{baseline!r}")
+    return Experiment(module.BASE, dict(getattr(module, "FIXED", {})), runs,
+                      None if baseline is None else run_name(baseline))
 
 
 def run_name(overrides: dict[str, Any]) -> str:
@@ -101,7 +127,7 @@ def write_tables(rows: list[dict[str, Any]], out_dir: str) -> None:
 
 def run(path: str, root: str, dry_run: bool = False) -> list[dict[str, Any]]:
     """Runs (or, with `dry_run`, prints the commands of) the experiment `path`; returns the results rows."""
-    base, fixed, runs = load(path)
+    base, fixed, runs, baseline = load(path)
     out_dir = os.path.join(root, os.path.basename(path)[:-3])
     planned = [(run_name(o), os.path.join(out_dir, run_name(o)), {**fixed, **o}) for o in runs]
     if dry_run:
@@ -119,6 +145,12 @@ def run(path: str, root: str, dry_run: bool = False) -> list[dict[str, Any]]:
                               done.returncode)
     rows = [result_row(name, workdir) for name, workdir, _ in planned]
     write_tables(rows, out_dir)
+    if any("seed" in o for o in runs):
+        values: dict[str, list[float]] = {}
+        for row, o in zip(rows, runs, strict=True):
+            values.setdefault(run_name({k: v for k, v in o.items() if k != "seed"}), []).append(row["val_loss"])
+        with open(os.path.join(out_dir, "results.md"), "a") as f:
+            f.write("\n".join(seeds.markdown(seeds.arm_rows(values, baseline), baseline)) + "\n")
     figure.plot([w for _, w, _ in planned], os.path.join(out_dir, "loss.png"), "tokens")
     print(f"results: {out_dir}/results.md, results.csv, loss.png")
     return rows

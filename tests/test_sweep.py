@@ -18,6 +18,7 @@ from conftest import ROOT, TEST_XLA_FLAGS, TINY, USER_ENV
 
 from lm import config as config_lib
 from lm.errors import UserError
+from lm.plot import figure
 from lm.sweep import experiment, seeds
 
 EXPERIMENT = """
@@ -169,6 +170,17 @@ def test_a_seeds_sweep_writes_each_arms_mean_deviation_and_welch_p_value(tmp_pat
     want = _welch_p(losses["optim.lr=0.01"], losses["optim.lr=0.001"])
     print(f"arms {losses}; Welch p {arms[1][3]} (by hand {want:.4g})")
     assert float(arms[1][3]) == pytest.approx(want, rel=1e-3, abs=1e-6)
+    # loss.png draws each arm's mean training loss and its band: the numbers behind it, from the records.
+    groups = {arm: [str(tmp_path / "runs" / "seeds" / f"{arm},seed={s}") for s in (0, 1, 2)] for arm in losses}
+    for arm, (xs, mean, std) in figure.arm_curves(groups, "steps").items():
+        train = []
+        for workdir in groups[arm]:
+            with open(os.path.join(workdir, "metrics.jsonl")) as f:
+                train.append([r["loss"] for r in map(json.loads, f) if "loss" in r])
+        assert list(xs) == [2, 4]
+        np.testing.assert_allclose(mean, np.mean(train, axis=0), rtol=1e-12)
+        np.testing.assert_allclose(std, np.std(train, axis=0, ddof=1), rtol=1e-12)
+    assert os.path.getsize(tmp_path / "runs" / "seeds" / "loss.png") > 0
 
 
 def test_bad_seeds_or_baseline_are_one_line(tmp_path):

@@ -2,12 +2,15 @@
 
 Each run's `metrics.jsonl` gives its training loss (a line) and validation loss (markers on a dashed line),
 against steps, training tokens or training FLOPs (model FLOPs, as in MFU); one colour per run, labelled by its
-workdir's name.
+workdir's name. `plot_arms` draws runs grouped into arms (one run per seed): each arm's mean training loss with a
+band of one standard deviation across its seeds.
 """
 
 import json
 import os
 from collections.abc import Sequence
+
+import numpy as np
 
 from lm.errors import UserError
 
@@ -37,6 +40,46 @@ def curves(records: list[dict], x: str) -> dict[str, tuple[list[float], list[flo
     return out
 
 
+def arm_curves(arms: dict[str, Sequence[str]], x: str) -> dict[str, tuple[np.ndarray, ...]]:
+    """Per arm: (xs, mean, standard deviation) of its runs' training loss at the points every run logged."""
+    out = {}
+    for arm, workdirs in arms.items():
+        runs = [dict(zip(*curves(read_metrics(w), x)["train"], strict=True)) for w in workdirs]
+        xs = np.array(sorted(set.intersection(*(set(r) for r in runs))), dtype=float)
+        losses = np.array([[r[v] for v in xs] for r in runs])  # [seeds, points]
+        std = losses.std(axis=0, ddof=1) if len(runs) > 1 else np.zeros(len(xs))
+        out[arm] = (xs, losses.mean(axis=0), std)
+    return out
+
+
+def _save(fig: object, ax: object, x: str, out: str) -> None:
+    import matplotlib.pyplot as plt
+
+    ax.set_xlabel(AXES[x][1])
+    ax.set_ylabel("loss (nats per token)")
+    if x != "steps":
+        ax.set_xscale("log")
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=8, loc="upper left", bbox_to_anchor=(1.01, 1.0))  # beside the curves: long run names fit
+    os.makedirs(os.path.dirname(os.path.abspath(out)), exist_ok=True)
+    fig.savefig(out, bbox_inches="tight")
+    plt.close(fig)
+
+
+def plot_arms(arms: dict[str, Sequence[str]], out: str, x: str = "steps") -> None:
+    """Writes each arm's mean training loss with a band of one standard deviation across its runs to `out`."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(8, 5), dpi=100)
+    for i, (arm, (xs, mean, std)) in enumerate(arm_curves(arms, x).items()):
+        ax.plot(xs, mean, color=f"C{i % 10}", label=f"{arm} ({len(arms[arm])} seeds)")
+        ax.fill_between(xs, mean - std, mean + std, color=f"C{i % 10}", alpha=0.2)
+    _save(fig, ax, x, out)
+
+
 def plot(workdirs: Sequence[str], out: str, x: str = "steps") -> None:
     """Writes the train and validation loss curves of `workdirs` against `x` to the PNG `out`."""
     import matplotlib
@@ -51,12 +94,4 @@ def plot(workdirs: Sequence[str], out: str, x: str = "steps") -> None:
         ax.plot(*lines["train"], color=colour, label=f"{label} train")
         if lines["val"][0]:
             ax.plot(*lines["val"], color=colour, linestyle="--", marker="o", markersize=3, label=f"{label} val")
-    ax.set_xlabel(AXES[x][1])
-    ax.set_ylabel("loss (nats per token)")
-    if x != "steps":
-        ax.set_xscale("log")
-    ax.grid(alpha=0.3)
-    ax.legend(fontsize=8, loc="upper left", bbox_to_anchor=(1.01, 1.0))  # beside the curves: long run names fit
-    os.makedirs(os.path.dirname(os.path.abspath(out)), exist_ok=True)
-    fig.savefig(out, bbox_inches="tight")
-    plt.close(fig)
+    _save(fig, ax, x, out)

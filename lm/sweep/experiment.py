@@ -17,7 +17,7 @@ Each run trains in ROOT/NAME/<its overrides> with `python -m lm.train`. A run wh
 checkpoint. `--dry_run` prints the commands instead, one per line, for a cluster scheduler. At the end:
 ROOT/NAME/results.csv and results.md (overrides, parameters, tokens, FLOPs, final train and validation loss,
 bits per byte, wall time, tokens/s; with SEEDS, each arm's mean, deviation and p-value) and ROOT/NAME/loss.png
-(every run's loss curves).
+(every run's loss curves; with SEEDS, each arm's mean curve and its band).
 """
 
 import csv
@@ -147,10 +147,15 @@ def run(path: str, root: str, dry_run: bool = False) -> list[dict[str, Any]]:
     write_tables(rows, out_dir)
     if any("seed" in o for o in runs):
         values: dict[str, list[float]] = {}
-        for row, o in zip(rows, runs, strict=True):
-            values.setdefault(run_name({k: v for k, v in o.items() if k != "seed"}), []).append(row["val_loss"])
+        workdirs: dict[str, list[str]] = {}
+        for row, o, (_, workdir, _) in zip(rows, runs, planned, strict=True):
+            arm = run_name({k: v for k, v in o.items() if k != "seed"})
+            values.setdefault(arm, []).append(row["val_loss"])
+            workdirs.setdefault(arm, []).append(workdir)
         with open(os.path.join(out_dir, "results.md"), "a") as f:
             f.write("\n".join(seeds.markdown(seeds.arm_rows(values, baseline), baseline)) + "\n")
-    figure.plot([w for _, w, _ in planned], os.path.join(out_dir, "loss.png"), "tokens")
+        figure.plot_arms(workdirs, os.path.join(out_dir, "loss.png"), "tokens")
+    else:
+        figure.plot([w for _, w, _ in planned], os.path.join(out_dir, "loss.png"), "tokens")
     print(f"results: {out_dir}/results.md, results.csv, loss.png")
     return rows

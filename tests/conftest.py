@@ -141,6 +141,23 @@ def wide_run(cache_dir, tmp_path_factory) -> str:
     return workdir
 
 
+def final_state(workdir, step: int):
+    """(train state on the host, data state) of a workdir's checkpoint `step`: parameters, optimizer moments, step."""
+    import ml_collections
+
+    from lm import optim
+    from lm.backends import select
+    from lm.checkpoint import reader
+    from lm.parallel import mesh as shd
+    from lm.train import state as state_lib
+
+    ckpt, _, model_config, _, run_config = reader.open_run(str(workdir), step)
+    tx, _ = optim.optimizer(ml_collections.ConfigDict(run_config["optim"]), run_config["train"]["steps"])
+    layout = shd.make_layout({"data": -1, "fsdp": 1, "tensor": 1})
+    state, data_state = ckpt.restore(step, state_lib.abstract(select.model(model_config), tx, layout))
+    return jax.device_get(state), data_state
+
+
 def score_by_hand(workdir: str, max_batches: int = 0, cache_dir: str | None = None) -> tuple[float, int, int]:
     """(summed loss in nats, targets counted, UTF-8 bytes they stand for) of a workdir's latest checkpoint on its
     validation rows (the first `max_batches` batches; 0: all; the dataset built under `cache_dir` if given, else

@@ -8,16 +8,10 @@ import subprocess
 import time
 
 import jax
-import ml_collections
 import numpy as np
-from conftest import ROOT, USER_ENV, start_training, train_command
+from conftest import ROOT, USER_ENV, final_state, start_training, train_command
 
-from lm import optim
-from lm.backends import select
-from lm.checkpoint import reader
 from lm.data.sources import bundled_corpus
-from lm.parallel import mesh as shd
-from lm.train import state as state_lib
 
 
 def _losses(workdir):
@@ -33,14 +27,6 @@ def _steps(directory):
 def _unfinished(directory):
     """Checkpoints being written: orbax writes STEP.orbax-checkpoint-tmp and renames it to STEP to commit."""
     return [p for p in os.listdir(directory) if "tmp" in p] if os.path.isdir(directory) else []
-
-
-def _final_state(workdir, step):
-    ckpt, _, model_config, _, run_config = reader.open_run(str(workdir), step)
-    tx, _ = optim.optimizer(ml_collections.ConfigDict(run_config["optim"]), run_config["train"]["steps"])
-    layout = shd.make_layout({"data": -1, "fsdp": 1, "tensor": 1})
-    state, data_state = ckpt.restore(step, state_lib.abstract(select.model(model_config), tx, layout))
-    return jax.device_get(state), data_state
 
 
 def test_killed_three_times_the_run_ends_bitwise_equal_to_an_uninterrupted_one(tmp_path, cache_dir):
@@ -98,7 +84,7 @@ def test_killed_three_times_the_run_ends_bitwise_equal_to_an_uninterrupted_one(t
     assert resumed_from >= committed and "rules: embed->fsdp" in result.stdout and "MiB per device" in result.stdout
     assert _losses(workdir) == want  # every step once, each with the loss of the uninterrupted run
     assert not _unfinished(checkpoints)
-    (a, a_data), (b, b_data) = _final_state(reference, steps), _final_state(workdir, steps)
+    (a, a_data), (b, b_data) = final_state(reference, steps), final_state(workdir, steps)
     assert a_data == b_data
     taken = a_data["rows"]  # both corpora gave rows, about 70/30
     assert sorted(taken) == sorted([bundled_corpus(), str(rows)]) and sum(taken.values()) == steps * 8
@@ -174,7 +160,7 @@ def test_a_nan_step_stops_the_run_or_is_skipped_as_configured(tmp_path, cache_di
     assert [records[s]["skipped"] for s in range(1, 15)] == [0] * 4 + [1] * 7 + [2, 3, 4]
     assert not np.isfinite(records[5]["loss"])  # the corrupted batch's loss
     assert all(np.isfinite(records[s]["loss"]) for s in range(1, 12) if s != 5)  # the loss after it is fine
-    state, data_state = _final_state(tmp_path / "skip", 10)
+    state, data_state = final_state(tmp_path / "skip", 10)
     assert int(state.step) == 10 and _adam_count(state) == 9  # step 5's batch was used, its update was not
     assert data_state["nonfinite"] == {"skipped": 1, "in_a_row": 0}
 

@@ -33,7 +33,7 @@ from typing import Any, NamedTuple
 
 from lm.errors import Stopped, UserError
 from lm.plot import figure
-from lm.sweep import seeds
+from lm.sweep import seeds, slurm
 from lm.train.loop import SUMMARY
 
 COLUMNS = ("run", "parameters", "tokens", "flops", "train_loss", "val_loss", "val_bits_per_byte", "wall_s",
@@ -42,12 +42,13 @@ COLUMNS = ("run", "parameters", "tokens", "flops", "train_loss", "val_loss", "va
 
 class Experiment(NamedTuple):
     """An experiment file's base config, fixed overrides, one override dict per run (`seed` among them when the
-    file gives SEEDS) and the name of its BASELINE arm (None: none)."""
+    file gives SEEDS), the name of its BASELINE arm (None: none) and its SLURM resources (unchecked)."""
 
     base: str
     fixed: dict[str, Any]
     runs: list[dict[str, Any]]
     baseline: str | None
+    slurm: Any
 
 
 def load(path: str) -> Experiment:
@@ -73,14 +74,22 @@ def load(path: str) -> Experiment:
     if baseline is not None and not isinstance(baseline, dict):
         raise UserError(f"BASELINE in {path} must be the overrides of one arm, e.g. {{'optim.lr': 0.001}}; got "
                         f"{baseline!r}")
+    if baseline is not None and run_name(baseline) not in {arm(o) for o in runs}:
+        raise UserError(f"BASELINE in {path} names the arm {run_name(baseline)!r}, which sweep() does not add; "
+                        f"arms: {', '.join(dict.fromkeys(arm(o) for o in runs))}")
     return Experiment(module.BASE, dict(getattr(module, "FIXED", {})), runs,
-                      None if baseline is None else run_name(baseline))
+                      None if baseline is None else run_name(baseline), getattr(module, "SLURM", {}))
 
 
 def run_name(overrides: dict[str, Any]) -> str:
     """A workdir name from overrides, e.g. optim.lr=0.001,model.num_layers=4 ('base' for none)."""
     name = ",".join(f"{k}={v}" for k, v in overrides.items()) or "base"
     return re.sub(r"[^\w.,=+-]", "_", name)
+
+
+def arm(overrides: dict[str, Any]) -> str:
+    """The name of the arm a run belongs to: its run name without its seed."""
+    return run_name({k: v for k, v in overrides.items() if k != "seed"})
 
 
 def command(base: str, workdir: str, overrides: dict[str, Any]) -> list[str]:
@@ -125,37 +134,77 @@ def write_tables(rows: list[dict[str, Any]], out_dir: str) -> None:
         f.write("\n".join(lines) + "\n")
 
 
-def run(path: str, root: str, dry_run: bool = False) -> list[dict[str, Any]]:
-    """Runs (or, with `dry_run`, prints the commands of) the experiment `path`; returns the results rows."""
-    base, fixed, runs, baseline = load(path)
-    out_dir = os.path.join(root, os.path.basename(path)[:-3])
-    planned = [(run_name(o), os.path.join(out_dir, run_name(o)), {**fixed, **o}) for o in runs]
+class Run(NamedTuple):
+    """One run of a sweep: its name, its arm's name, its workdir and its overrides (the file's FIXED ones
+    included)."""
+
+    name: str
+    arm: str
+    workdir: str
+    overrides: dict[str, Any]
+
+
+def finished(run: Run) -> bool:
+    """Whether the run trained to its last step (its workdir holds summary.json)."""
+    return os.path.exists(os.path.join(run.workdir, SUMMARY))
+
+
+def run(path: str, root: str, dry_run: bool = False, launcher: str = "local", collect: bool = False,
+        wait: bool = False, resources: dict[str, Any] | None = None) -> list[dict[str, Any]]:
+    """Runs the experiment `path` here one run after another (launcher 'local'), or submits its unfinished runs
+    to SLURM ('slurm': `collect` only gathers, `wait` waits for the submitted runs to end; `resources` from flags
+    over the file's SLURM dict); with `dry_run`, prints the commands. Writes the results of the finished runs
+    and returns their rows."""
+    exp = load(path)
+    name = os.path.basename(path)[:-3]
+    out_dir = os.path.join(root, name)
+    planned = [Run(run_name(o), arm(o), os.path.join(out_dir, run_name(o)), {**exp.fixed, **o}) for o in exp.runs]
     if dry_run:
-        for _, workdir, overrides in planned:
-            print(shlex.join(command(base, workdir, overrides)))
+        for r in planned:
+            print(shlex.join(command(exp.base, r.workdir, r.overrides)))
         return []
-    for i, (name, workdir, overrides) in enumerate(planned):
-        if os.path.exists(os.path.join(workdir, SUMMARY)):
-            print(f"[{i + 1}/{len(planned)}] {name}: finished earlier, skipped", flush=True)
-            continue
-        print(f"[{i + 1}/{len(planned)}] {name}: training in {workdir}", flush=True)
-        done = subprocess.run(command(base, workdir, overrides))
-        if done.returncode != 0:
-            raise Stopped(f"run {name} ended with exit status {done.returncode}; rerun the sweep to resume it",
-                              done.returncode)
-    rows = [result_row(name, workdir) for name, workdir, _ in planned]
+    if launcher == "slurm":
+        res = slurm.resources(resources or {}, "lm.sweep's flags", slurm.resources(exp.slurm, f"SLURM in {path}"))
+        commands = {r.name: command(exp.base, r.workdir, r.overrides) for r in planned}
+        if slurm.processes(res) > 1:
+            commands = {k: [*v, "--distributed"] for k, v in commands.items()}
+        ended = slurm.launch(name, out_dir, [(r.name, r.workdir, commands[r.name]) for r in planned], res,
+                             submit=not collect, wait=wait)
+    else:
+        ended = []
+        for i, r in enumerate(planned):
+            if finished(r):
+                print(f"[{i + 1}/{len(planned)}] {r.name}: finished earlier, skipped", flush=True)
+                continue
+            print(f"[{i + 1}/{len(planned)}] {r.name}: training in {r.workdir}", flush=True)
+            done = subprocess.run(command(exp.base, r.workdir, r.overrides))
+            if done.returncode != 0:
+                raise Stopped(f"run {r.name} ended with exit status {done.returncode}; rerun the sweep to resume "
+                              "it", done.returncode)
+    rows = results(out_dir, [r for r in planned if finished(r)], exp)
+    if ended:
+        raise Stopped(f"{len(ended)} of {len(planned)} runs ended unfinished ({', '.join(ended)}); their logs are "
+                      "named above; rerun the sweep to resubmit them", 1)
+    return rows
+
+
+def results(out_dir: str, done: list[Run], exp: Experiment) -> list[dict[str, Any]]:
+    """results.csv, results.md and loss.png of the finished runs `done`; their rows."""
+    if not done:
+        return []
+    rows = [result_row(r.name, r.workdir) for r in done]
     write_tables(rows, out_dir)
-    if any("seed" in o for o in runs):
+    if any("seed" in o for o in exp.runs):
         values: dict[str, list[float]] = {}
         workdirs: dict[str, list[str]] = {}
-        for row, o, (_, workdir, _) in zip(rows, runs, planned, strict=True):
-            arm = run_name({k: v for k, v in o.items() if k != "seed"})
-            values.setdefault(arm, []).append(row["val_loss"])
-            workdirs.setdefault(arm, []).append(workdir)
+        for row, r in zip(rows, done, strict=True):
+            values.setdefault(r.arm, []).append(row["val_loss"])
+            workdirs.setdefault(r.arm, []).append(r.workdir)
+        baseline = exp.baseline if exp.baseline in values else None
         with open(os.path.join(out_dir, "results.md"), "a") as f:
             f.write("\n".join(seeds.markdown(seeds.arm_rows(values, baseline), baseline)) + "\n")
         figure.plot_arms(workdirs, os.path.join(out_dir, "loss.png"), "tokens")
     else:
-        figure.plot([w for _, w, _ in planned], os.path.join(out_dir, "loss.png"), "tokens")
-    print(f"results: {out_dir}/results.md, results.csv, loss.png")
+        figure.plot([r.workdir for r in done], os.path.join(out_dir, "loss.png"), "tokens")
+    print(f"results of {len(done)} run(s): {out_dir}/results.md, results.csv, loss.png")
     return rows

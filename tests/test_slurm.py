@@ -1,0 +1,171 @@
+"""`lm.sweep --launcher slurm` and `srun ... lm.train --distributed` on a real single-node SLURM cluster started for
+these tests (slurm_cluster.py): a 3-run sweep with one run that fails and one cancelled, requeued and resumed
+bitwise; two srun tasks that train like one process; bad input in one line."""
+
+import json
+import os
+import re
+import subprocess
+import sys
+import time
+
+import jax
+import numpy as np
+import pytest
+import slurm_cluster
+from conftest import ROOT, TEST_XLA_FLAGS, TINY, USER_ENV, final_state, one_line_error, train_command
+
+from lm.errors import UserError
+from lm.sweep import experiment
+
+EXPERIMENT = """
+BASE = {base!r}
+FIXED = {{"data.cache_dir": {cache!r}, "train.steps": {steps}, "train.eval_every": 1000, "train.log_every": 1,
+         "checkpoint.every": 5}}
+SLURM = {{"time": "10"}}
+
+def sweep(add):
+    add({{"optim.lr": 0.003, "checkpoint.keep": 3}})  # the next run's twin (keep changes no step), never stopped
+    add({{"optim.lr": 0.003}})  # cancelled, then requeued
+    add({{"optim.name": "nosuch"}})  # fails: not an optimizer
+"""
+
+
+@pytest.fixture(scope="module")
+def cluster():
+    missing = slurm_cluster.missing()
+    if missing or os.geteuid() != 0:
+        pytest.fail(f"the SLURM tests start a cluster on 127.0.0.1 and need root and {', '.join(missing) or 'SLURM'}"
+                    f": `{slurm_cluster.INSTALL}` (Debian), or leave them out with --deselect tests/test_slurm.py")
+    c = slurm_cluster.Cluster()
+    yield c
+    c.stop()
+
+
+def _env(cluster, devices: int = 1) -> dict[str, str]:
+    return {**USER_ENV, "SLURM_CONF": cluster.env["SLURM_CONF"], "PATH": cluster.env["PATH"],
+            "XLA_FLAGS": f"{TEST_XLA_FLAGS} --xla_force_host_platform_device_count={devices}"}
+
+
+def _sweep(env, *args: str) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-m", "lm.sweep", *args], cwd=ROOT, env=env, capture_output=True,
+                          text=True, timeout=600)
+
+
+def _losses(workdir) -> dict[int, float]:
+    path = os.path.join(workdir, "metrics.jsonl")
+    if not os.path.exists(path):
+        return {}
+    with open(path) as f:
+        return {r["step"]: r["loss"] for r in map(json.loads, f) if "loss" in r}
+
+
+def _wait_for(condition, what: str, timeout: float = 240) -> None:
+    deadline = time.time() + timeout
+    while not condition():
+        assert time.time() < deadline, f"waited {timeout} s for {what}"
+        time.sleep(0.05)
+
+
+def test_a_sweep_on_slurm_names_its_failed_run_and_its_cancelled_and_requeued_run_resumes_bitwise(
+        tmp_path, cache_dir, cluster):
+    steps = 120
+    path = tmp_path / "three.py"
+    path.write_text(EXPERIMENT.format(base=TINY, cache=cache_dir, steps=steps))
+    root = str(tmp_path / "runs")
+    out_dir = os.path.join(root, "three")
+    good, cancelled, failing = "optim.lr=0.003,checkpoint.keep=3", "optim.lr=0.003", "optim.name=nosuch"
+    env = _env(cluster)
+    jobs = lambda: json.load(open(os.path.join(out_dir, "slurm", "jobs.json")))  # noqa: E731
+
+    # Submitted as one array of 3 tasks; the second is cancelled after its checkpoint 10.
+    first = _sweep(env, str(path), "--root", root, "--launcher", "slurm")
+    assert first.returncode == 0, first.stderr
+    assert re.search(r"submitted job \d+: 3 run\(s\)", first.stdout) and "pending or running" in first.stdout
+    script = open(os.path.join(out_dir, "slurm", "array.sbatch")).read()
+    assert "#SBATCH --array=0-2" in script and "#SBATCH --time=10" in script and "#SBATCH --requeue" in script
+    _wait_for(lambda: max(_losses(os.path.join(out_dir, cancelled)), default=0) >= 12, "step 12")
+    subprocess.run(["scancel", jobs()[cancelled]["task"]], env=env, check=True)
+
+    # --collect --wait: the first run finished; the other two are named with their logs; nothing is resubmitted.
+    collected = _sweep(env, str(path), "--root", root, "--launcher", "slurm", "--collect", "--wait")
+    assert collected.returncode == 1, collected.stderr
+    assert "2 of 3 runs ended unfinished" in collected.stderr and "submitted" not in collected.stdout
+    stopped = re.search(rf"{re.escape(cancelled)}: ended unfinished \(stopped by SIGTERM after step (\d+); "
+                        rf"checkpoint \1 saved .*\); log: (\S+)", collected.stdout)
+    assert stopped, collected.stdout
+    saved_at, log = int(stopped.group(1)), stopped.group(2)
+    assert 12 <= saved_at < steps and "stopped by SIGTERM" in open(log).read()
+    failed = re.search(rf"{re.escape(failing)}: ended unfinished \((error: config.optim.name='nosuch' [^)]*)\); "
+                       r"log: (\S+)", collected.stdout)
+    assert failed and failed.group(1) in open(failed.group(2)).read(), collected.stdout
+    assert f"{good}: finished" in collected.stdout
+    assert open(os.path.join(out_dir, "results.csv")).read().count("\n") == 2  # header and the finished run
+
+    # Rerun: the two unfinished runs are resubmitted. The cancelled one resumes at its checkpoint; once it has run
+    # 3 steps more, SLURM requeues its task (as on preemption): it stops, starts again, and resumes once more.
+    old_task = jobs()[cancelled]["task"]
+    rerun = subprocess.Popen([sys.executable, "-m", "lm.sweep", str(path), "--root", root, "--launcher", "slurm",
+                              "--wait"], cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    _wait_for(lambda: jobs()[cancelled]["task"] != old_task, "the resubmission")
+    task = jobs()[cancelled]["task"]
+    _wait_for(lambda: max(_losses(os.path.join(out_dir, cancelled))) >= saved_at + 3, "3 steps after resuming")
+    subprocess.run(["scontrol", "requeue", task], env=env, check=True)
+    out, err = rerun.communicate(timeout=600)
+    assert rerun.returncode == 1 and "1 of 3 runs ended unfinished (optim.name=nosuch)" in err, err
+    assert f"{cancelled}: ended unfinished" in out and "resubmitting it" in out
+    assert re.search(r"submitted job \d+: 2 run\(s\)", out) and f"{cancelled}: finished" in out
+    second_log = open(jobs()[cancelled]["log"]).read()
+    resumed = [int(s) for s in re.findall(r"resuming at step (\d+)", second_log)]
+    assert len(resumed) == 2 and resumed[0] == saved_at and resumed[1] > saved_at, second_log
+    rows = open(os.path.join(out_dir, "results.csv")).read().splitlines()
+    assert len(rows) == 3 and rows[1].startswith(f'"{good}"') and rows[2].startswith(cancelled)
+
+    # The run never stopped (its twin): the same losses at every step, and the same final state to the bit.
+    assert _losses(os.path.join(out_dir, cancelled)) == _losses(os.path.join(out_dir, good))
+    (a, a_data), (b, b_data) = (final_state(os.path.join(out_dir, run), steps) for run in (good, cancelled))
+    assert a_data == b_data
+    for x, y in zip(jax.tree.leaves(a), jax.tree.leaves(b), strict=True):  # parameters, Adam moments, step
+        np.testing.assert_array_equal(x, y)
+
+
+def test_two_srun_tasks_of_lm_train_distributed_give_the_losses_of_one_process(tmp_path, cache_dir, cluster):
+    overrides = ["--config.train.steps=6", "--config.train.log_every=1", "--config.train.eval_every=3",
+                 "--config.checkpoint.every=3"]
+    two = subprocess.run(["srun", "--ntasks=2", *train_command(tmp_path / "two", cache_dir, *overrides),
+                          "--distributed"], cwd=ROOT, env=_env(cluster, devices=1), capture_output=True, text=True,
+                         timeout=300)
+    assert two.returncode == 0, two.stderr[-3000:]
+    assert "in 2 process(es)" in two.stdout
+    one = subprocess.run(train_command(tmp_path / "one", cache_dir, *overrides), cwd=ROOT,
+                         env=_env(cluster, devices=2), capture_output=True, text=True, timeout=300)
+    assert one.returncode == 0, one.stderr
+    a, b = _losses(tmp_path / "two"), _losses(tmp_path / "one")
+    assert sorted(a) == sorted(b) == [1, 2, 3, 4, 5, 6]
+    np.testing.assert_allclose([a[k] for k in sorted(a)], [b[k] for k in sorted(b)], rtol=1e-5)
+
+
+def test_bad_slurm_input_is_one_line(tmp_path, cluster):
+    path = tmp_path / "bad.py"
+    body = "BASE = 'configs/tiny.py'\n{}\ndef sweep(add):\n    add({{'optim.lr': 0.1}})\n"
+    path.write_text(body.format(""))
+    no_sbatch = _sweep({**USER_ENV, "PATH": os.path.dirname(sys.executable)}, str(path), "--root",
+                       str(tmp_path / "runs"), "--launcher", "slurm")
+    one_line_error(no_sbatch, "needs SLURM's sbatch, which is not on PATH", "--launcher local")
+    refused = _sweep(_env(cluster), str(path), "--root", str(tmp_path / "runs"), "--launcher", "slurm",
+                     "--partition", "nosuch")
+    one_line_error(refused, "sbatch refused the sweep: Invalid partition name specified", "partition=nosuch")
+    path.write_text(body.format("SLURM = {'nodes': 0}"))
+    bad_nodes = _sweep(_env(cluster), str(path), "--root", str(tmp_path / "runs"), "--launcher", "slurm")
+    one_line_error(bad_nodes, f"SLURM in {path}: nodes", "at least 1")
+    for given, match in (("{'gpus': 1}", "has no resource 'gpus'; it takes nodes, "),
+                         ("{'time': '1 hour'}", "time must be a SLURM time limit"),
+                         ("{'partition': 3}", "partition must be a name"),
+                         ("['gpu']", "must be a dict")):
+        path.write_text(body.format(f"SLURM = {given}"))
+        with pytest.raises(UserError, match=match):
+            experiment.run(str(path), str(tmp_path / "runs"), launcher="slurm")
+    path.write_text(body.format(""))
+    with pytest.raises(UserError, match="lm.sweep's flags: gpus_per_node"):
+        experiment.run(str(path), str(tmp_path / "runs"), launcher="slurm", resources={"gpus_per_node": -1})
+    assert not os.path.exists(tmp_path / "runs" / "bad" / "slurm" / "jobs.json")  # nothing was submitted

@@ -129,20 +129,35 @@ def test_a_sweep_on_slurm_names_its_failed_run_and_its_cancelled_and_requeued_ru
         np.testing.assert_array_equal(x, y)
 
 
-def test_two_srun_tasks_of_lm_train_distributed_give_the_losses_of_one_process(tmp_path, cache_dir, cluster):
+def test_two_srun_tasks_of_lm_train_distributed_in_a_job_or_an_array_task_give_the_losses_of_one_process(
+        tmp_path, cache_dir, cluster):
     overrides = ["--config.train.steps=6", "--config.train.log_every=1", "--config.train.eval_every=3",
                  "--config.checkpoint.every=3"]
+    # A plain job: srun as the README writes it, one CPU device per process.
     two = subprocess.run(["srun", "--ntasks=2", *train_command(tmp_path / "two", cache_dir, *overrides),
-                          "--distributed"], cwd=ROOT, env=_env(cluster, devices=1), capture_output=True, text=True,
-                         timeout=300)
+                          "--distributed"], cwd=ROOT, env=_env(cluster), capture_output=True, text=True, timeout=300)
     assert two.returncode == 0, two.stderr[-3000:]
     assert "in 2 process(es)" in two.stdout
+    # A sweep's array task of 2 processes (tasks_per_node=2): srun in the batch script, --distributed added.
+    path = tmp_path / "pair.py"
+    fixed = {"data.cache_dir": cache_dir, **dict(o[len("--config."):].split("=") for o in overrides)}
+    path.write_text(f"BASE = {TINY!r}\nFIXED = {fixed!r}\nSLURM = {{'tasks_per_node': 2}}\n"
+                    "def sweep(add):\n    add({})\n")
+    swept = _sweep(_env(cluster), str(path), "--root", str(tmp_path / "runs"), "--launcher", "slurm", "--wait")
+    assert swept.returncode == 0 and "[1/1] base: finished" in swept.stdout, swept.stderr
+    script = open(tmp_path / "runs" / "pair" / "slurm" / "array.sbatch").read()
+    assert "#SBATCH --ntasks-per-node=2" in script and script.count(" --distributed ;;") == 1
+    log = open(json.load(open(tmp_path / "runs" / "pair" / "slurm" / "jobs.json"))["base"]["log"]).read()
+    assert "in 2 process(es)" in log
+    # One process of 2 devices.
     one = subprocess.run(train_command(tmp_path / "one", cache_dir, *overrides), cwd=ROOT,
                          env=_env(cluster, devices=2), capture_output=True, text=True, timeout=300)
     assert one.returncode == 0, one.stderr
-    a, b = _losses(tmp_path / "two"), _losses(tmp_path / "one")
-    assert sorted(a) == sorted(b) == [1, 2, 3, 4, 5, 6]
-    np.testing.assert_allclose([a[k] for k in sorted(a)], [b[k] for k in sorted(b)], rtol=1e-5)
+    want = _losses(tmp_path / "one")
+    assert sorted(want) == [1, 2, 3, 4, 5, 6]
+    for got in (_losses(tmp_path / "two"), _losses(tmp_path / "runs" / "pair" / "base")):
+        assert sorted(got) == sorted(want)
+        np.testing.assert_allclose([got[k] for k in sorted(got)], [want[k] for k in sorted(want)], rtol=1e-5)
 
 
 def test_bad_slurm_input_is_one_line(tmp_path, cluster):

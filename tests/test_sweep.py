@@ -19,7 +19,7 @@ from conftest import ROOT, TEST_XLA_FLAGS, TINY, USER_ENV
 from lm import config as config_lib
 from lm.errors import UserError
 from lm.plot import figure
-from lm.sweep import experiment
+from lm.sweep import experiment, slurm
 
 EXPERIMENT = """
 BASE = {base!r}
@@ -88,8 +88,9 @@ def test_dry_run_commands_run_a_sweep_resumes_and_finishes_its_runs_and_a_rerun_
 @pytest.mark.parametrize("path", sorted(p for p in glob.glob(os.path.join(ROOT, "experiments", "*.py"))
                                         if "def sweep(" in open(p).read()))
 def test_every_experiment_file_loads_and_expands(path):
-    base, fixed, runs, _ = experiment.load(path)
+    base, fixed, runs, _, resources = experiment.load(path)
     assert os.path.isfile(os.path.join(ROOT, base)) and runs
+    slurm.resources(resources, path)  # SLURM resources, where given, are ones lm.sweep takes
     names = [experiment.run_name({**o}) for o in runs]
     assert len(set(names)) == len(names)  # every run gets a workdir of its own
     spec = importlib.util.spec_from_file_location("base", os.path.join(ROOT, base))

@@ -1,4 +1,4 @@
-"""An experiment: its file, its runs one after another, and the table and plot of their results.
+"""An experiment: its file, its runs (here one after another, or on SLURM), and the table and plot of their results.
 
 An experiment file names a base config and adds one set of overrides per run:
 
@@ -11,10 +11,12 @@ An experiment file names a base config and adds one set of overrides per run:
 
     SEEDS = (0, 1, 2)                      # optional: each run once per seed, with mean, std and Welch's p-value
     BASELINE = {"optim.lr": 1e-3}          # optional with SEEDS: the arm the others are tested against (seeds.py)
+    SLURM = {"partition": "gpu", "time": "4:00:00"}   # optional: resources under --launcher slurm (slurm.py)
 
 Each run trains in ROOT/NAME/<its overrides> with `python -m lm.train`. A run whose workdir holds `summary.json`
 (written when training reaches its last step) is skipped; any other is started, or resumed from its last
-checkpoint. `--dry_run` prints the commands instead, one per line, for a cluster scheduler. At the end:
+checkpoint: here one after another, or as a SLURM job array (slurm.py). `--dry_run` prints the commands
+instead, one per line. At the end, of the finished runs:
 ROOT/NAME/results.csv and results.md (overrides, parameters, tokens, FLOPs, final train and validation loss,
 bits per byte, wall time, tokens/s; with SEEDS, each arm's mean, deviation and p-value) and ROOT/NAME/loss.png
 (every run's loss curves; with SEEDS, each arm's mean curve and its band).

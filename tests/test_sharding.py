@@ -58,10 +58,13 @@ NOISE_ONLY = {"lion": ["['blocks']['attn']['key']['bias']"]}
 
 @pytest.mark.parametrize("optimizer", ["adamw", "muon", "lion", "schedule_free_adamw"])
 def test_same_losses_and_parameters_on_every_mesh(optimizer, tiny_config, tmp_path, capfd):
+    """AdamW on each mesh; the other optimizers (their state sharded as AdamW's is) on data parallelism and the
+    mesh of all three axes at once."""
     losses, params = {}, {}
+    meshes = MESHES if optimizer == "adamw" else [MESHES[0], MESHES[-1]]
     jax.config.update("jax_enable_compilation_cache", False)  # XLA warns while it compiles: compile afresh
     try:
-        for mesh in MESHES:
+        for mesh in meshes:
             workdir = str(tmp_path / "x".join(map(str, mesh)))
             train(_divisible_tiny(tiny_config, mesh, optimizer=optimizer), workdir)
             with open(os.path.join(workdir, METRICS)) as f:
@@ -69,9 +72,9 @@ def test_same_losses_and_parameters_on_every_mesh(optimizer, tiny_config, tmp_pa
             params[mesh] = _params(workdir)
     finally:
         jax.config.update("jax_enable_compilation_cache", True)
-    base = MESHES[0]
+    base = meshes[0]
     assert len(losses[base]) == 5
-    for mesh in MESHES[1:]:
+    for mesh in meshes[1:]:
         np.testing.assert_allclose(losses[mesh], losses[base], rtol=1e-5, err_msg=str(mesh))
         assert params[mesh].keys() == params[base].keys()
         for name in params[base].keys() - set(NOISE_ONLY.get(optimizer, [])):

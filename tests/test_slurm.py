@@ -160,9 +160,15 @@ def test_two_srun_tasks_of_lm_train_distributed_in_a_job_or_an_array_task_give_t
         np.testing.assert_allclose([got[k] for k in sorted(got)], [want[k] for k in sorted(want)], rtol=1e-5)
 
 
-def test_bad_slurm_input_is_one_line(tmp_path, cluster):
+def test_bad_slurm_input_is_one_line(tmp_path, cluster, capsys):
     path = tmp_path / "bad.py"
     body = "BASE = 'configs/tiny.py'\n{}\ndef sweep(add):\n    add({{'optim.lr': 0.1}})\n"
+    path.write_text(body.format("SLURM = {'time': '1-00:00:00', 'gpus_per_node': 8}"))
+    # --dry_run prints the batch script: the file's resources, and the flags' over them.
+    experiment.run(str(path), str(tmp_path / "runs"), dry_run=True, launcher="slurm", resources={"gpus_per_node": 4})
+    script = capsys.readouterr().out
+    assert "#SBATCH --array=0-0\n" in script and "#SBATCH --time=1-00:00:00\n" in script
+    assert "#SBATCH --gpus-per-node=4\n" in script and " --config.optim.lr=0.1 ;;" in script
     path.write_text(body.format(""))
     no_sbatch = _sweep({**USER_ENV, "PATH": os.path.dirname(sys.executable)}, str(path), "--root",
                        str(tmp_path / "runs"), "--launcher", "slurm")

@@ -155,21 +155,25 @@ def run(path: str, root: str, dry_run: bool = False, launcher: str = "local", co
         wait: bool = False, resources: dict[str, Any] | None = None) -> list[dict[str, Any]]:
     """Runs the experiment `path` here one run after another (launcher 'local'), or submits its unfinished runs
     to SLURM ('slurm': `collect` only gathers, `wait` waits for the submitted runs to end; `resources` from flags
-    over the file's SLURM dict); with `dry_run`, prints the commands. Writes the results of the finished runs
+    over the file's SLURM dict); with `dry_run`, prints the commands (slurm: the batch script) instead. Writes
+    the results of the finished runs
     and returns their rows."""
     exp = load(path)
     name = os.path.basename(path)[:-3]
     out_dir = os.path.join(root, name)
     planned = [Run(run_name(o), arm(o), os.path.join(out_dir, run_name(o)), {**exp.fixed, **o}) for o in exp.runs]
-    if dry_run:
-        for r in planned:
-            print(shlex.join(command(exp.base, r.workdir, r.overrides)))
-        return []
+    commands = {r.name: command(exp.base, r.workdir, r.overrides) for r in planned}
     if launcher == "slurm":
         res = slurm.resources(resources or {}, "lm.sweep's flags", slurm.resources(exp.slurm, f"SLURM in {path}"))
-        commands = {r.name: command(exp.base, r.workdir, r.overrides) for r in planned}
         if slurm.processes(res) > 1:
             commands = {k: [*v, "--distributed"] for k, v in commands.items()}
+    if dry_run:
+        if launcher == "slurm":
+            print(slurm.script(out_dir, list(commands.values()), res, name), end="")
+        else:
+            print("\n".join(shlex.join(c) for c in commands.values()))
+        return []
+    if launcher == "slurm":
         ended = slurm.launch(name, out_dir, [(r.name, r.workdir, commands[r.name]) for r in planned], res,
                              submit=not collect, wait=wait)
     else:
@@ -179,7 +183,7 @@ def run(path: str, root: str, dry_run: bool = False, launcher: str = "local", co
                 print(f"[{i + 1}/{len(planned)}] {r.name}: finished earlier, skipped", flush=True)
                 continue
             print(f"[{i + 1}/{len(planned)}] {r.name}: training in {r.workdir}", flush=True)
-            done = subprocess.run(command(exp.base, r.workdir, r.overrides))
+            done = subprocess.run(commands[r.name])
             if done.returncode != 0:
                 raise Stopped(f"run {r.name} ended with exit status {done.returncode}; rerun the sweep to resume "
                               "it", done.returncode)

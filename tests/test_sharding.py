@@ -58,10 +58,10 @@ NOISE_ONLY = {"lion": ["['blocks']['attn']['key']['bias']"]}
 
 @pytest.mark.parametrize("optimizer", ["adamw", "muon", "lion", "schedule_free_adamw"])
 def test_same_losses_and_parameters_on_every_mesh(optimizer, tiny_config, tmp_path, capfd):
-    """AdamW on each mesh; the other optimizers (their state sharded as AdamW's is) on data parallelism and the
-    mesh of all three axes at once."""
+    """AdamW on each one-axis mesh; the other optimizers (their state sharded as AdamW's is) on data parallelism
+    and the mesh of all three axes at once."""
     losses, params = {}, {}
-    meshes = MESHES if optimizer == "adamw" else [MESHES[0], MESHES[-1]]
+    meshes = MESHES[:3] if optimizer == "adamw" else [MESHES[0], MESHES[3]]
     jax.config.update("jax_enable_compilation_cache", False)  # XLA warns while it compiles: compile afresh
     try:
         for mesh in meshes:

@@ -170,7 +170,7 @@ def test_two_srun_tasks_of_lm_train_distributed_in_a_job_or_an_array_task_give_t
         print("srun: largest relative difference from one process", max(abs(got[k] / want[k] - 1) for k in want))
 
 
-def test_bad_slurm_input_is_one_line(tmp_path, cluster, capsys):
+def test_bad_slurm_input_is_one_line(tmp_path, cluster, capsys, monkeypatch):
     path = tmp_path / "bad.py"
     body = "BASE = 'configs/tiny.py'\n{}\ndef sweep(add):\n    add({{'optim.lr': 0.1}})\n"
     path.write_text(body.format("SLURM = {'time': '1-00:00:00', 'gpus_per_node': 8}"))
@@ -183,12 +183,14 @@ def test_bad_slurm_input_is_one_line(tmp_path, cluster, capsys):
     no_sbatch = _sweep({**USER_ENV, "PATH": os.path.dirname(sys.executable)}, str(path), "--root",
                        str(tmp_path / "runs"), "--launcher", "slurm")
     one_line_error(no_sbatch, "needs SLURM's sbatch, which is not on PATH", "--launcher local")
-    refused = _sweep(_env(cluster), str(path), "--root", str(tmp_path / "runs"), "--launcher", "slurm",
-                     "--partition", "nosuch")
-    one_line_error(refused, "sbatch refused the sweep: Invalid partition name specified", "partition=nosuch")
+    for name in ("SLURM_CONF", "PATH"):  # in this process from here on: SLURM's commands and the test cluster
+        monkeypatch.setenv(name, cluster.env[name])
+    with pytest.raises(UserError, match=r"sbatch refused the sweep: Invalid partition name specified \(resources: "
+                       r".*partition=nosuch; script: "):
+        experiment.run(str(path), str(tmp_path / "runs"), launcher="slurm", resources={"partition": "nosuch"})
     path.write_text(body.format("SLURM = {'nodes': 0}"))
-    bad_nodes = _sweep(_env(cluster), str(path), "--root", str(tmp_path / "runs"), "--launcher", "slurm")
-    one_line_error(bad_nodes, f"SLURM in {path}: nodes", "at least 1")
+    with pytest.raises(UserError, match=rf"SLURM in {path}: nodes \(nodes per run\) must be an integer of at least 1"):
+        experiment.run(str(path), str(tmp_path / "runs"), launcher="slurm")
     for given, match in (("{'gpus': 1}", "has no resource 'gpus'; it takes nodes, "),
                          ("{'time': '1 hour'}", "time must be a SLURM time limit"),
                          ("{'partition': 3}", "partition must be a name"),

@@ -37,7 +37,7 @@ RESOURCES = {  # key: (default, what it means); 0 or '' leaves the cluster's def
 }
 _TIME = re.compile(r"^(\d+|\d+:\d{2}|\d+:\d{2}:\d{2}|\d+-\d+|\d+-\d+:\d{2}|\d+-\d+:\d{2}:\d{2})$")
 JOBS = "jobs.json"
-POLL_S = 3  # seconds between looks at the queue while waiting
+POLL_S = (1.0, 30.0)  # seconds between looks at the queue while waiting: the first, growing by half to the last
 
 
 def resources(given: Any, source: str, base: dict[str, Any] | None = None) -> dict[str, Any]:
@@ -177,8 +177,10 @@ def launch(name: str, out_dir: str, runs: list[tuple[str, str, list[str]]], res:
         jobs = recorded(out_dir)
         queue |= {jobs[run]["task"] for run, _ in todo}  # queued now, whether or not squeue shows them yet
         states = {run: state(run, workdir) for run, workdir, _ in runs}
+    pause = POLL_S[0]
     while wait and "queued" in states.values():
-        time.sleep(POLL_S)
+        time.sleep(pause)
+        pause = min(pause * 1.5, POLL_S[1])
         queue = queued()
         states = {run: state(run, workdir) for run, workdir, _ in runs}
     ended = []

@@ -15,8 +15,8 @@ An experiment file names a base config and adds one set of overrides per run:
 
 Each run trains in ROOT/NAME/<its overrides> with `python -m lm.train`. A run whose workdir holds `summary.json`
 (written when training reaches its last step) is skipped; any other is started, or resumed from its last
-checkpoint: here one after another, or as a SLURM job array (slurm.py). `--dry_run` prints the commands
-instead, one per line. At the end, of the finished runs:
+checkpoint: here one after another, or as a SLURM job array (slurm.py). `--dry_run` prints the commands instead,
+one per line (with --launcher slurm, the batch script). At the end, of the finished runs:
 ROOT/NAME/results.csv and results.md (overrides, parameters, tokens, FLOPs, final train and validation loss,
 bits per byte, wall time, tokens/s; with SEEDS, each arm's mean, deviation and p-value) and ROOT/NAME/loss.png
 (every run's loss curves; with SEEDS, each arm's mean curve and its band).
@@ -146,9 +146,9 @@ class Run(NamedTuple):
     overrides: dict[str, Any]
 
 
-def finished(run: Run) -> bool:
-    """Whether the run trained to its last step (its workdir holds summary.json)."""
-    return os.path.exists(os.path.join(run.workdir, SUMMARY))
+def finished(workdir: str) -> bool:
+    """Whether the run in `workdir` trained to its last step (the workdir holds summary.json)."""
+    return os.path.exists(os.path.join(workdir, SUMMARY))
 
 
 def run(path: str, root: str, dry_run: bool = False, launcher: str = "local", collect: bool = False,
@@ -156,8 +156,7 @@ def run(path: str, root: str, dry_run: bool = False, launcher: str = "local", co
     """Runs the experiment `path` here one run after another (launcher 'local'), or submits its unfinished runs
     to SLURM ('slurm': `collect` only gathers, `wait` waits for the submitted runs to end; `resources` from flags
     over the file's SLURM dict); with `dry_run`, prints the commands (slurm: the batch script) instead. Writes
-    the results of the finished runs
-    and returns their rows."""
+    the results of the finished runs and returns their rows."""
     exp = load(path)
     name = os.path.basename(path)[:-3]
     out_dir = os.path.join(root, name)
@@ -174,12 +173,12 @@ def run(path: str, root: str, dry_run: bool = False, launcher: str = "local", co
             print("\n".join(shlex.join(c) for c in commands.values()))
         return []
     if launcher == "slurm":
-        ended = slurm.launch(name, out_dir, [(r.name, r.workdir, commands[r.name]) for r in planned], res,
-                             submit=not collect, wait=wait)
+        ended = slurm.launch(name, out_dir, [(r.name, r.workdir, commands[r.name]) for r in planned], finished,
+                             res, submit=not collect, wait=wait)
     else:
         ended = []
         for i, r in enumerate(planned):
-            if finished(r):
+            if finished(r.workdir):
                 print(f"[{i + 1}/{len(planned)}] {r.name}: finished earlier, skipped", flush=True)
                 continue
             print(f"[{i + 1}/{len(planned)}] {r.name}: training in {r.workdir}", flush=True)
@@ -187,7 +186,7 @@ def run(path: str, root: str, dry_run: bool = False, launcher: str = "local", co
             if done.returncode != 0:
                 raise Stopped(f"run {r.name} ended with exit status {done.returncode}; rerun the sweep to resume "
                               "it", done.returncode)
-    rows = results(out_dir, [r for r in planned if finished(r)], exp)
+    rows = results(out_dir, [r for r in planned if finished(r.workdir)], exp)
     if ended:
         raise Stopped(f"{len(ended)} of {len(planned)} runs ended unfinished ({', '.join(ended)}); their logs are "
                       "named above; rerun the sweep to resubmit them", 1)

@@ -20,10 +20,10 @@ import shlex
 import shutil
 import subprocess
 import time
+from collections.abc import Callable
 from typing import Any
 
 from lm.errors import UserError
-from lm.train.loop import SUMMARY
 
 RESOURCES = {  # key: (default, what it means); 0 or '' leaves the cluster's default
     "nodes": (1, "nodes per run"),
@@ -147,16 +147,13 @@ def need(*commands: str) -> None:
                             "commands are (a login node), or use --launcher local")
 
 
-def launch(name: str, out_dir: str, runs: list[tuple[str, str, list[str]]], res: dict[str, Any], submit: bool,
-           wait: bool) -> list[str]:
-    """Says where each run of `runs` ((name, workdir, train command)) stands; with `submit`, submits those
-    neither finished nor queued as one array; with `wait`, waits until none is queued. Returns the runs that
-    ended unfinished (failed, cancelled, out of time) and were not resubmitted."""
+def launch(name: str, out_dir: str, runs: list[tuple[str, str, list[str]]], finished: Callable[[str], bool],
+           res: dict[str, Any], submit: bool, wait: bool) -> list[str]:
+    """Says where each run of `runs` ((name, workdir, train command)) stands (`finished(workdir)`: trained to its
+    end); with `submit`, submits those neither finished nor queued as one array; with `wait`, waits until none is
+    queued. Returns the runs that ended unfinished (failed, cancelled, out of time) and were not resubmitted."""
     need(*(["sbatch"] if submit else []), "squeue")
     queue, jobs = queued(), recorded(out_dir)
-
-    def finished(workdir: str) -> bool:
-        return os.path.exists(os.path.join(workdir, SUMMARY))
 
     def state(run: str, workdir: str) -> str:
         if finished(workdir):

@@ -36,8 +36,14 @@ def _copy(tiny_run, tmp_path, name="run") -> str:
 
 
 def _array_files(workdir: str, step: int, item: str = "*") -> list[str]:
-    """The files that hold a checkpoint's array data (OCDBT data files of params and opt_state, or of `item`)."""
-    return sorted(glob.glob(os.path.join(workdir, "checkpoints", str(step), item, "ocdbt.process_0", "d", "*")))
+    """The files that hold a checkpoint's array data: the OCDBT data files of params and opt_state (or of `item`),
+    both the merged tree's (`ITEM/d`, where arrays of at most 1 KiB are held inline) and those each process wrote
+    (`ITEM/ocdbt.process_N/d`, the larger arrays' bytes)."""
+    item_dir = os.path.join(workdir, "checkpoints", str(step), item)
+    files = sorted(glob.glob(os.path.join(item_dir, "d", "*")) + glob.glob(os.path.join(item_dir, "ocdbt.*", "d", "*")))
+    held = sorted(glob.glob(os.path.join(item_dir, "**"), recursive=True))
+    assert files, f"no OCDBT data files in {item_dir}, which holds {held}"
+    return files
 
 
 def _flip(path: str, at: float = 0.5) -> None:

@@ -15,10 +15,11 @@ import jax
 import numpy as np
 import pytest
 import slurm_cluster
+from absl import flags
 from conftest import ROOT, TEST_XLA_FLAGS, TINY, USER_ENV, final_state, one_line_error, train_command
 
 from lm.errors import UserError
-from lm.sweep import experiment
+from lm.sweep import command, experiment
 from lm.train.loop import train
 
 EXPERIMENT = """
@@ -138,20 +139,23 @@ def test_two_srun_tasks_of_lm_train_distributed_in_a_job_or_an_array_task_give_t
     overrides = ["--config.train.steps=6", "--config.train.log_every=1", "--config.train.eval_every=3",
                  "--config.checkpoint.every=3"]
     cache_dir = tiny_config.data.cache_dir
+    # A sweep's array task of 2 processes (tasks_per_node=2): srun in the batch script, --distributed added. It is
+    # submitted first and trains while the plain job below does.
+    path = tmp_path / "pair.py"
+    fixed = {"data.cache_dir": cache_dir, **dict(o[len("--config."):].split("=") for o in overrides)}
+    path.write_text(f"BASE = {TINY!r}\nFIXED = {fixed!r}\nSLURM = {{'tasks_per_node': 2}}\n"
+                    "def sweep(add):\n    add({})\n")
+    sweep = ("--root", str(tmp_path / "runs"), "--launcher", "slurm")
+    submitted = _sweep(_env(cluster, devices=4), str(path), *sweep)
+    assert submitted.returncode == 0 and "submitted" in submitted.stdout, submitted.stdout + submitted.stderr
     # A plain job: srun as the README writes it.
     two = subprocess.run(["srun", "--ntasks=2", *train_command(tmp_path / "two", cache_dir, *overrides),
                           "--distributed"], cwd=ROOT, env=_env(cluster, devices=4), capture_output=True, text=True,
                          timeout=300)
     assert two.returncode == 0, two.stderr[-3000:]
     assert "in 2 process(es)" in two.stdout
-    # A sweep's array task of 2 processes (tasks_per_node=2): srun in the batch script, --distributed added.
-    path = tmp_path / "pair.py"
-    fixed = {"data.cache_dir": cache_dir, **dict(o[len("--config."):].split("=") for o in overrides)}
-    path.write_text(f"BASE = {TINY!r}\nFIXED = {fixed!r}\nSLURM = {{'tasks_per_node': 2}}\n"
-                    "def sweep(add):\n    add({})\n")
-    swept = _sweep(_env(cluster, devices=4), str(path), "--root", str(tmp_path / "runs"), "--launcher", "slurm",
-                   "--wait")
-    assert swept.returncode == 0 and "[1/1] base: finished" in swept.stdout, swept.stderr
+    swept = _sweep(_env(cluster, devices=4), str(path), *sweep, "--collect", "--wait")
+    assert swept.returncode == 0 and "[1/1] base: finished" in swept.stdout, swept.stdout + swept.stderr
     script = open(tmp_path / "runs" / "pair" / "slurm" / "array.sbatch").read()
     assert "#SBATCH --ntasks-per-node=2" in script and script.count(" --distributed ;;") == 1
     log = open(json.load(open(tmp_path / "runs" / "pair" / "slurm" / "jobs.json"))["base"]["log"]).read()
@@ -183,6 +187,12 @@ def test_bad_slurm_input_is_one_line(tmp_path, cluster, capsys, monkeypatch):
     no_sbatch = _sweep({**USER_ENV, "PATH": os.path.dirname(sys.executable)}, str(path), "--root",
                        str(tmp_path / "runs"), "--launcher", "slurm")
     one_line_error(no_sbatch, "needs SLURM's sbatch, which is not on PATH", "--launcher local")
+    try:  # a resource flag without --launcher slurm (the command's flags parsed in this process, then reset)
+        argv = flags.FLAGS(["lm.sweep", str(path), "--partition=gpu"])
+        with pytest.raises(UserError, match=r"^--partition is for --launcher slurm; add --launcher slurm$"):
+            command.main(argv)
+    finally:
+        flags.FLAGS.unparse_flags()
     for name in ("SLURM_CONF", "PATH"):  # in this process from here on: SLURM's commands and the test cluster
         monkeypatch.setenv(name, cluster.env[name])
     with pytest.raises(UserError, match=r"sbatch refused the sweep: Invalid partition name specified \(resources: "

@@ -37,8 +37,10 @@ def _copy(tiny_run, tmp_path, name="run") -> str:
 
 def _array_files(workdir: str, step: int, item: str = "*") -> list[str]:
     """The files that hold a checkpoint's array data: the OCDBT data files of params and opt_state (or of `item`),
-    both the merged tree's (`ITEM/d`, where arrays of at most 1 KiB are held inline) and those each process wrote
-    (`ITEM/ocdbt.process_N/d`, the larger arrays' bytes)."""
+    both the merged tree's (`ITEM/d`) and each process's (`ITEM/ocdbt.process_N/d`). Values of at most 1 KiB (small
+    arrays, and the slices that the replicas of a replicated array each write) sit inline in tree nodes; a process's
+    files hold its larger values and its own tree, which is no longer read once merged. How the writes pack into
+    files varies from run to run, so a file's second half may hold nothing that is read."""
     item_dir = os.path.join(workdir, "checkpoints", str(step), item)
     files = sorted(glob.glob(os.path.join(item_dir, "d", "*")) + glob.glob(os.path.join(item_dir, "ocdbt.*", "d", "*")))
     held = sorted(glob.glob(os.path.join(item_dir, "**"), recursive=True))

@@ -126,7 +126,9 @@ def test_train_sample_and_evaluate_take_the_checkpoint_before_one_with_a_flipped
     assert sampled.stdout.startswith("--- sample 1 (step 10, 8 tokens")
     scored = run_module("lm.evaluate", "--workdir", workdir, "--cache_dir", cache_dir)
     assert scored.returncode == 0, scored.stderr
-    assert [line for line in scored.stderr.splitlines() if line.startswith("warning")] == lines
+    # The same warning; the array it names may differ, as the arrays are read concurrently.
+    warned = [line for line in scored.stderr.splitlines() if line.startswith("warning")]
+    assert len(warned) == 1 and warned[0].startswith(warning) and warned[0].endswith("reading the one before it")
     assert json.loads(scored.stdout)["step"] == 10
     explicit = run_module("lm.sample", "--workdir", workdir, "--step", "20", "--prompt", "a")
     one_line_error(explicit, "checkpoint 20", "is damaged", "read another --step of [10]")
@@ -409,8 +411,15 @@ def test_sigint_at_start_up_or_twice_in_a_save_is_one_line_and_exit_130(tmp_path
              for s in range(10, 41)]  # the second one came after the save had committed
     assert proc.returncode == 130 and len(stderr.strip().splitlines()) == 1, stderr
     assert stderr.strip() in [at_once, *saved], stderr
-    result = subprocess.run(cmd, cwd=ROOT, env=USER_ENV, capture_output=True, text=True, timeout=300)
-    assert result.returncode == 0 and "resuming at step" in result.stdout, result.stderr
+    # The rerun resumes; once its clean stop is said, another Ctrl-C only hurries the exit, with no second line.
+    resumed = lambda out: "/40" in out.partition("resuming at step")[2]  # noqa: E731 (a step logged after it)
+    proc, cmd, _ = start_training(workdir, cache_dir, resumed, "--config.train.steps=40",
+                                  "--config.checkpoint.every=1", "--config.train.log_every=10", poll=0.001)
+    proc.send_signal(signal.SIGINT)
+    said = proc.stderr.readline()
+    proc.send_signal(signal.SIGINT)
+    _, rest = proc.communicate(timeout=120)
+    assert said.strip() in saved and proc.returncode == 130 and not rest.strip(), said + rest
 
 
 def test_bad_input_is_one_line(tmp_path, cache_dir):

@@ -1,6 +1,6 @@
 """Ctrl-C where a command cannot stop cleanly (start-up, a save in flight, a second Ctrl-C): it stops at once,
 with one line and exit status 130, never a traceback. A training loop asks for a clean stop instead
-(lm/train/preemption.py)."""
+(lm/train/preemption.py); once that stop has been said, another Ctrl-C only hurries the exit."""
 
 import os
 import signal
@@ -15,9 +15,24 @@ MESSAGE = ("stopped at once by SIGINT (a checkpoint being written is dropped); r
 
 def stop_at_once(signum: int = signal.SIGINT, frame: FrameType | None = None) -> NoReturn:
     """Ends the process now: not after the threads of a save in flight, whose files never become a checkpoint."""
-    try:
-        sys.stdout.flush()
-    except (OSError, ValueError):
-        pass
+    _flush_stdout()
     os.write(2, (MESSAGE + "\n").encode())
     os._exit(EXIT_SIGINT)
+
+
+def stopped(status: int) -> None:
+    """Called once a clean stop has been said (its checkpoint committed): from then on Ctrl-C ends the process at
+    once with `status` and no second line, as nothing is left to drop."""
+
+    def hurry(signum: int, frame: FrameType | None) -> NoReturn:
+        _flush_stdout()
+        os._exit(status)
+
+    signal.signal(signal.SIGINT, hurry)
+
+
+def _flush_stdout() -> None:
+    try:
+        sys.stdout.flush()
+    except (OSError, ValueError):  # closed, or its reader gone
+        pass

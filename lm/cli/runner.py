@@ -56,6 +56,7 @@ def run(main: Callable[[Sequence[str]], None]) -> None:
             die(str(e))
         except Stopped as e:
             print(str(e), file=sys.stderr, flush=True)
+            interrupt.stopped(e.status)
             sys.exit(e.status)
         except KeyboardInterrupt:  # SIGINT in a process whose handler is Python's own
             interrupt.stop_at_once()

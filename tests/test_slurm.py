@@ -131,6 +131,8 @@ def test_a_sweep_on_slurm_names_its_failed_run_and_its_cancelled_and_requeued_ru
     assert a_data == b_data
     for x, y in zip(jax.tree.leaves(a), jax.tree.leaves(b), strict=True):  # parameters, Adam moments, step
         np.testing.assert_array_equal(x, y)
+    print(f"sweep on SLURM: cancelled after step {saved_at}, resumed at steps {resumed}, ended at {steps}; "
+          f"{len(jax.tree.leaves(a))} arrays equal to the bit; failed run's log {failed.group(2)}")
 
 
 def test_two_srun_tasks_of_lm_train_distributed_in_a_job_or_an_array_task_give_the_losses_of_one_process(

@@ -413,8 +413,8 @@ def test_sigint_at_start_up_or_twice_in_a_save_is_one_line_and_exit_130(tmp_path
     assert stderr.strip() in [at_once, *saved], stderr
     # The rerun resumes; once its clean stop is said, another Ctrl-C only hurries the exit, with no second line.
     resumed = lambda out: "/40" in out.partition("resuming at step")[2]  # noqa: E731 (a step logged after it)
-    proc, cmd, _ = start_training(workdir, cache_dir, resumed, "--config.train.steps=40",
-                                  "--config.checkpoint.every=1", "--config.train.log_every=10", poll=0.001)
+    proc, _, _ = start_training(workdir, cache_dir, resumed, "--config.train.steps=40",
+                                "--config.checkpoint.every=1", "--config.train.log_every=10", poll=0.001)
     proc.send_signal(signal.SIGINT)
     said = proc.stderr.readline()
     proc.send_signal(signal.SIGINT)

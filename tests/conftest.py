@@ -44,9 +44,17 @@ def train_command(workdir, cache_dir, *overrides) -> list[str]:
             "--config.train.eval_every=1000", f"--config.data.cache_dir={cache_dir}", *overrides]
 
 
-def start_training(workdir, cache_dir, ready, *overrides, poll=0.1):
-    """`train_command` in a subprocess, returned once `ready(its stdout so far)`: (process, command, stdout file)."""
-    cmd = train_command(workdir, cache_dir, *overrides)
+def signal_at(signal_name: str, moment: str, workdir, cache_dir, *overrides) -> list[str]:
+    """`train_command` run by tests/signal_at.py: the process sends itself SIGsignal_name at `moment` (see there)."""
+    return [sys.executable, os.path.join(ROOT, "tests", "signal_at.py"), signal_name, moment,
+            *train_command(workdir, cache_dir, *overrides)[2:]]
+
+
+def start_training(workdir, cache_dir, ready, *overrides, poll=0.1, wrapper=()):
+    """`train_command` in a subprocess, returned once `ready(its stdout so far)`: (process, command, stdout file).
+    `wrapper`: (signal name, moment) for tests/signal_at.py to run it."""
+    cmd = signal_at(*wrapper, workdir, cache_dir, *overrides) if wrapper else train_command(workdir, cache_dir,
+                                                                                             *overrides)
     out = f"{workdir}.{time.time_ns()}.out"
     with open(out, "w") as stdout:
         proc = subprocess.Popen(cmd, cwd=ROOT, env=USER_ENV, stdout=stdout, stderr=subprocess.PIPE, text=True)

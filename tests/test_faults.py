@@ -8,13 +8,22 @@ import os
 import shutil
 import signal
 import subprocess
-import time
+import sys
 
 import jax
 import ml_collections
 import numpy as np
 import pytest
-from conftest import ROOT, USER_ENV, char_tokenizer, one_line_error, run_module, start_training, train_command
+from conftest import (
+    ROOT,
+    USER_ENV,
+    char_tokenizer,
+    one_line_error,
+    run_module,
+    signal_at,
+    start_training,
+    train_command,
+)
 
 from lm import optim
 from lm.backends import select
@@ -329,6 +338,37 @@ def test_readers_read_the_newest_good_checkpoint_past_every_kind_of_damage(tiny_
     sampled = run_module("lm.sample", "--workdir", str(tmp_path / "garbage"), "--prompt", "a", "--max_new_tokens", "4")
     assert sampled.returncode == 0 and len(sampled.stderr.strip().splitlines()) == 1, sampled.stderr
     assert "(step 10, 4 tokens" in sampled.stdout
+    # Every array file gone fails many of orbax's reads at once: the reader leaves none of them running (their
+    # completions would land on a closed event loop, their errors be logged as never retrieved), in a program
+    # that hides nothing, as a user's own script calling the reader.
+    script = ("import jax, sys; from lm.checkpoint import reader; from lm.parallel import mesh; "
+              "layout = lambda run: mesh.make_layout({'data': 1, 'fsdp': 1, 'tensor': 1}, jax.devices()[:1]); "
+              "print(reader.read(sys.argv[1], None, layout).step)")
+    read = subprocess.run([sys.executable, "-c", script, str(tmp_path / "missing_array_file")], cwd=ROOT,
+                          env=USER_ENV, capture_output=True, text=True, timeout=300)
+    lines = [line for line in read.stderr.splitlines() if not line.startswith("WARNING:absl:Given directory is read")]
+    assert read.returncode == 0 and read.stdout == "10\n" and len(lines) == 1, read.stderr
+    assert lines[0].startswith(f"warning: checkpoint 20 in {tmp_path / 'missing_array_file'} is damaged (")
+
+
+def test_a_checkpoint_deleted_while_it_is_read_is_not_damage_the_reader_takes_the_newer_one(tiny_run, tmp_path,
+                                                                                              capsys):
+    """As a trainer does between a reader's listing and its reading: checkpoint 30 committed, then 20 deleted."""
+    workdir = _copy(tiny_run, tmp_path)
+    checkpoints = os.path.join(workdir, "checkpoints")
+    calls = []
+
+    def layout_for(run):  # called once the newest checkpoint's meta is read, before its arrays are
+        if not calls:
+            shutil.copytree(os.path.join(checkpoints, "20"), os.path.join(checkpoints, "30.tmp"))
+            os.rename(os.path.join(checkpoints, "30.tmp"), os.path.join(checkpoints, "30"))
+            shutil.rmtree(os.path.join(checkpoints, "20"))
+        calls.append(run)
+        return ONE_DEVICE(run)
+
+    capsys.readouterr()
+    assert reader.read(workdir, None, layout_for).step == 30
+    assert _stderr_lines(capsys) == [] and len(calls) == 2
 
 
 def test_a_reader_takes_a_committed_checkpoint_while_a_trainer_writes_and_deletes_them(tmp_path, cache_dir):
@@ -338,8 +378,8 @@ def test_a_reader_takes_a_committed_checkpoint_while_a_trainer_writes_and_delete
     trainer, _, _ = start_training(workdir, cache_dir, lambda _: len(os.listdir(workdir / "checkpoints")) >= 2
                                    if (workdir / "checkpoints").is_dir() else False, *overrides, poll=0.01)
     read = []
-    try:
-        while len(read) < 27 and trainer.poll() is None:
+    try:  # reads until the trainer has committed (and deleted) three more checkpoints than the first one read
+        while trainer.poll() is None and (len(read) < 2 or read[-1] < read[0] + 15):
             read.append(reader.read(str(workdir), None, ONE_DEVICE).step)
         sampled = run_module("lm.sample", "--workdir", str(workdir), "--prompt", "a", "--max_new_tokens", "4")
         alive = trainer.poll() is None
@@ -347,8 +387,8 @@ def test_a_reader_takes_a_committed_checkpoint_while_a_trainer_writes_and_delete
         trainer.send_signal(signal.SIGTERM)
         trainer.communicate(timeout=120)
     print(f"steps read while the trainer saved every 5 and kept 2: {read}")
-    assert len(read) == 27 and len(set(read)) > 1 and read == sorted(read)
-    assert alive and sampled.returncode == 0 and sampled.stderr == "", sampled.stderr
+    assert alive and read[-1] >= read[0] + 15 and read == sorted(read), read
+    assert sampled.returncode == 0 and sampled.stderr == "", sampled.stderr
 
 
 # 8. A read-only checkpoints folder; 9. a workdir that names where a reader writes.
@@ -389,28 +429,25 @@ def test_evaluate_writes_only_where_its_reader_says_and_names_the_data(tiny_run,
 
 def test_sigint_at_start_up_or_twice_in_a_save_is_one_line_and_exit_130(tmp_path, cache_dir):
     workdir = tmp_path / "run"
-    moments = {
-        "while importing": lambda out: time.sleep(1.0) or True,
-        "before the first step": lambda out: "starting at step 0" in out or "resuming at step" in out,
-    }
-    for moment, ready in moments.items():
-        proc, cmd, _ = start_training(workdir, cache_dir, ready, "--config.train.steps=500", poll=0.001)
-        proc.send_signal(signal.SIGINT)
-        _, stderr = proc.communicate(timeout=120)
-        assert proc.returncode == 130 and len(stderr.strip().splitlines()) == 1, (moment, stderr)
-    # Twice at once while every step saves: the second lands in the save the first asked for.
-    proc, cmd, _ = start_training(workdir, cache_dir, lambda out: "step     10/40" in out, "--config.train.steps=40",
-                                  "--config.checkpoint.every=1", "--config.train.log_every=10", poll=0.001)
-    proc.send_signal(signal.SIGINT)
-    time.sleep(0.2)  # (two sent at once reach Python's handler as one)
-    proc.send_signal(signal.SIGINT)
-    _, stderr = proc.communicate(timeout=120)
     at_once = ("stopped at once by SIGINT (a checkpoint being written is dropped); rerun the same command to resume "
                "from the last checkpoint")
-    saved = [f"stopped by SIGINT after step {s}; checkpoint {s} saved in {workdir}; rerun the same command to resume"
-             for s in range(10, 41)]  # the second one came after the save had committed
+    importing = subprocess.run(signal_at("INT", "import:jax", workdir, cache_dir, "--config.train.steps=500"),
+                               cwd=ROOT, env=USER_ENV, capture_output=True, text=True, timeout=300)
+    assert importing.returncode == 130 and importing.stderr.strip() == at_once, importing.stderr
+    proc, cmd, _ = start_training(workdir, cache_dir, lambda out: "starting at step 0" in out,
+                                  "--config.train.steps=500", poll=0.001)
+    proc.send_signal(signal.SIGINT)  # before the first step
+    _, stderr = proc.communicate(timeout=120)
     assert proc.returncode == 130 and len(stderr.strip().splitlines()) == 1, stderr
-    assert stderr.strip() in [at_once, *saved], stderr
+    # Twice while every step saves: the second lands in the save the first asked for, as it commits.
+    proc, cmd, _ = start_training(workdir, cache_dir, lambda out: "step     10/40" in out, "--config.train.steps=40",
+                                  "--config.checkpoint.every=1", "--config.train.log_every=10", poll=0.001,
+                                  wrapper=("INT", f"sigint-commit:{workdir / 'checkpoints'}"))
+    proc.send_signal(signal.SIGINT)
+    _, stderr = proc.communicate(timeout=120)
+    assert proc.returncode == 130 and stderr.strip() == at_once, stderr
+    saved = [f"stopped by SIGINT after step {s}; checkpoint {s} saved in {workdir}; rerun the same command to resume"
+             for s in range(10, 41)]
     # The rerun resumes; once its clean stop is said, another Ctrl-C only hurries the exit, with no second line.
     resumed = lambda out: "/40" in out.partition("resuming at step")[2]  # noqa: E731 (a step logged after it)
     proc, _, _ = start_training(workdir, cache_dir, resumed, "--config.train.steps=40",

@@ -20,6 +20,7 @@ import orbax.checkpoint as ocp
 
 from lm.checkpoint import integrity
 from lm.checkpoint.integrity import Damaged, fingerprint
+from lm.checkpoint.settled import settled_reads
 from lm.config import ModelConfig
 from lm.errors import DiskFull, UserError
 from lm.parallel.processes import global_max, sync
@@ -134,7 +135,7 @@ class Checkpointer:
         """The checksums written with checkpoint `step` ({} for a checkpoint written before they were)."""
         if not os.path.exists(os.path.join(self.path, str(step), "integrity")):
             return {}
-        return self.manager.restore(step, args=ocp.args.Composite(integrity=ocp.args.JsonRestore())).integrity
+        return self._restore(step, integrity=ocp.args.JsonRestore()).integrity
 
     def restore(self, step: int, abstract_state: TrainState, apart: bool = False
                 ) -> tuple[TrainState, dict[str, Any]]:
@@ -147,8 +148,8 @@ class Checkpointer:
             items = {"opt_state": {**opt_state, "params": abstract_state.params}}
         try:
             expected = self._integrity(step)
-            out = self.manager.restore(step, args=ocp.args.Composite(
-                **{k: ocp.args.StandardRestore(v) for k, v in items.items()}, data=ocp.args.JsonRestore()))
+            out = self._restore(step, **{k: ocp.args.StandardRestore(v) for k, v in items.items()},
+                                data=ocp.args.JsonRestore())
         except Exception as e:  # noqa: BLE001 (truncated or missing files fail in orbax or tensorstore)
             raise Damaged(first_line(e)) from e
         for item in items:
@@ -201,16 +202,20 @@ class Checkpointer:
         raise UserError(f"no checkpoint in {self.path} restores ({'; '.join(f'{b}: {w}' for b, w in damaged)}); "
                         "start a new --workdir")
 
+    def _restore(self, step: int, **items: Any) -> Any:
+        """orbax's restore of `items` at `step`; a read that fails leaves none of the others running."""
+        with settled_reads():
+            return self.manager.restore(step, args=ocp.args.Composite(**items))
+
     def meta(self, step: int) -> dict[str, Any]:
-        return self.manager.restore(step, args=ocp.args.Composite(meta=ocp.args.JsonRestore())).meta
+        return self._restore(step, meta=ocp.args.JsonRestore()).meta
 
     def params(self, step: int, abstract_params: Any, verify: bool = True) -> Any:
         """Parameters alone, restored onto the shardings of `abstract_params` (ShapeDtypeStructs); Damaged if
         they do not restore whole (`verify`: checked against their checksums and for finiteness)."""
         try:
             expected = self._integrity(step) if verify else {}
-            args = ocp.args.Composite(params=ocp.args.StandardRestore(abstract_params))
-            params = self.manager.restore(step, args=args).params
+            params = self._restore(step, params=ocp.args.StandardRestore(abstract_params)).params
         except Exception as e:  # noqa: BLE001 (truncated or missing files fail in orbax or tensorstore)
             raise Damaged(first_line(e)) from e
         if verify:

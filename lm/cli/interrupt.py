@@ -20,15 +20,29 @@ def stop_at_once(signum: int = signal.SIGINT, frame: FrameType | None = None) ->
     os._exit(EXIT_SIGINT)
 
 
-def stopped(status: int) -> None:
-    """Called once a clean stop has been said (its checkpoint committed): from then on Ctrl-C ends the process at
-    once with `status` and no second line, as nothing is left to drop."""
+def say_stopped(message: str, status: int) -> None:
+    """Says that a clean stop happened (its checkpoint committed); from then on Ctrl-C ends the process at once
+    with `status` and no second line, as nothing is left to drop. A Ctrl-C that lands while the line is being said
+    ends the process once it is said."""
+    saying, hurried = True, False
 
-    def hurry(signum: int, frame: FrameType | None) -> NoReturn:
-        _flush_stdout()
-        os._exit(status)
+    def hurry(signum: int, frame: FrameType | None) -> None:
+        nonlocal hurried
+        if saying:
+            hurried = True
+            return
+        _exit(status)
 
     signal.signal(signal.SIGINT, hurry)
+    print(message, file=sys.stderr, flush=True)
+    saying = False
+    if hurried:
+        _exit(status)
+
+
+def _exit(status: int) -> NoReturn:
+    _flush_stdout()
+    os._exit(status)
 
 
 def _flush_stdout() -> None:

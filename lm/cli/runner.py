@@ -55,8 +55,7 @@ def run(main: Callable[[Sequence[str]], None]) -> None:
         except UserError as e:
             die(str(e))
         except Stopped as e:
-            print(str(e), file=sys.stderr, flush=True)
-            interrupt.stopped(e.status)
+            interrupt.say_stopped(str(e), e.status)
             sys.exit(e.status)
         except KeyboardInterrupt:  # SIGINT in a process whose handler is Python's own
             interrupt.stop_at_once()

@@ -6,15 +6,20 @@ import os
 import re
 import shutil
 
+import flax.linen as nn
 import jax
+import numpy as np
 import pytest
-from conftest import ROOT, TINY, load_config, one_line_error, run_module, score_by_hand
+from conftest import ROOT, TINY, contents, load_config, one_line_error, run_module, score_by_hand
 
 from lm.backends import select
+from lm.bench import decode
 from lm.checkpoint import reader
+from lm.config import ModelConfig
 from lm.data import corpus
 from lm.parallel import mesh as shd
 from lm.parallel import placement
+from lm.parallel.placement import boxed_params
 from lm.sample import weights as formats
 from lm.sample.generate import generate
 
@@ -45,13 +50,16 @@ def test_bad_config_values_are_one_line(flags, message, tmp_path, cache_dir):
                               f"--config.data.cache_dir={cache_dir}", *flags), message)
 
 
-def test_a_workdir_of_another_model_or_tokenizer_is_one_line(tiny_run, cache_dir):
-    workdir, _ = tiny_run
+def test_a_workdir_of_another_model_or_tokenizer_is_one_line(tiny_run, cache_dir, tmp_path):
+    workdir = str(tmp_path / "run")
+    shutil.copytree(tiny_run[0], workdir)  # (a refusal that regressed would train this copy on)
+    before = contents(workdir)
     train = ("lm.train", "--config", TINY, "--workdir", workdir, f"--config.data.cache_dir={cache_dir}")
     one_line_error(run_module(*train, "--config.model.num_layers=3"),
                    f"{workdir} holds a checkpoint of another model (num_layers: saved 2, config 3)")
     one_line_error(run_module(*train, "--config.tokenizer.type=bpe"),
                    f"{workdir} holds a run trained with another tokenizer (type: saved 'char', config 'bpe')")
+    assert contents(workdir) == before | {"lock": contents(workdir)["lock"]}  # (the lock names the refused run)
 
 
 def test_a_checkpoint_with_an_older_optimizer_state_is_one_line_and_kept(tiny_run, cache_dir, tmp_path):
@@ -72,15 +80,16 @@ def test_a_checkpoint_with_an_older_optimizer_state_is_one_line_and_kept(tiny_ru
     assert metas and sorted(os.listdir(os.path.join(workdir, "checkpoints"))) == before
 
 
-def test_resuming_with_another_optimizer_is_one_line_and_keeps_the_checkpoints(tiny_run, cache_dir):
-    workdir = tiny_run[0]
-    before = sorted(os.listdir(os.path.join(workdir, "checkpoints")))
+def test_resuming_with_another_optimizer_is_one_line_and_keeps_the_checkpoints(tiny_run, cache_dir, tmp_path):
+    workdir = str(tmp_path / "run")
+    shutil.copytree(tiny_run[0], workdir)
+    before = contents(workdir)
     result = run_module("lm.train", "--config", TINY, "--workdir", workdir, f"--config.data.cache_dir={cache_dir}",
                         "--config.train.steps=30", "--config.optim.name=muon")
     one_line_error(result, f"{workdir} holds an optimizer state in another format ('optax: chain(clip_by_global_norm, "
                            "adamw)'; this run's is 'optax: chain(clip_by_global_norm, muon on *kernel)'); continue "
                            f"from its parameters with --config.init_from={workdir} and a new --workdir")
-    assert sorted(os.listdir(os.path.join(workdir, "checkpoints"))) == before
+    assert contents(workdir) == before | {"lock": contents(workdir)["lock"]}  # (the lock names the refused run)
 
 
 PRE_REDESIGN = os.path.join(os.path.dirname(__file__), "fixtures", "pre_redesign_run")
@@ -312,6 +321,25 @@ def test_bench_times_decoding_per_weight_format():
     assert all(float(t) > 0 and float(p) > 0 for _, _, t, p in rows)
     assert "of greedy tokens equal" in result.stdout and "copy bandwidth" in result.stdout
     assert "lm's model over 2 device(s)" in result.stdout
+
+
+def test_decode_bench_counts_the_weight_bytes_by_hand_and_decodes_the_tokens_asked():
+    """A GPT-2 style model (2 layers, width 16, 2 heads, MLP 32, 64 ids, context 32, tied head): the bytes one
+    decode step reads (the bandwidth bound's numerator), counted here from the shapes (the position table, read
+    one row a step, left out), per weight format; the timed decoder gives batch x new_tokens tokens."""
+    c = ModelConfig(vocab_size=64, max_len=32, num_layers=2, num_heads=2, embed_dim=16, mlp_dim=32)
+    params = jax.jit(lambda: nn.unbox(boxed_params(select.model(c), 0)))()
+    layer = 2 * 16 + 3 * (16 * 16 + 16) + (16 * 16 + 16) + 2 * 16 + (16 * 32 + 32) + (32 * 16 + 16)  # floats
+    floats = 2 * layer + 64 * 16 + 2 * 16  # layers, token table (the tied head), final norm: 5504
+    # int8: each matrix 1 byte a weight and a float32 scale per output channel (per row for the table); norms and
+    # biases stay float32.
+    int8_layer = 4 * 2 * 16 + 3 * (256 + 4 * 16 + 4 * 16) + (256 + 4 * 16 + 4 * 16) + 4 * 2 * 16 + \
+        (512 + 4 * 32 + 4 * 32) + (512 + 4 * 16 + 4 * 16)
+    want = {"none": 4 * floats, "bfloat16": 2 * floats, "int8": 2 * int8_layer + 64 * 16 + 4 * 64 + 4 * 2 * 16,
+            "int8_dynamic": 2 * int8_layer + 64 * 16 + 4 * 64 + 4 * 2 * 16}
+    got = {f: decode.weight_bytes_per_token(c, formats.convert(params, f)) for f in want}
+    assert got == want
+    assert np.asarray(decode.lm_decoder(c, params, 3, 4, 6)()).shape == (3, 6)  # batch 3, 6 new tokens
 
 
 def test_commands_keep_compiled_programs_in_the_cache_under_home_and_a_second_run_reads_them(tmp_path, cache_dir):

@@ -12,6 +12,7 @@ import jax
 import numpy as np
 import pytest
 import sentencepiece as spm
+from conftest import wide_params
 from fixtures import lm_export_source
 from safetensors.numpy import load_file
 
@@ -118,8 +119,11 @@ def test_greedy_decoding_gives_the_tokens_of_transformers_generate(fixture, tmp_
 def test_convert_cli_and_its_errors(tmp_path):
     run = lambda *a: subprocess.run([sys.executable, "-m", "lm.convert", *a], cwd=ROOT, capture_output=True,  # noqa: E731
                                     text=True, timeout=300)
-    ok = run("--hf_dir", FIXTURE, "--workdir", str(tmp_path / "w"))
+    ok = run("--hf_dir", FIXTURE, "--workdir", str(tmp_path / "w"), "--noscan_layers")
     assert ok.returncode == 0 and "imported a 2-layer model" in ok.stdout, ok.stderr
+    ckpt, step, c, _, _ = open_run(str(tmp_path / "w"))
+    assert not c.scan_layers and {"block_0", "block_1"} <= set(ckpt.params(step, placement.abstract_params(
+        select.model(c), shd.make_layout({"data": 1, "fsdp": 1, "tensor": 1}, jax.devices()[:1]))))  # unrolled
     again = run("--hf_dir", FIXTURE, "--workdir", str(tmp_path / "w"))
     assert again.returncode == 2 and again.stderr.strip().splitlines() == [again.stderr.strip()]
     assert "already holds checkpoints" in again.stderr
@@ -157,3 +161,16 @@ def test_imported_gpt2_with_its_tokenizer_writes_the_greedy_text_of_transformers
     exported, original = (json.load(open(os.path.join(d, "config.json"))) for d in (tmp_path / "hf", BPE_FIXTURE))
     assert [exported[k] for k in ("bos_token_id", "eos_token_id")] == [original[k] for k in ("bos_token_id",
                                                                                              "eos_token_id")]
+
+
+def test_export_writes_the_checkpoint_step_asks_for(wide_run, tmp_path):
+    """wide_run holds checkpoints 1 and 2 of conftest.wide_params (seeds 1 and 3): `--step 1` exports the first's
+    tensors, not the latest's."""
+    done = subprocess.run([sys.executable, "-m", "lm.convert", "--workdir", wide_run, "--export", str(tmp_path / "hf"),
+                           "--step", "1"], cwd=ROOT, capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0 and "as llama" in done.stdout, done.stderr
+    c = open_run(wide_run)[2]
+    got, want, latest = load_file(str(tmp_path / "hf" / "model.safetensors")), wide_params(c, 1), wide_params(c, 3)
+    np.testing.assert_array_equal(got["model.embed_tokens.weight"], want["token_embedding"])
+    np.testing.assert_array_equal(got["lm_head.weight"], want["lm_head"].T)
+    assert not np.array_equal(want["lm_head"], latest["lm_head"])

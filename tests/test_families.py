@@ -73,6 +73,29 @@ def test_the_options_each_family_needs_come_from_its_config(tmp_path):
                     "qwen3": (2, 16, False, True, 0, False, "none"), "mistral": (1, 8, False, False, 8, False, "none")}
 
 
+LLAMA3_ROPE = {"rope_theta": 500000.0, "rope_scaling": "llama3", "rope_factor": 8.0, "rope_low_freq_factor": 1.0,
+               "rope_high_freq_factor": 4.0, "rope_original_max_len": 32}  # the Llama fixture's config.json
+
+
+def test_a_config_json_of_transformers_before_5_keeps_its_rope_scaling(tmp_path):
+    """transformers < 5 writes `rope_theta` at the top and the scaling under `rope_scaling` (older still: "type"
+    for "rope_type"); an import of either form has the RoPE settings of the fixture's `rope_parameters`."""
+    from lm.convert import llama
+
+    hf = _copy("llama", tmp_path)
+    config = json.load(open(hf / "config.json"))
+    scaling = {k: v for k, v in config.pop("rope_parameters").items() if k != "rope_theta"}
+    json.dump({**config, "rope_theta": 500000.0, "rope_scaling": scaling}, open(hf / "config.json", "w"))
+    import_hf(str(hf), str(tmp_path / "w"))
+    c = reader.open_run(str(tmp_path / "w"))[2]
+    assert {k: getattr(c, k) for k in LLAMA3_ROPE} == LLAMA3_ROPE
+    scaling["type"] = scaling.pop("rope_type")
+    c = llama.model_config({**config, "rope_theta": 500000.0, "rope_scaling": scaling})
+    assert {k: getattr(c, k) for k in LLAMA3_ROPE} == LLAMA3_ROPE
+    c = llama.model_config({**config, "rope_theta": 1e6})  # no scaling at all: the plain RoPE of that base
+    assert (c.rope_theta, c.rope_scaling) == (1e6, "none")
+
+
 @pytest.mark.parametrize("attention", ["xla", "cpu", "reference"])
 def test_every_attention_implementation_honours_the_sliding_window(attention, tmp_path):
     """Mistral's window (8) is shorter than the inputs (40): each implementation gives transformers' logits."""

@@ -1,6 +1,7 @@
 """Model options: attention implementations, grouped-query heads, scan, remat, accumulation, precision."""
 
 import dataclasses
+import math
 import re
 
 import flax.linen as nn
@@ -8,9 +9,11 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
+from conftest import wide_params
 
 from lm.backends import cpu_attention, select
 from lm.config import ModelConfig
+from lm.model import layers
 from lm.model.attention import attention_mask, reference_attention
 from lm.model.transformer import init_cache
 from lm.parallel.placement import boxed_params
@@ -205,3 +208,90 @@ def test_bfloat16_compute_keeps_float32_parameters_and_logits():
     assert 2**-8 * scale / 10 < err < 2**-8 * scale * 4, (err, scale)
     loss, grads = jax.jit(lambda p, b: loss_and_grads(select.model(cfg), p, b))(params, batch)
     assert np.isfinite(loss) and all(g.dtype == jnp.float32 for g in jax.tree.leaves(grads))
+
+
+def _jaxpr(cfg):
+    """The traced forward pass of a model of `cfg` on 8 tokens, as text (nothing is compiled or run)."""
+    model = select.model(cfg)
+    params = jax.eval_shape(lambda: nn.unbox(boxed_params(model, 0)))
+    tokens = jnp.zeros((1, 8), jnp.int32)
+    return str(jax.make_jaxpr(lambda p: model.apply({"params": p}, tokens, tokens + jnp.arange(8), tokens + 1))(params))
+
+
+@pytest.mark.parametrize("cfg,norms", [(GPT2, 2 * 2 + 1), (LLAMA, 4 * 2 + 1)], ids=["layernorm", "rmsnorm_qk_norm"])
+def test_norm_eps_reaches_every_norm(cfg, norms):
+    """Each norm adds norm_eps to its variance: 2 per layer and the final one, and the query and key norms of
+    QK-norm (2 more per layer), in the unrolled model of 2 layers. (15/128 is exact in float32 and no other
+    constant of the model.)"""
+    cfg = dataclasses.replace(cfg, norm_eps=15 / 128, scan_layers=False)
+    assert len(re.findall(r"= add \w+ 0\.1171875:f32\[\]", _jaxpr(cfg))) == norms
+
+
+def test_scan_unroll_sets_the_layers_per_iteration_of_the_scanned_loop():
+    """1 and 2 layers per iteration, and 0 for all of them (4)."""
+    cfg = dataclasses.replace(GPT2, num_layers=4)
+    for unroll, want in ((1, 1), (2, 2), (0, 4)):
+        text = _jaxpr(dataclasses.replace(cfg, scan_unroll=unroll))
+        assert re.findall(r"\bunroll=(\w+)", text) == [str(want)] and "length=4" in text, unroll
+
+
+@pytest.mark.parametrize("cfg", [GPT2, LLAMA], ids=["gpt2", "llama"])
+def test_param_dtype_is_the_dtype_of_every_parameter(cfg):
+    """bfloat16 parameters: embeddings, kernels, biases and norm scales alike (GPT-2: learned positions, biases,
+    LayerNorm; Llama: an untied head, QK-norm)."""
+    params = jax.eval_shape(lambda: nn.unbox(boxed_params(select.model(dataclasses.replace(
+        cfg, param_dtype="bfloat16")), 0)))
+    leaves = jax.tree_util.tree_leaves_with_path(params)
+    assert len(leaves) > 10 and {x.dtype for _, x in leaves} == {jnp.dtype(jnp.bfloat16)}, leaves
+
+
+def _llama3_reference(freqs, factor, low_freq_factor, high_freq_factor, old_context_len):
+    """Llama 3.1's frequency scaling, one frequency at a time (Meta's `apply_scaling`)."""
+    low_freq_wavelen, high_freq_wavelen = old_context_len / low_freq_factor, old_context_len / high_freq_factor
+    out = []
+    for freq in freqs:
+        wavelen = 2 * math.pi / freq
+        if wavelen < high_freq_wavelen:
+            out.append(freq)
+        elif wavelen > low_freq_wavelen:
+            out.append(freq / factor)
+        else:
+            smooth = (old_context_len / wavelen - low_freq_factor) / (high_freq_factor - low_freq_factor)
+            out.append((1 - smooth) * freq / factor + smooth * freq)
+    return out
+
+
+def test_llama3_rope_frequencies_are_those_of_the_reference_scaling():
+    """A head of 32 at theta 10000, wavelengths 6.3 to 4e4, against a context of 256 / 2 and / 6: some kept, some
+    blended, the rest stretched by 3."""
+    base = [10000.0 ** (-i / 32) for i in range(0, 32, 2)]
+    want = _llama3_reference(base, 3.0, 2.0, 6.0, 256)
+    kinds = [w == f for w, f in zip(want, base, strict=True)], [w == f / 3 for w, f in zip(want, base, strict=True)]
+    assert sum(kinds[0]) >= 3 and sum(kinds[1]) >= 3 and len(want) - sum(kinds[0]) - sum(kinds[1]) >= 2
+    got = layers.rope_frequencies(32, 10000.0, "llama3", 3.0, 2.0, 6.0, 256)
+    np.testing.assert_allclose(got, want, rtol=1e-6)
+    np.testing.assert_allclose(layers.rope_frequencies(32, 10000.0), base, rtol=1e-6)
+
+
+def test_every_llama3_rope_key_reaches_the_model():
+    """Two cases where Llama 3 scaling is plain RoPE by construction: every wavelength stretched by 2 (each above
+    rope_original_max_len / rope_low_freq_factor = 16 / 4), the plain model's logits at positions 0..7 are the
+    scaled model's at 0, 2, ..14; and none stretched (theta 2: wavelengths 6.3 to 10.6, each below 24 / 2), the
+    same logits at the same positions. Each key left at its default breaks one of them."""
+    plain = dataclasses.replace(LLAMA, qk_norm=False, num_layers=1)  # head width 8, theta 10000
+    params = wide_params(plain, 0)  # attention that hangs on the positions (see conftest.wide_params)
+    tokens = np.random.default_rng(4).integers(0, 64, (2, 8))
+    ones = np.ones_like(tokens)
+
+    def logits(c, positions):
+        return np.asarray(jax.jit(select.model(c).apply)({"params": params}, tokens, positions, ones))
+
+    steps = np.tile(np.arange(8), (2, 1))
+    stretched = dataclasses.replace(plain, rope_scaling="llama3", rope_factor=2.0, rope_original_max_len=16,
+                                    rope_low_freq_factor=4.0, rope_high_freq_factor=8.0)
+    np.testing.assert_allclose(logits(stretched, 2 * steps), logits(plain, steps), atol=1e-5)
+    slow = dataclasses.replace(plain, rope_theta=2.0)
+    kept = dataclasses.replace(slow, rope_scaling="llama3", rope_factor=2.0, rope_original_max_len=24,
+                               rope_low_freq_factor=1.0, rope_high_freq_factor=2.0)
+    np.testing.assert_allclose(logits(kept, steps), logits(slow, steps), atol=1e-5)
+    assert np.abs(logits(plain, 2 * steps) - logits(plain, steps)).max() > 0.1  # the positions do matter

@@ -2,15 +2,17 @@
 
 import dataclasses
 import functools
+import json
 
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
-from conftest import wide_params
+from conftest import run_module, wide_params
 
 from lm.backends import select
+from lm.checkpoint import reader
 from lm.config import ModelConfig
 from lm.model.transformer import init_cache
 from lm.parallel import mesh as shd
@@ -180,3 +182,27 @@ def test_tensor_parallel_sampling_gives_the_tokens_of_one_device():
     with layout.scope():
         sharded = generate(split, cfg, _Chars(), ["abc", "hello"], **kw)
     assert sharded == alone and len({r["sample"] for r in alone}) > 1
+
+
+def test_the_sample_command_samples_with_the_settings_its_flags_give(wide_run):
+    """`lm.sample` with --temperature, --top_k, --top_p, --seed and --max_new_tokens away from their defaults
+    writes the samples generate() draws here with those settings from the latest checkpoint; each setting changed
+    alone draws others. (The shapes of test_cli's sampling tests: their compiled programs serve here.)"""
+    settings = dict(max_new_tokens=40, temperature=0.7, top_k=5, top_p=0.9, seed=11)
+    done = run_module("lm.sample", "--workdir", wide_run, "--prompt", "ROMEO:", "--prompt", "KING:", "--format",
+                      "jsonl", *(f"--{k}={v}" for k, v in settings.items()))
+    assert done.returncode == 0, done.stderr
+    ckpt, step, c, tok, _ = reader.open_run(wide_run)
+    assert step == 2
+    layout = shd.make_layout({"data": 1, "fsdp": 1, "tensor": 1}, jax.devices()[:1])
+    params = ckpt.params(step, placement.abstract_params(select.model(c), layout))
+
+    def drawn(**changes):
+        return generate(params, c, tok, ["ROMEO:", "KING:"], **{**settings, **changes})
+
+    want = drawn()
+    assert [json.loads(line) for line in done.stdout.strip().splitlines()] == want
+    assert [r["prompt"] for r in want] == ["ROMEO:", "KING:"]
+    assert all(r["tokens"] == 40 and r["stop_reason"] == "length" for r in want)  # no EOS in 40 tokens here
+    for change in ({"seed": 12}, {"temperature": 0.8}, {"top_k": 50}, {"top_p": 1.0}):  # the defaults (seed: +1)
+        assert drawn(**change) != want, change

@@ -17,7 +17,7 @@ import pytest
 from conftest import ROOT, TEST_XLA_FLAGS, TINY, USER_ENV
 
 from lm import config as config_lib
-from lm.errors import UserError
+from lm.errors import Stopped, UserError
 from lm.plot import figure
 from lm.sweep import experiment, slurm
 
@@ -83,6 +83,25 @@ def test_dry_run_commands_run_a_sweep_resumes_and_finishes_its_runs_and_a_rerun_
     after = _mtimes(os.path.join(root, "two_lrs"))
     assert {p: t for p, t in after.items() if "/results." not in p and not p.endswith("loss.png")} == \
         {p: t for p, t in before.items() if "/results." not in p and not p.endswith("loss.png")}  # nothing retrained
+
+
+def test_a_failing_run_stops_a_local_sweep_with_its_exit_status_and_starts_no_later_run(tmp_path, cache_dir, capfd,
+                                                                                         monkeypatch):
+    """docs/reference.md: here, a run that fails stops the sweep with its exit status (lm.train's 2 for a config
+    value it refuses), and a rerun goes on from it; the run after it is not started."""
+    monkeypatch.setenv("XLA_FLAGS", TEST_XLA_FLAGS)
+    path = tmp_path / "bad_norm.py"
+    path.write_text(f"BASE = {TINY!r}\nFIXED = {{'data.cache_dir': {cache_dir!r}, 'train.steps': 2}}\n"
+                    "def sweep(add):\n    add({'model.norm': 'bogus'})\n    add({'optim.lr': 0.001})\n")
+    root = tmp_path / "runs"
+    with pytest.raises(Stopped) as stopped:
+        experiment.run(str(path), str(root))
+    assert stopped.value.status == 2
+    assert "run model.norm=bogus ended with exit status 2; rerun the sweep" in str(stopped.value)
+    captured = capfd.readouterr()
+    assert "[1/2] model.norm=bogus: training in" in captured.out and "[2/2]" not in captured.out, captured.out
+    assert "config.model.norm must be one of ('layernorm', 'rmsnorm'), got 'bogus'" in captured.err  # lm.train's line
+    assert not (root / "bad_norm" / "optim.lr=0.001").exists() and not (root / "bad_norm" / "results.md").exists()
 
 
 @pytest.mark.parametrize("path", sorted(p for p in glob.glob(os.path.join(ROOT, "experiments", "*.py"))

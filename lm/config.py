@@ -95,8 +95,8 @@ def defaults() -> ml_collections.ConfigDict:
     c.seed = 0  # parameters' initialization and the data order
     c.init_from = ""  # 'WORKDIR' or 'WORKDIR:STEP': start from that run's parameters and tokenizer ('' = from scratch)
     c.data = dict(
-        path="",  # text, JSONL (.jsonl, .jsonl.gz) or Parquet files: a file, folder or glob; a prepared folder
-        # (lm.prepare); or token files (.bin) read in place ('' = the bundled tiny Shakespeare)
+        path="",  # text, JSONL (.jsonl, .jsonl.gz, .json.gz) or Parquet files: a file, folder or glob; a prepared
+        # folder (lm.prepare); or token files (.bin) read in place ('' = the bundled tiny Shakespeare)
         mixture="",  # several corpora with weights instead of path: 'PATH:WEIGHT,PATH:WEIGHT'
         format="auto",  # auto (by extension) | text | jsonl | jsonl.gz | parquet
         text_key="text",  # the JSONL field, Parquet column (or TFDS feature) that holds a document's text

@@ -297,15 +297,22 @@ class LmTestQuotes(tfds.core.GeneratorBasedBuilder):
 
 def test_a_tfds_dataset_prepared_as_array_record_trains_by_name(tmp_path, cache_dir):
     data_dir = str(tmp_path / "tensorflow_datasets")
-    LmTestQuotes(data_dir=data_dir, file_format="array_record").download_and_prepare()
+    d = data(cache_dir, tfds_name="lm_test_quotes", tfds_data_dir=data_dir, text_key="sentence")
+    with pytest.raises(UserError, match=f"^TFDS dataset lm_test_quotes is not prepared in {data_dir}; prepare it"):
+        corpus.resolve(d)
+    corpus.resolve({**d, "tfds_download": True})  # prepared from its code (a catalog dataset: downloaded first)
+    assert LmTestQuotes(data_dir=data_dir, file_format="array_record").is_prepared()
     train = ("lm.train", "--config", TINY, "--config.train.steps=2", f"--config.data.tfds_data_dir={data_dir}",
              f"--config.data.cache_dir={cache_dir}")
     result = run_module(*train, "--workdir", str(tmp_path / "run"), "--config.data.tfds_name=lm_test_quotes",
                         "--config.data.text_key=sentence")  # read from its files alone, as a catalog dataset is
     assert result.returncode == 0 and "val loss" in result.stdout, result.stderr
-    d = data(cache_dir, tfds_name="lm_test_quotes", tfds_data_dir=data_dir, text_key="sentence")
-    assert sorted(documents(d, "validation")) == sorted(f"Quote {i}: to be or not to be, that is the question."
-                                                        for i in range(300, 330))  # the test split
+    quotes = [f"Quote {i}: to be or not to be, that is the question." for i in range(330)]
+    assert sorted(documents(d, "validation")) == sorted(quotes[300:])  # the test split
+    d = {**d, "tfds_validation_split": "train"}  # config.data.tfds_validation_split names another
+    assert sorted(documents(d, "validation")) == sorted(quotes[:300])
+    with pytest.raises(UserError, match="^TFDS dataset lm_test_quotes has no split 'dev' .it has train, test.; set"):
+        corpus.resolve({**d, "tfds_validation_split": "dev"})
     one_line_error(run_module(*train, "--workdir", str(tmp_path / "w"), "--config.data.tfds_name=lm_test_quotes"),
                    "TFDS dataset lm_test_quotes has no feature 'text' (it has id, sentence); set config.data.text_key")
     one_line_error(run_module(*train, "--workdir", str(tmp_path / "w"), "--config.data.tfds_name=lm1bb"),

@@ -6,7 +6,6 @@ import os
 import signal
 import subprocess
 import sys
-import time
 
 import numpy as np
 import pytest
@@ -47,31 +46,30 @@ def test_preparation_in_parallel_writes_what_one_process_writes(tmp_path, monkey
 
 
 def test_a_preparation_killed_and_run_again_writes_the_same_shards(tmp_path, cache_dir):
-    """SIGKILL to `lm.prepare` (and its worker processes) part way; the same command again finishes it, keeping
-    the finished tasks, and every shard and the manifest are those of a preparation never interrupted."""
+    """SIGKILL to `lm.prepare` as it records task 30 finished (its shards written, its record not); the same
+    command again, with 2 worker processes, finishes it, keeping the finished tasks and task 30's shards, and every
+    shard and the manifest are those of a preparation never interrupted."""
     folder = tmp_path / "corpus"
     folder.mkdir()
     for i in range(300):  # a task per file
         (folder / f"{i:03d}.txt").write_text(TEXT[i * 3000:i * 3000 + 40_000])
-    cmd = [sys.executable, "-m", "lm.prepare", "--config", TINY, f"--config.data.path={folder}",
-           f"--config.data.cache_dir={cache_dir}", "--workers", "2", "--out"]
-    whole = subprocess.run([*cmd, str(tmp_path / "whole")], cwd=ROOT, env=USER_ENV, capture_output=True, text=True,
-                           timeout=300)
+    args = ["lm.prepare", "--config", TINY, f"--config.data.path={folder}", f"--config.data.cache_dir={cache_dir}",
+            "--out"]
+    whole = subprocess.run([sys.executable, "-m", *args, str(tmp_path / "whole"), "--workers", "2"], cwd=ROOT,
+                           env=USER_ENV, capture_output=True, text=True, timeout=300)
     assert whole.returncode == 0, whole.stderr
     killed = tmp_path / "killed"
-    proc = subprocess.Popen([*cmd, str(killed)], cwd=ROOT, env=USER_ENV, stdout=subprocess.DEVNULL,
-                            stderr=subprocess.DEVNULL, start_new_session=True)
-    deadline = time.time() + 120
-    while not (killed / "tasks").is_dir() or len([n for n in os.listdir(killed / "tasks") if n.endswith(".json")]) < 30:
-        assert proc.poll() is None and time.time() < deadline, "the preparation ended before it was killed"
-        time.sleep(0.005)
-    os.killpg(proc.pid, signal.SIGKILL)  # the command and its workers (one process group)
-    proc.wait()
-    done = len([n for n in os.listdir(killed / "tasks") if n.endswith(".json")])  # (not a record half written)
-    assert not (killed / prepare.MANIFEST).exists() and 30 <= done < 300
-    again = subprocess.run([*cmd, str(killed)], cwd=ROOT, env=USER_ENV, capture_output=True, text=True, timeout=300)
+    record = killed / "tasks" / "00030.json"
+    proc = subprocess.run([sys.executable, os.path.join(ROOT, "tests", "signal_at.py"), "KILL", f"commit:{record}",
+                           *args, str(killed), "--workers", "1"], cwd=ROOT, env=USER_ENV, capture_output=True,
+                          text=True, timeout=300)
+    assert proc.returncode == -signal.SIGKILL, proc.stderr
+    assert sorted(os.listdir(killed / "tasks")) == [f"{i:05d}.json" for i in range(30)] + ["00030.json.tmp"]
+    assert (killed / "00030-0000").is_dir() and not (killed / prepare.MANIFEST).exists()
+    again = subprocess.run([sys.executable, "-m", *args, str(killed), "--workers", "2"], cwd=ROOT, env=USER_ENV,
+                           capture_output=True, text=True, timeout=300)
     assert again.returncode == 0, again.stderr
-    assert f"{300 - done} of 300 tasks to do" in again.stdout, again.stdout
+    assert "270 of 300 tasks to do" in again.stdout, again.stdout
     want = checksums(tmp_path / "whole")
     assert len(want) == 300 * 4 + 1 and checksums(killed) == want
 
@@ -107,13 +105,14 @@ def test_damaged_or_another_tokenizers_shards_are_one_line(tmp_path, cache_dir):
         corpus.resolve(d)[0], tok, d)["train"], 33, whole=True).rows([0])["tokens"][0])
 
 
-def test_a_run_whose_files_changed_since_preparation_stops_and_resumes_once_they_are_back(tiny_config, tmp_path):
+def test_a_run_whose_files_changed_since_preparation_stops_and_resumes_once_they_are_back(tiny_config, tmp_path,
+                                                                                         capsys):
     text = tmp_path / "c.txt"
     text.write_text(TEXT[:200_000])
     stat = os.stat(text)
     cfg = tiny_config.copy_and_resolve_references()
     cfg.data.path = str(text)
-    cfg.train.update(steps=2, eval_every=2)
+    cfg.train.update(steps=2, eval_every=2, log_every=1)
     cfg.checkpoint.every = 2
     workdir = str(tmp_path / "run")
     train(cfg, workdir)
@@ -124,4 +123,8 @@ def test_a_run_whose_files_changed_since_preparation_stops_and_resumes_once_they
         train(cfg, workdir)
     text.write_text(TEXT[:200_000])
     os.utime(text, ns=(stat.st_atime_ns, stat.st_mtime_ns))  # as it was
-    assert train(cfg, workdir)["loss"] > 0
+    capsys.readouterr()
+    train(cfg, workdir)
+    out = capsys.readouterr().out  # from the step after the checkpoint (every step logged), none before it
+    assert "resuming at step 2" in out and "step      3/4" in out and "step      4/4" in out, out
+    assert "step      1/" not in out and "step      2/" not in out, out

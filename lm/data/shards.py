@@ -179,7 +179,8 @@ class Prepared:
 
 def token_files(path: str, dtype: str, eot_id: int, vocab_size: int, validation_fraction: float) -> dict:
     """Raw token files read in place: {split: [Piece]}. `path` is a .bin file or a folder of them; files with
-    'val' in their name are the validation split, else the last `validation_fraction` of the tokens is."""
+    'val' in their name are the validation split, else the last `validation_fraction` of all the tokens (of the
+    last files, in name order) is."""
     files = [path] if os.path.isfile(path) else sorted(glob.glob(os.path.join(path, "*.bin")))
     if not files:
         raise UserError(f"{path} holds no .bin token files")
@@ -192,11 +193,16 @@ def token_files(path: str, dtype: str, eot_id: int, vocab_size: int, validation_
         n = os.path.getsize(f) // size
         split = "validation" if "val" in os.path.basename(f) else "train"
         pieces[split].append(Piece(f, 0, n, vocab_size, dtype=dtype, eot_id=eot_id))
-    if not pieces["validation"]:
+    held = 0 if pieces["validation"] else int(sum(p.end - p.start for p in pieces["train"]) * validation_fraction)
+    while held:  # the last `validation_fraction` of all the tokens, from the last file back
         last = pieces["train"][-1]
-        cut = last.end - int((last.end - last.start) * validation_fraction)
-        pieces["validation"] = [Piece(last.path, cut, last.end, vocab_size, dtype=dtype, eot_id=eot_id)]
-        last.end = cut
+        take = min(held, last.end - last.start)
+        if take:
+            pieces["validation"].insert(0, Piece(last.path, last.end - take, last.end, vocab_size, dtype=dtype,
+                                                 eot_id=eot_id))
+        last.end, held = last.end - take, held - take
+        if last.end == last.start:  # (an empty file, or all of it validation)
+            pieces["train"].pop()
     for split in SPLITS:
         if not sum(p.end - p.start for p in pieces[split]):
             raise UserError(f"the token files at {path} have no {split} tokens; add some")

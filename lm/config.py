@@ -143,7 +143,7 @@ def defaults() -> ml_collections.ConfigDict:
         min_lr=1e-4,  # reached at the last step by the decay (cosine, linear, or wsd's cooldown)
         warmup_steps=100,  # steps of the linear warmup from 0
         schedule="cosine",  # after the warmup: cosine | wsd (warmup-stable-decay) | linear | constant
-        cooldown_steps=0,  # wsd: the last steps, decaying from lr to min_lr (0: 20% of train.steps)
+        cooldown_steps=0,  # wsd: the last steps, decaying from lr to min_lr (0: 20% of the schedule's steps)
         cooldown="linear",  # wsd: the cooldown's shape, linear | 1-sqrt
         schedule_steps=0,  # steps the schedule spans (0: train.steps); past train.steps, a wsd run stops stable
         b1=0.9,  # passed to optimizers that take it, as b2 and weight_decay

@@ -3,6 +3,7 @@ multiple choice and cloze requests packed many to a row exactly as `transformers
 logits (tests/fixtures/tasks, made by tests/fixtures/make_task_fixture.py); bad task files are one line each."""
 
 import json
+import math
 import os
 import signal
 import subprocess
@@ -12,6 +13,7 @@ import jax
 import numpy as np
 import pytest
 from conftest import USER_ENV, start_training, train_command
+from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
 from lm.backends import select
 from lm.checkpoint import reader
@@ -43,22 +45,26 @@ def _expected():
         return json.load(f)["scores"]
 
 
-def _by_hand(scores):
-    """Each task's accuracy from per-request scores, in the order the fixture's tasks list them."""
+def _by_hand(scores, first=None):
+    """Each task's accuracy from per-request scores, in the order the fixture's tasks list them; on the `first`
+    examples of each task if given."""
     it = iter(scores)
     out = {}
     with open(os.path.join(TASKS, "pairs.jsonl")) as f:
         pairs = [json.loads(line) for line in f]
-    out["pairs"] = np.mean([next(it)["ll"] > next(it)["ll"] for _ in pairs])
+    out["pairs"] = np.mean([next(it)["ll"] > next(it)["ll"] for _ in pairs][:first])
     with open(os.path.join(TASKS, "choice.jsonl")) as f:
         choice = [json.loads(line) for line in f]
-    raw, per_char = [], []
+    raw, per_char, per_token = [], [], []
     for e in choice:
         got = [next(it) for _ in e["choices"]]
         raw.append(np.argmax([g["ll"] for g in got]) == e["answer"])
         per_char.append(np.argmax([g["ll"] / len(c) for g, c in zip(got, e["choices"], strict=True)]) == e["answer"])
-    out["choice"], out["choice_char"] = np.mean(raw), np.mean(per_char)
-    out["cloze"] = np.mean([s["greedy"] for s in it])
+        per_token.append(np.argmax([g["ll"] / g["tokens"] for g in got]) == e["answer"])
+    out["choice"], out["choice_char"], out["choice_token"] = (np.mean(x[:first]) for x in (raw, per_char, per_token))
+    cloze = list(it)[:first]
+    out["cloze"] = np.mean([s["greedy"] for s in cloze])
+    out["cloze_ppl"] = np.exp(-sum(s["ll"] for s in cloze) / sum(s["tokens"] for s in cloze))
     return out
 
 
@@ -80,6 +86,32 @@ def test_packed_scores_are_those_transformers_gives_each_request_alone(gpt2, bat
     scored = tasks_lib.score_tasks(token_scores, params, tasks, encoded, c.max_len, batch_size, layout)["tasks"]
     assert scored["pairs"]["acc"] == hand["pairs"] and scored["choice"]["acc"] == hand["choice"]
     assert scored["choice"]["acc_char"] == hand["choice_char"] and scored["cloze"]["acc"] == hand["cloze"] == 4 / 14
+    assert scored["choice"]["acc_token"] == hand["choice_token"] == 6 / 12 != hand["choice_char"]
+    assert scored["cloze"]["ppl"] == pytest.approx(hand["cloze_ppl"], rel=1e-5)
+
+
+def test_each_metric_of_a_task_is_its_rule_applied_to_the_scores_of_its_requests():
+    """Scores (log-likelihood, greedy, tokens) chosen so the rules disagree: of a multiple choice example's three
+    choices the first has the highest log-likelihood (-2 against -4 and -3), the second the highest per character
+    (-4 over 16 characters: -0.25, against -1 and -0.5) and the third the highest per token (-3 over 12 tokens:
+    -0.25, against -1 and -0.5); six such examples, answers 0, 1, 1, 2, 2, 2: acc 1/6, acc_char 2/6, acc_token
+    3/6. Cloze: -2 over 1 token (greedy) and -6 over 3: acc 1/2, ppl exp(8 / 4). Minimal pairs: right when the
+    good sentence scores strictly higher."""
+    choices = [" a", " " + "b" * 15, " ccccc"]
+    assert [len(c) for c in choices] == [2, 16, 6]
+    answers = [0, 1, 1, 2, 2, 2]
+    choice = tasks_lib.Task("choice", "multiple_choice",
+                            tuple({"context": "x", "choices": choices, "answer": a} for a in answers))
+    got = choice.metrics([(-2.0, False, 2), (-4.0, False, 8), (-3.0, False, 12)] * len(answers))
+    assert got == {"acc": 1 / 6, "acc_char": 2 / 6, "acc_token": 3 / 6, "examples": 6}
+    cloze = tasks_lib.Task("cloze", "cloze", ({"context": "x", "target": " y"}, {"context": "x", "target": " zzz"}))
+    got = cloze.metrics([(-2.0, True, 1), (-6.0, False, 3)])
+    assert got == {"acc": 0.5, "ppl": pytest.approx(math.exp(2.0), rel=1e-12), "examples": 2}
+    pairs = tasks_lib.Task("pairs", "minimal_pair", tuple({"sentence_good": "g", "sentence_bad": "b"}
+                                                          for _ in range(4)))
+    got = pairs.metrics([(-1.0, False, 1), (-2.0, False, 1), (-3.0, False, 1), (-2.0, False, 1),
+                         (-2.0, False, 1), (-2.0, False, 1), (-0.5, False, 1), (-4.0, False, 1)])
+    assert got == {"acc": 0.5, "examples": 4}  # right, wrong, a tie (wrong), right
 
 
 def test_evaluate_scores_task_files_and_prints_one_json_line(gpt2):
@@ -144,10 +176,11 @@ metric_list:
 """
 
 
-def test_the_harness_with_our_adapter_scores_a_local_task_as_our_evaluator_does(gpt2, tmp_path):
+def test_the_harness_with_our_adapter_scores_the_first_limit_examples_of_local_tasks_as_by_hand(gpt2, tmp_path):
     """lm-evaluation-harness reads two tasks defined in local YAML over the fixture's JSON lines (BLiMP's pairs as
     two choices, as the harness's own BLiMP task scores them) and asks our adapter for their log-likelihoods: its
-    accuracies are the ones computed by hand from transformers' scores, as our evaluator's are."""
+    accuracies on the first `--limit 10` examples of each are the ones computed by hand from transformers' scores
+    of those (every one differs from the accuracy on all examples)."""
     (tmp_path / "tasks").mkdir()
     for name, text, choice, target in (("choice", "{{context}}", "{{choices}}", "answer"),
                                        ("pairs", "", "{{[sentence_good, sentence_bad]}}", "0")):
@@ -155,11 +188,12 @@ def test_the_harness_with_our_adapter_scores_a_local_task_as_our_evaluator_does(
             name=name, path=os.path.join(TASKS, f"{name}.jsonl"), text=text, choice=choice, target=target))
     env = {**os.environ, "HF_DATASETS_OFFLINE": "1", "HF_HUB_OFFLINE": "1", "HF_HOME": str(tmp_path / "hf")}
     done = subprocess.run([sys.executable, "-m", "lm.evaluate", "--workdir", gpt2[0], "--harness",
-                           "local_choice,local_pairs", "--harness_include", str(tmp_path / "tasks")],
+                           "local_choice,local_pairs", "--harness_include", str(tmp_path / "tasks"), "--limit", "10"],
                           cwd=ROOT, capture_output=True, text=True, timeout=600, env=env)
     assert done.returncode == 0, done.stderr[-3000:]
     results = json.loads(done.stdout)["results"]
-    hand = _by_hand(_expected())
+    hand, every = _by_hand(_expected(), first=10), _by_hand(_expected())
+    assert all(hand[k] != every[k] for k in ("pairs", "choice", "choice_char"))
     print({k: {m: v for m, v in r.items() if m.startswith("acc")} for k, r in results.items()})
     assert results["local_pairs"]["acc,none"] == pytest.approx(hand["pairs"], abs=1e-12)
     assert results["local_choice"]["acc,none"] == pytest.approx(hand["choice"], abs=1e-12)
@@ -172,11 +206,56 @@ def _evaluations(workdir):
     return [r for r in records if "val_loss" in r]
 
 
+def _accuracies_by_hand(workdir, step: int, first: int) -> dict[str, float]:
+    """The metrics.jsonl task keys of the fixture's choice and pairs tasks on their `first` examples, scored here
+    from checkpoint `step` of a run with a character tokenizer: each request alone in a row (the start-of-document
+    token, the context's characters, the continuation's; the last max_len + 1 of them for the one long context),
+    the continuation's log-likelihood summed from a log-softmax of the model's logits, and each rule applied
+    (acc_token: per character, a character being a token)."""
+    ckpt, _, c, tok, _ = reader.open_run(str(workdir), step)
+    layout = shd.make_layout({"data": 1, "fsdp": 1, "tensor": 1}, jax.devices()[:1])
+    model = select.model(c)
+    params = ckpt.params(step, placement.abstract_params(model, layout))
+    ckpt.close()
+    with open(os.path.join(TASKS, "choice.jsonl")) as f:
+        choice = [json.loads(line) for line in f][:first]
+    with open(os.path.join(TASKS, "pairs.jsonl")) as f:
+        pairs = [json.loads(line) for line in f][:first]
+    requests = [(e["context"], x) for e in choice for x in e["choices"]]
+    requests += [("", e[k]) for e in pairs for k in ("sentence_good", "sentence_bad")]
+    rows = np.zeros((len(requests), c.max_len + 1), np.int32)  # causal: what follows a request changes nothing
+    ends = []
+    for i, (context, continuation) in enumerate(requests):
+        ids = [tok.bos_id, *tok.encode(context + continuation)][-(c.max_len + 1):]
+        assert len(tok.encode(continuation)) == len(continuation) < len(ids)
+        rows[i, :len(ids)] = ids
+        ends.append(len(ids))
+    inputs = rows[:, :-1]
+    positions = np.broadcast_to(np.arange(c.max_len), inputs.shape)
+    logits = np.asarray(model.apply({"params": params}, inputs, positions, np.ones_like(inputs)), np.float64)
+    logp = logits - logits.max(-1, keepdims=True)
+    logp -= np.log(np.exp(logp).sum(-1, keepdims=True))
+    lls = iter([sum(logp[i, t - 1, rows[i, t]] for t in range(end - len(cont), end))
+                for i, ((_, cont), end) in enumerate(zip(requests, ends, strict=True))])
+    raw, per_char = [], []
+    for e in choice:
+        ll = np.array([next(lls) for _ in e["choices"]])
+        raw.append(np.argmax(ll) == e["answer"])
+        per_char.append(np.argmax(ll / [len(x) for x in e["choices"]]) == e["answer"])
+    right = [next(lls) > next(lls) for _ in pairs]
+    out = {"task_choice_acc": np.mean(raw), "task_choice_acc_char": np.mean(per_char),
+           "task_choice_acc_token": np.mean(per_char), "task_pairs_acc": np.mean(right)}
+    return {**out, "task_mean_acc": (out["task_choice_acc"] + out["task_pairs_acc"]) / 2}
+
+
 def test_a_run_killed_and_resumed_logs_every_task_evaluation_once_with_an_uninterrupted_runs_values(tmp_path,
                                                                                                     cache_dir):
-    """Task scores every 4 steps (validation every 2) and checkpoints every 4; SIGKILL once step 6 is logged and
-    checkpoint 4 committed, then the same command again: the evaluations at 2, 4, ..., 12 appear once each, each
-    equal to the uninterrupted run's, and summary.json holds the last."""
+    """Task scores every 4 steps (validation every 2) on the first 8 examples of each task (`eval.examples`), and
+    checkpoints every 4. The uninterrupted run's task scores at steps 8 and 12 are those computed by hand from its
+    checkpoints on those 8 examples (not those of all the examples), and TensorBoard shows them as task/...
+    scalars. SIGKILL once step 6 is logged and checkpoint 4 committed, then the same command again: the evaluations
+    at 2, 4, ..., 12 appear once each, each equal to the uninterrupted run's, in metrics.jsonl and TensorBoard, and
+    summary.json holds the last."""
     tasks = f"{TASKS}/choice.jsonl,{TASKS}/pairs.jsonl"
     overrides = ("--config.train.steps=12", "--config.model.max_len=96", "--config.train.eval_every=2",
                  "--config.checkpoint.every=4", "--config.train.log_every=1", f"--config.eval.tasks={tasks}",
@@ -188,7 +267,19 @@ def test_a_run_killed_and_resumed_logs_every_task_evaluation_once_with_an_uninte
     want = _evaluations(reference)
     assert [r["step"] for r in want] == [2, 4, 6, 8, 10, 12]
     assert [r["step"] for r in want if "task_mean_acc" in r] == [4, 8, 12]
-    assert all(0 <= r["task_choice_acc"] <= 1 and 0 <= r["task_pairs_acc"] <= 1 for r in want if r["step"] % 4 == 0)
+    task_keys = {"task_choice_acc", "task_choice_acc_char", "task_choice_acc_token", "task_pairs_acc",
+                 "task_mean_acc"}
+    assert all(task_keys <= set(r) for r in want if r["step"] % 4 == 0)
+    differs = False  # from the scores of all the examples: eval.examples ignored would show
+    for r in want[3::2]:  # steps 8 and 12: the checkpoints kept
+        hand = _accuracies_by_hand(reference, r["step"], first=8)
+        assert {k: r[k] for k in task_keys} == pytest.approx(hand, abs=1e-12), r["step"]
+        every = _accuracies_by_hand(reference, r["step"], first=24)
+        differs |= any(every[k] != hand[k] for k in task_keys)
+    assert differs
+    scalars = _task_scalars(reference)
+    assert scalars == {f"task/{k[5:]}": {r["step"]: pytest.approx(r[k], rel=1e-6) for r in want if k in r}
+                       for k in task_keys}
     summary = json.load(open(reference / "summary.json"))
     assert summary["final"]["task_mean_acc"] == want[-1]["task_mean_acc"]
 
@@ -203,6 +294,15 @@ def test_a_run_killed_and_resumed_logs_every_task_evaluation_once_with_an_uninte
     assert [r["step"] for r in got] == [2, 4, 6, 8, 10, 12]
     for g, w in zip(got, want, strict=True):
         assert g == w
+    assert _task_scalars(workdir) == scalars
+
+
+def _task_scalars(workdir) -> dict[str, dict[int, float]]:
+    """The task/... scalar series of a workdir's TensorBoard event files, as TensorBoard reads them."""
+    events = EventAccumulator(str(workdir))
+    events.Reload()
+    return {tag: {e.step: e.value for e in events.Scalars(tag)} for tag in events.Tags()["scalars"]
+            if tag.startswith("task/")}
 
 
 def test_the_harness_adapter_rolls_long_texts_and_generates_as_transformers_does(gpt2):

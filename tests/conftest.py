@@ -2,6 +2,7 @@
 helpers that run the command-line tools as a user does, and a workdir's validation loss computed by hand."""
 
 import atexit
+import hashlib
 import importlib.util
 import os
 import shutil
@@ -97,13 +98,35 @@ def tiny_config(cache_dir):
     return cfg
 
 
+def contents(folder: str) -> dict[str, str]:
+    """sha256 of every file under `folder`, by relative path."""
+    out = {}
+    for root, _, names in os.walk(folder):
+        for name in names:
+            path = os.path.join(root, name)
+            with open(path, "rb") as f:
+                out[os.path.relpath(path, folder)] = hashlib.sha256(f.read()).hexdigest()
+    return out
+
+
+def unchanged(workdir: str):
+    """Yields `workdir` to the tests that share it, then fails if any of them changed a file in it: such a test
+    must copy the workdir first."""
+    before = contents(workdir)
+    yield
+    assert contents(workdir) == before, f"a test wrote into the shared workdir {workdir}; copy it first"
+
+
 @pytest.fixture(scope="session")
 def tiny_run(tiny_config, tmp_path_factory):
-    """A workdir in which the tiny config trained to the end: (workdir, final validation metrics)."""
+    """A workdir in which the tiny config trained to the end: (workdir, final validation metrics). Tests read it
+    and never write to it (copy it to change it; checked when the session ends)."""
     from lm.train.loop import train
 
     workdir = str(tmp_path_factory.mktemp("tiny_run"))
-    return workdir, train(tiny_config, workdir)
+    final = train(tiny_config, workdir)
+    for _ in unchanged(workdir):
+        yield workdir, final
 
 
 def char_tokenizer(cache_dir: str, **data):
@@ -133,7 +156,7 @@ def wide_params(cfg, seed: int):
 @pytest.fixture(scope="session")
 def wide_run(cache_dir, tmp_path_factory) -> str:
     """A workdir of wide-drawn weights (see `wide_params`) with a character tokenizer of the bundled corpus:
-    checkpoints 1 and 2 (other weights), for the sampling command."""
+    checkpoints 1 and 2 (other weights), for the sampling command; read only (checked when the session ends)."""
     from lm.checkpoint import manager
     from lm.config import ModelConfig
     tok = char_tokenizer(cache_dir)
@@ -146,7 +169,8 @@ def wide_run(cache_dir, tmp_path_factory) -> str:
         ckpt.save_params(step, wide_params(cfg, seed), manager.make_meta(cfg, tok, {"made_by": "wide_run"}))
     ckpt.wait()
     ckpt.close()
-    return workdir
+    for _ in unchanged(workdir):
+        yield workdir
 
 
 def final_state(workdir, step: int):
@@ -208,3 +232,69 @@ def score_by_hand(workdir: str, max_batches: int = 0, cache_dir: str | None = No
                     run_ids.append(int(t))
             nbytes += separator * int((row[keep] == tok.eos_id).sum())
     return nll, count, nbytes
+
+
+class ReservedPorts:
+    """`count` TCP ports that no other test takes and the kernel hands no one, held until `release()` (or the end
+    of a `with` block, which gives the numbers): ports below the kernel's ephemeral range (port-0 binds and
+    outgoing connections draw from it), each reserved by an exclusive lock on PORT_LOCKS/PORT.lock that this
+    object holds, and none that a process has bound."""
+
+    PORT_LOCKS = os.path.join(tempfile.gettempdir(), "lm-test-ports")
+
+    def __init__(self, count: int = 1):
+        import fcntl
+
+        with open("/proc/sys/net/ipv4/ip_local_port_range") as f:
+            ephemeral = int(f.read().split()[0])
+        os.makedirs(self.PORT_LOCKS, exist_ok=True)
+        self.numbers, self._locks = [], []
+        for port in range(ephemeral - 1, 1024, -1):
+            if len(self.numbers) == count:
+                break
+            lock = open(os.path.join(self.PORT_LOCKS, f"{port}.lock"), "a")  # never inherited by children
+            try:
+                fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except BlockingIOError:  # another test holds it
+                lock.close()
+                continue
+            if _bound(port):
+                lock.close()
+                continue
+            self.numbers.append(port)
+            self._locks.append(lock)
+        if len(self.numbers) < count:
+            self.release()
+            raise RuntimeError(f"no {count} free ports below the ephemeral range ({ephemeral} and up)")
+
+    def release(self) -> None:
+        for lock in self._locks:
+            lock.close()  # and its lock with it
+        self._locks = []
+
+    def __enter__(self) -> list[int]:
+        return self.numbers
+
+    def __exit__(self, *exc) -> None:
+        self.release()
+
+
+def _bound(port: int) -> bool:
+    """Whether a process has bound TCP `port` (IPv4 or IPv6, any address)."""
+    import errno
+    import socket
+
+    for family, address in ((socket.AF_INET, "0.0.0.0"), (socket.AF_INET6, "::")):
+        try:
+            s = socket.socket(family, socket.SOCK_STREAM)
+        except OSError:  # no IPv6 here
+            continue
+        with s:
+            if family == socket.AF_INET6:
+                s.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 1)
+            try:
+                s.bind((address, port))
+            except OSError as e:
+                if e.errno == errno.EADDRINUSE:
+                    return True
+    return False

@@ -1,15 +1,17 @@
 """A real single-node SLURM cluster for the tests, on 127.0.0.1 only: munged, slurmctld and slurmd (Debian's munge
-and slurm-wlm packages) with their own key, configuration, state, logs and free ports in a fresh folder; clients
-find it through SLURM_CONF. The node declares 8 CPUs whatever the machine has, so that several runs share it."""
+and slurm-wlm packages) with their own key, configuration, state and logs in a fresh folder, on ports reserved while
+it runs (conftest.ReservedPorts); clients find it through SLURM_CONF. The node declares 8 CPUs whatever the
+machine has, so that several runs share it."""
 
 import getpass
 import os
 import shutil
 import signal
-import socket
 import subprocess
 import tempfile
 import time
+
+from conftest import ReservedPorts
 
 SBIN = "/usr/sbin:/usr/bin:/sbin:/bin"
 INSTALL = "apt-get install -y slurm-wlm munge"
@@ -44,12 +46,6 @@ PartitionName=debug Nodes=localhost Default=YES MaxTime=INFINITE State=UP OverSu
 """
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 def missing() -> list[str]:
     """The daemons and commands of the cluster that are not installed."""
     return [c for c in ("munged", "slurmctld", "slurmd", "sbatch", "squeue", "scancel", "srun")
@@ -70,8 +66,10 @@ class Cluster:
             f.write(os.urandom(1024))
         os.chmod(f"{d}/munge/key", 0o400)
         conf = f"{d}/slurm.conf"
+        self._ports = ReservedPorts(2)
+        ctld_port, d_port = self._ports.numbers
         with open(conf, "w") as f:
-            f.write(CONF.format(d=d, user=getpass.getuser(), ctld_port=_free_port(), d_port=_free_port()))
+            f.write(CONF.format(d=d, user=getpass.getuser(), ctld_port=ctld_port, d_port=d_port))
         self.env = {**os.environ, "SLURM_CONF": conf, "PATH": f"{os.environ.get('PATH', '')}:{SBIN}"}
         self._run("munged", f"--socket={d}/munge/socket", f"--key-file={d}/munge/key", f"--log-file={d}/munge/log",
                   f"--pid-file={d}/munge/pid", f"--seed-file={d}/munge/seed")
@@ -91,7 +89,7 @@ class Cluster:
             raise RuntimeError(f"{cmd[0]} did not start: {done.stderr.strip()}")
 
     def stop(self) -> None:
-        """Cancels what is left, stops the daemons and removes the folder."""
+        """Cancels what is left, stops the daemons, removes the folder and gives back the ports."""
         subprocess.run(["scancel", "--full", "--user", getpass.getuser()], env=self.env,
                        capture_output=True)
         pids = []
@@ -105,3 +103,4 @@ class Cluster:
         while time.time() < deadline and any(os.path.exists(f"/proc/{pid}") for pid in pids):
             time.sleep(0.05)
         shutil.rmtree(self.folder, ignore_errors=True)
+        self._ports.release()

@@ -8,23 +8,16 @@ import os
 import re
 import shutil
 import signal
-import socket
 import subprocess
 import sys
 import time
 
 import numpy as np
-from conftest import TEST_XLA_FLAGS, TINY, USER_ENV, load_config
+from conftest import TEST_XLA_FLAGS, TINY, USER_ENV, ReservedPorts, load_config
 
 from lm.train.loop import train
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def _train(workdir, cache_dir, processes: int, steps: int = 6) -> str:
@@ -39,13 +32,14 @@ def _train(workdir, cache_dir, processes: int, steps: int = 6) -> str:
             train(cfg, str(workdir))
         return out.getvalue()
     env = {**USER_ENV, "XLA_FLAGS": f"{TEST_XLA_FLAGS} --xla_force_host_platform_device_count={8 // processes}"}
-    cmd = [sys.executable, "-m", "lm.train", "--config", TINY, "--workdir", str(workdir),
-           f"--config.data.cache_dir={cache_dir}", f"--config.train.steps={steps}",
-           "--config.train.log_every=1", "--config.train.eval_every=3", "--config.checkpoint.every=3",
-           f"--coordinator_address=127.0.0.1:{_free_port()}", f"--num_processes={processes}"]
-    procs = [subprocess.Popen(cmd + [f"--process_id={i}"], cwd=ROOT, env=env, stdout=subprocess.PIPE,
-                              stderr=subprocess.STDOUT, text=True) for i in range(processes)]
-    outputs = [p.communicate(timeout=300)[0] for p in procs]
+    with ReservedPorts() as (port,):  # the coordinator's, while the processes run
+        cmd = [sys.executable, "-m", "lm.train", "--config", TINY, "--workdir", str(workdir),
+               f"--config.data.cache_dir={cache_dir}", f"--config.train.steps={steps}",
+               "--config.train.log_every=1", "--config.train.eval_every=3", "--config.checkpoint.every=3",
+               f"--coordinator_address=127.0.0.1:{port}", f"--num_processes={processes}"]
+        procs = [subprocess.Popen(cmd + [f"--process_id={i}"], cwd=ROOT, env=env, stdout=subprocess.PIPE,
+                                  stderr=subprocess.STDOUT, text=True) for i in range(processes)]
+        outputs = [p.communicate(timeout=300)[0] for p in procs]
     for p, out in zip(procs, outputs, strict=True):
         assert p.returncode == 0, out[-3000:]
     return outputs[0]
@@ -85,10 +79,11 @@ def test_two_processes_train_like_one_and_checkpoints_move_between_them(tmp_path
 def test_sigterm_to_one_of_two_processes_stops_both_after_the_same_step(tmp_path, cache_dir):
     env = {**USER_ENV, "XLA_FLAGS": f"{TEST_XLA_FLAGS} --xla_force_host_platform_device_count=4"}
     workdir = tmp_path / "run"
+    ports = ReservedPorts()  # the coordinator's, until the processes have ended
     cmd = [sys.executable, "-m", "lm.train", "--config", TINY, "--workdir", str(workdir),
            f"--config.data.cache_dir={cache_dir}", "--config.train.steps=1000", "--config.train.log_every=5",
            "--config.train.eval_every=1000", "--config.checkpoint.every=1000",
-           f"--coordinator_address=127.0.0.1:{_free_port()}", "--num_processes=2"]
+           f"--coordinator_address=127.0.0.1:{ports.numbers[0]}", "--num_processes=2"]
     procs = [subprocess.Popen(cmd + [f"--process_id={i}"], cwd=ROOT, env=env, stdout=subprocess.DEVNULL,
                               stderr=subprocess.PIPE, text=True) for i in range(2)]
     metrics = workdir / "metrics.jsonl"
@@ -102,6 +97,8 @@ def test_sigterm_to_one_of_two_processes_stops_both_after_the_same_step(tmp_path
     finally:
         for p in procs:
             p.kill()
+            p.wait()
+        ports.release()
     assert [p.returncode for p in procs] == [143, 143], errors
     steps = [int(re.search(r"stopped by SIGTERM after step (\d+); checkpoint \1 saved", e).group(1)) for e in errors]
     assert steps[0] == steps[1] < 1000, errors

@@ -22,6 +22,8 @@ from lm.errors import UserError
 from lm.sweep import command, experiment
 from lm.train.loop import train
 
+EVENTS = os.path.join(ROOT, "tests", "events")
+
 EXPERIMENT = """
 BASE = {base!r}
 FIXED = {{"data.cache_dir": {cache!r}, "train.steps": {steps}, "train.eval_every": 1000, "train.log_every": 1,
@@ -64,6 +66,13 @@ def _losses(workdir) -> dict[int, float]:
         return {r["step"]: r["loss"] for r in map(json.loads, f) if "loss" in r}
 
 
+def _holding(env: dict[str, str], holds: dict[str, str]) -> dict[str, str]:
+    """`env` in which a run holds each checkpoint commit of `holds` (folder: marker file) until SIGTERM, having
+    made the marker (tests/events/sitecustomize.py); sbatch passes the environment on to the runs."""
+    path = os.pathsep.join(p for p in (EVENTS, env.get("PYTHONPATH")) if p)
+    return {**env, "PYTHONPATH": path, "LM_TEST_HOLD": json.dumps(holds)}
+
+
 def _wait_for(condition, what: str, timeout: float = 240) -> None:
     deadline = time.time() + timeout
     while not condition():
@@ -80,15 +89,20 @@ def test_a_sweep_on_slurm_names_its_failed_run_and_its_cancelled_and_requeued_ru
     out_dir = os.path.join(root, "three")
     good, cancelled, failing = "optim.lr=0.003,checkpoint.keep=3", "optim.lr=0.003", "optim.name=nosuch"
     env = _env(cluster)
+    every = 5  # checkpoint.every in EXPERIMENT
+    held = lambda step: (os.path.join(out_dir, cancelled, "checkpoints", str(step)),  # noqa: E731
+                         str(tmp_path / f"held-{step}"))  # (checkpoint folder, marker made as its commit is held)
     jobs = lambda: json.load(open(os.path.join(out_dir, "slurm", "jobs.json")))  # noqa: E731
 
-    # Submitted as one array of 3 tasks; the second is cancelled after its checkpoint 10.
-    first = _sweep(env, str(path), "--root", root, "--launcher", "slurm")
+    # Submitted as one array of 3 tasks; the second holds its checkpoint 10's commit until SIGTERM, so it cannot pass
+    # its checkpoint 15 before it is cancelled there.
+    folder, marker = held(10)
+    first = _sweep(_holding(env, {folder: marker}), str(path), "--root", root, "--launcher", "slurm")
     assert first.returncode == 0, first.stderr
     assert re.search(r"submitted job \d+: 3 run\(s\)", first.stdout) and "pending or running" in first.stdout
     script = open(os.path.join(out_dir, "slurm", "array.sbatch")).read()
     assert "#SBATCH --array=0-2" in script and "#SBATCH --time=10" in script and "#SBATCH --requeue" in script
-    _wait_for(lambda: max(_losses(os.path.join(out_dir, cancelled)), default=0) >= 12, "step 12")
+    _wait_for(lambda: os.path.exists(marker), "the commit of checkpoint 10")
     subprocess.run(["scancel", jobs()[cancelled]["task"]], env=env, check=True)
 
     # --collect --wait: the first run finished; the other two are named with their logs; nothing is resubmitted.
@@ -99,21 +113,25 @@ def test_a_sweep_on_slurm_names_its_failed_run_and_its_cancelled_and_requeued_ru
                         rf"checkpoint \1 saved .*\); log: (\S+)", collected.stdout)
     assert stopped, collected.stdout
     saved_at, log = int(stopped.group(1)), stopped.group(2)
-    assert 12 <= saved_at < steps and "stopped by SIGTERM" in open(log).read()
+    assert 10 <= saved_at <= 10 + every and "stopped by SIGTERM" in open(log).read()
     failed = re.search(rf"{re.escape(failing)}: ended unfinished \((error: config.optim.name='nosuch' [^)]*)\); "
                        r"log: (\S+)", collected.stdout)
     assert failed and failed.group(1) in open(failed.group(2)).read(), collected.stdout
     assert f"{good}: finished" in collected.stdout
     assert open(os.path.join(out_dir, "results.csv")).read().count("\n") == 2  # header and the finished run
 
-    # Rerun: the two unfinished runs are resubmitted. The cancelled one resumes at its checkpoint; once it has run
-    # 3 steps more, SLURM requeues its task (as on preemption): it stops, starts again, and resumes once more.
+    # Rerun: the two unfinished runs are resubmitted. The cancelled one resumes at its checkpoint; at its next
+    # checkpoint's commit (held as before), SLURM requeues its task (as on preemption): it stops, starts again, and
+    # resumes once more.
     old_task = jobs()[cancelled]["task"]
+    after = (saved_at // every + 1) * every
+    folder, marker = held(after)
     rerun = subprocess.Popen([sys.executable, "-m", "lm.sweep", str(path), "--root", root, "--launcher", "slurm",
-                              "--wait"], cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+                              "--wait"], cwd=ROOT, env=_holding(env, {folder: marker}), stdout=subprocess.PIPE,
+                             stderr=subprocess.PIPE, text=True)
     _wait_for(lambda: jobs()[cancelled]["task"] != old_task, "the resubmission")
     task = jobs()[cancelled]["task"]
-    _wait_for(lambda: max(_losses(os.path.join(out_dir, cancelled))) >= saved_at + 3, "3 steps after resuming")
+    _wait_for(lambda: os.path.exists(marker), f"the commit of checkpoint {after} after resuming")
     subprocess.run(["scontrol", "requeue", task], env=env, check=True)
     out, err = rerun.communicate(timeout=600)
     assert rerun.returncode == 1 and "1 of 3 runs ended unfinished (optim.name=nosuch)" in err, err
@@ -121,7 +139,7 @@ def test_a_sweep_on_slurm_names_its_failed_run_and_its_cancelled_and_requeued_ru
     assert re.search(r"submitted job \d+: 2 run\(s\)", out) and f"{cancelled}: finished" in out
     second_log = open(jobs()[cancelled]["log"]).read()
     resumed = [int(s) for s in re.findall(r"resuming at step (\d+)", second_log)]
-    assert len(resumed) == 2 and resumed[0] == saved_at and resumed[1] > saved_at, second_log
+    assert len(resumed) == 2 and resumed[0] == saved_at and after <= resumed[1] <= after + every, second_log
     rows = open(os.path.join(out_dir, "results.csv")).read().splitlines()
     assert len(rows) == 3 and rows[1].startswith(f'"{good}"') and rows[2].startswith(cancelled)
 
@@ -214,3 +232,35 @@ def test_bad_slurm_input_is_one_line(tmp_path, cluster, capsys, monkeypatch):
     with pytest.raises(UserError, match="lm.sweep's flags: gpus_per_node"):
         experiment.run(str(path), str(tmp_path / "runs"), launcher="slurm", resources={"gpus_per_node": -1})
     assert not os.path.exists(tmp_path / "runs" / "bad" / "slurm" / "jobs.json")  # nothing was submitted
+
+
+def test_the_batch_script_carries_max_running_account_and_cpus_per_task_from_file_and_flags(tmp_path, capsys):
+    """lm.sweep --launcher slurm --dry_run, its flags parsed in this process: the experiment file's SLURM dict
+    gives account and cpus_per_task, a flag gives max_running over the file's (the array's %N), for 3 runs."""
+    path = tmp_path / "three.py"
+    path.write_text(f"BASE = {TINY!r}\nSLURM = {{'account': 'lab7', 'cpus_per_task': 6, 'max_running': 3}}\n"
+                    "def sweep(add):\n    for lr in (0.1, 0.2, 0.3):\n        add({'optim.lr': lr})\n")
+    try:
+        argv = flags.FLAGS(["lm.sweep", str(path), f"--root={tmp_path / 'runs'}", "--launcher=slurm", "--dry_run",
+                            "--max_running=2"])
+        command.main(argv)
+    finally:
+        flags.FLAGS.unparse_flags()
+    script = capsys.readouterr().out
+    sbatch = [line for line in script.splitlines() if line.startswith("#SBATCH ")]
+    assert "#SBATCH --array=0-2%2" in sbatch, script  # 3 tasks, at most 2 at once: the flag over the file's 3
+    assert "#SBATCH --account=lab7" in sbatch and "#SBATCH --cpus-per-task=6" in sbatch, script
+    assert f"#SBATCH --output={tmp_path / 'runs' / 'three' / 'slurm'}/%A_%a.log" in sbatch, script  # --root
+    assert script.count(" --config.optim.lr=") == 3 and not (tmp_path / "runs").exists()  # nothing submitted
+    experiment.run(str(path), str(tmp_path / "runs"), dry_run=True, launcher="slurm",
+                   resources={"account": "lab8", "cpus_per_task": 2})  # flags given: over the file's
+    sbatch = [line for line in capsys.readouterr().out.splitlines() if line.startswith("#SBATCH ")]
+    assert {"#SBATCH --array=0-2%3", "#SBATCH --account=lab8", "#SBATCH --cpus-per-task=2"} <= set(sbatch), sbatch
+    path.write_text(f"BASE = {TINY!r}\ndef sweep(add):\n    add({{'optim.lr': 0.1}})\n")  # no resources: none asked
+    experiment.run(str(path), str(tmp_path / "runs"), dry_run=True, launcher="slurm")
+    script = capsys.readouterr().out
+    assert "#SBATCH --array=0-0\n" in script and "--account" not in script and "--cpus-per-task" not in script
+    assert "#SBATCH --nodes=1\n" in script and "--distributed" not in script
+    experiment.run(str(path), str(tmp_path / "runs"), dry_run=True, launcher="slurm", resources={"nodes": 2})
+    script = capsys.readouterr().out  # 2 nodes: a run of 2 processes, which lm.train --distributed joins
+    assert "#SBATCH --nodes=2\n" in script and script.count(" --config.optim.lr=0.1 --distributed ;;") == 1, script

@@ -52,12 +52,16 @@ class Start(NamedTuple):
 
 
 def check_fits(cfg: ml_collections.ConfigDict, layout: Layout) -> None:
-    """One line if the batch or the model does not divide over the mesh, or the optimizer does not fit the
-    parameters, before any tokenizer is trained."""
-    batch = cfg.train.batch_size
+    """One line if the batch (or each device's rows into the microbatches) or the model does not divide over the
+    mesh, or the optimizer does not fit the parameters, before any tokenizer is trained."""
+    batch, micro = cfg.train.batch_size, cfg.train.microbatches
     if batch % layout.data_parallel:
         raise UserError(f"config.train.batch_size={batch} is not divisible by the data-parallel size "
                         f"{layout.data_parallel} (mesh data x fsdp)")
+    if batch // layout.data_parallel % micro:  # each microbatch takes rows of every device (lm/train/step.py)
+        raise UserError(f"config.train.microbatches={micro} does not divide the {batch // layout.data_parallel} "
+                        f"row(s) of each of the {layout.data_parallel} data-parallel devices (config.train.batch_size="
+                        f"{batch}); use fewer microbatches or a larger batch")
     any_vocab = layout.mesh.size * 128  # a vocabulary every mesh axis divides
     params = placement.abstract_params(TransformerLM(config_lib.model_config(cfg, any_vocab)), layout)
     tx, _ = optim.optimizer(cfg.optim, cfg.train.steps)

@@ -126,7 +126,7 @@ def defaults() -> ml_collections.ConfigDict:
         log_every=100,  # steps between console lines and metrics records
         eval_every=500,  # steps between evaluations on the validation split (and one at the end)
         eval_batches=0,  # batches of the validation split per evaluation (0: all of it)
-        microbatches=1,  # > 1: accumulate gradients over that many slices of each batch
+        microbatches=1,  # > 1: accumulate gradients over that many slices of each batch (of every device's rows)
         z_loss=0.0,  # weight of log(Z)^2 of the softmax normalizer
         nonfinite="stop",  # a step with a NaN or infinite loss or gradient: stop the run | skip its update
         max_skips=10,  # with nonfinite='skip': stop after this many such steps in a row
@@ -155,7 +155,7 @@ def defaults() -> ml_collections.ConfigDict:
         muon_params="*kernel",  # muon: globs of the parameter paths it updates (e.g. 'blocks/*/kernel,lm_head')
     )
     c.checkpoint = dict(
-        every=250,  # steps between checkpoints (and one at the end)
+        every=250,  # steps between checkpoints (and one after the first step, and one at the end)
         keep=3,  # the newest checkpoints kept
     )
     c.mesh = dict(

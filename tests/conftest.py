@@ -138,6 +138,26 @@ def char_tokenizer(cache_dir: str, **data):
     return corpus.fresh_tokenizer(d, {"type": "char", "vocab_size": 256, "sample_chars": 0, "path": ""})
 
 
+def data_config(cache_dir, **overrides) -> dict:
+    """config.data with the defaults, the dataset cache `cache_dir` and `overrides`."""
+    from lm import config as config_lib
+
+    return {**config_lib.defaults().data.to_dict(), "cache_dir": str(cache_dir), **overrides}
+
+
+def prepared_documents(d: dict, split: str, tok) -> list[str]:
+    """The text of every document of a split of the data `d` prepared with `tok`, decoded from its tokens (BOS and
+    EOS around each)."""
+    from lm.data import corpus
+
+    out = []
+    for piece in corpus.open_splits(corpus.resolve(d)[0], tok, d)[split]:
+        tokens, table = piece.tokens(), piece.docs()
+        ends = [*table[1:, 0], len(tokens)]
+        out += [tok.decode(tokens[a + 1:b - 1]) for (a, _), b in zip(table, ends, strict=True)]
+    return out
+
+
 def wide_params(cfg, seed: int):
     """Parameters of a model of `cfg` drawn wide (std 0.3; norm scales 1 + that): its greedy text varies from token
     to token and hangs on the whole context, as a default-initialized or briefly trained model's does not (it

@@ -7,9 +7,9 @@ import json
 import numpy as np
 import pytest
 import tensorflow_datasets as tfds
-from conftest import TINY, one_line_error, run_module
+from conftest import TINY, one_line_error, prepared_documents, run_module
+from conftest import data_config as data
 
-from lm import config as config_lib
 from lm.data import corpus, sources
 from lm.data.batches import Component, TrainBatches, eval_batches
 from lm.data.documents import SPLITS, split_documents
@@ -18,11 +18,6 @@ from lm.errors import UserError
 from lm.tokenizer import sentencepiece
 
 SHAKESPEARE = sources.bundled_corpus()
-
-
-def data(cache_dir, **overrides) -> dict:
-    """config.data with the defaults, the shared cache and `overrides`."""
-    return {**config_lib.defaults().data.to_dict(), "cache_dir": str(cache_dir), **overrides}
 
 
 def char_tokenizer(d: dict):
@@ -186,14 +181,7 @@ def test_missing_and_empty_data_are_one_line_errors(tmp_path, cache_dir):
 
 
 def documents(d: dict, split: str) -> list[str]:
-    """The text of every document of a split, decoded from the prepared tokens (BOS and EOS around each)."""
-    tok = char_tokenizer(d)
-    out = []
-    for piece in corpus.open_splits(corpus.resolve(d)[0], tok, d)[split]:
-        tokens, table = piece.tokens(), piece.docs()
-        ends = [*table[1:, 0], len(tokens)]
-        out += [tok.decode(tokens[a + 1:b - 1]) for (a, _), b in zip(table, ends, strict=True)]
-    return out
+    return prepared_documents(d, split, char_tokenizer(d))
 
 
 def test_folder_of_files_is_one_corpus(tmp_path, cache_dir):

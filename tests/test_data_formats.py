@@ -12,7 +12,8 @@ import sys
 
 import numpy as np
 import pytest
-from conftest import ROOT, TINY, USER_ENV
+from conftest import ROOT, TINY, USER_ENV, prepared_documents
+from conftest import data_config as data
 
 from lm import config as config_lib
 from lm.data import corpus, prepare, sources
@@ -24,11 +25,6 @@ from lm.train.loop import train
 FIXTURES = os.path.join(os.path.dirname(__file__), "fixtures", "tokenizers")
 TEXT = open(sources.bundled_corpus(), encoding="utf-8").read()
 ROWS = [f"row {'i' * (i + 1)}: " + "to be or not to be " * (1 + i % 3) for i in range(10)]  # 9 train, 1 validation
-
-
-def data(cache_dir, **overrides) -> dict:
-    """config.data with the defaults, the cache `cache_dir` and `overrides`."""
-    return {**config_lib.defaults().data.to_dict(), "cache_dir": str(cache_dir), **overrides}
 
 
 def tokenizer_config(path: str = "") -> dict:
@@ -51,14 +47,7 @@ def llama3(tmp_path_factory, cache_dir):
 
 
 def documents(d: dict, split: str, tok=None) -> list[str]:
-    """The text of every document of a split, decoded from the prepared tokens (BOS and EOS around each)."""
-    tok = tok or corpus.fresh_tokenizer(d, tokenizer_config())
-    out = []
-    for piece in corpus.open_splits(corpus.resolve(d)[0], tok, d)[split]:
-        tokens, table = piece.tokens(), piece.docs()
-        ends = [*table[1:, 0], len(tokens)]
-        out += [tok.decode(tokens[a + 1:b - 1]) for (a, _), b in zip(table, ends, strict=True)]
-    return out
+    return prepared_documents(d, split, tok or corpus.fresh_tokenizer(d, tokenizer_config()))
 
 
 def write_jsonl(path, texts, opener=open, sep="\n") -> None:

@@ -55,14 +55,15 @@ def test_gpt2_medium_smoke_tests_as_the_same_model_as_gpt2_small():
 
 
 @pytest.mark.parametrize("name", [m for m in MODELS if m != "gpt2_350m"])
-def test_model_configs_train_on_a_cpu_with_the_override_their_docstring_gives(name, tiny_config, tmp_path):
+def test_model_configs_train_on_a_cpu_with_the_override_their_docstring_gives(name, tiny_config, tmp_path, capsys):
     cfg = _smoke_config(name)
     cfg.data.cache_dir = tiny_config.data.cache_dir
     cfg.tokenizer.update(vocab_size=512, sample_chars=100_000)  # a quick tokenizer: the configs are under test
     cfg.model.max_len = 32
     cfg.model.sliding_window = min(cfg.model.sliding_window, 16)  # shorter than the context, where a family has one
     cfg.train.update(batch_size=8, steps=3, log_every=1, eval_every=3, eval_batches=2)
-    result = train(cfg, str(tmp_path))
+    result = train(cfg, str(tmp_path), devices=jax.devices()[:1])  # the configs, not the mesh, are under test
+    assert "mesh (data=1, fsdp=1, tensor=1) over 1 devices in 1 process(es)" in capsys.readouterr().out
     with open(tmp_path / METRICS) as f:
         first = json.loads(f.readline())
     vocab = reader.open_run(str(tmp_path))[2].vocab_size

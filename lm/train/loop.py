@@ -5,7 +5,7 @@ non-finite policy and preemption, each when it is due."""
 import json
 import os
 import signal
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from typing import Any
 
 import jax
@@ -25,11 +25,13 @@ from lm.train.step import make_train_step
 SUMMARY = "summary.json"  # written when a run reaches its last step
 
 
-def train(cfg: ml_collections.ConfigDict, workdir: str) -> dict[str, float]:
+def train(cfg: ml_collections.ConfigDict, workdir: str, devices: Sequence[jax.Device] | None = None
+          ) -> dict[str, float]:
     """Trains (or resumes) the run of `cfg` in `workdir`, which it holds alone while it runs; returns the final
-    validation metrics."""
+    validation metrics. `devices`: those config.mesh spans (default: all of them), e.g. one GPU of a notebook's
+    eight."""
     config_lib.validate(cfg)
-    layout = make_layout(cfg.mesh)
+    layout = make_layout(cfg.mesh, devices)
     startup.check_fits(cfg, layout)
     with workdir_lib.hold(workdir):
         start = startup.start(cfg, workdir, layout)

@@ -148,7 +148,7 @@ def test_a_wsd_run_stopped_in_its_stable_phase_continues_to_a_new_length_as_if_s
         cfg.train.update(steps=steps, log_every=1, eval_every=1000)
         cfg.optim.update(schedule="wsd", lr=3e-3, min_lr=3e-4, warmup_steps=3, cooldown_steps=cooldown,
                          cooldown="1-sqrt", schedule_steps=schedule_steps)
-        train(cfg, str(workdir))
+        train(cfg, str(workdir), devices=jax.devices()[:1])  # the optimizer, not the mesh, is under test
         with open(workdir / "metrics.jsonl") as f:
             return {r["step"]: (r["loss"], r["lr"]) for r in map(json.loads, f) if "loss" in r}
 
@@ -295,7 +295,7 @@ def test_a_run_stopped_and_resumed_ends_bitwise_equal_to_one_never_stopped(name,
         cfg.optim.update(name=name, warmup_steps=2, schedule_steps=10)  # one schedule for both runs
         if name == "schedule_free_adamw":
             cfg.optim.schedule = "constant"
-        train(cfg, str(workdir))
+        train(cfg, str(workdir), devices=jax.devices()[:1])  # the optimizer, not the mesh, is under test
         ckpt, step, model_config, _, run_config = reader.open_run(str(workdir))
         tx, _ = optim.optimizer(ml_collections.ConfigDict(run_config["optim"]), run_config["train"]["steps"])
         layout = shd.make_layout({"data": -1, "fsdp": 1, "tensor": 1})

@@ -10,6 +10,7 @@ import shutil
 import subprocess
 import sys
 
+import jax
 import numpy as np
 import pytest
 from conftest import ROOT, TINY, USER_ENV, prepared_documents
@@ -250,7 +251,7 @@ def test_a_fresh_run_on_an_lm_prepare_folder_takes_its_tokenizer(tmp_path, cache
     cfg.train.update(batch_size=8, steps=1, eval_batches=1)
     cfg.data.update(path=str(out), cache_dir=str(tmp_path / "cache"))
     workdir = tmp_path / "run"
-    train(cfg, str(workdir))
+    train(cfg, str(workdir), devices=jax.devices()[:1])  # the data, not the mesh, is under test
     assert json.loads((workdir / "tokenizer.json").read_text()) == prepared
     assert json.loads((workdir / "summary.json").read_text())["steps"] == 1
     assert not (tmp_path / "cache").exists()  # nothing prepared again, no tokenizer trained

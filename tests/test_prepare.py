@@ -7,6 +7,7 @@ import signal
 import subprocess
 import sys
 
+import jax
 import numpy as np
 import pytest
 from conftest import ROOT, TINY, USER_ENV, char_tokenizer
@@ -114,17 +115,17 @@ def test_a_run_whose_files_changed_since_preparation_stops_and_resumes_once_they
     cfg.data.path = str(text)
     cfg.train.update(steps=2, eval_every=2, log_every=1)
     cfg.checkpoint.every = 2
-    workdir = str(tmp_path / "run")
-    train(cfg, workdir)
+    workdir = str(tmp_path / "run")  # one device: the data, not the mesh, is under test
+    train(cfg, workdir, devices=jax.devices()[:1])
     text.write_text(TEXT[:200_000] + "\n\nOne more document.")
     cfg.train.steps = 4
     with pytest.raises(UserError, match=rf"^the data at {text} changed since this run's data was prepared from it "
                                         rf"\({text} changed \(size 200000 -> 200020 bytes"):
-        train(cfg, workdir)
+        train(cfg, workdir, devices=jax.devices()[:1])
     text.write_text(TEXT[:200_000])
     os.utime(text, ns=(stat.st_atime_ns, stat.st_mtime_ns))  # as it was
     capsys.readouterr()
-    train(cfg, workdir)
+    train(cfg, workdir, devices=jax.devices()[:1])
     out = capsys.readouterr().out  # from the step after the checkpoint (every step logged), none before it
     assert "resuming at step 2" in out and "step      3/4" in out and "step      4/4" in out, out
     assert "step      1/" not in out and "step      2/" not in out, out

@@ -21,6 +21,7 @@ from lm.train.loop import train
 from lm.train.metrics import METRICS
 
 GPT2_BPE = os.path.join(os.path.dirname(__file__), "fixtures", "gpt2_bpe")
+ONE = jax.devices()[:1]  # the fine-tunes train on one device: the conversions, not the mesh, are under test
 
 
 def _first_record(workdir):
@@ -47,7 +48,7 @@ def test_first_loss_of_a_fine_tune_is_the_source_loss_on_that_batch(tiny_run, ti
     cfg.init_from = source
     cfg.seed = 7  # another data order than the source run's
     cfg.train.update(steps=2, log_every=1, eval_every=1000)
-    train(cfg, str(tmp_path / "ft"))
+    train(cfg, str(tmp_path / "ft"), devices=ONE)
     first = _first_record(str(tmp_path / "ft"))
     want = _source_loss_on_first_batch(cfg, source)
     print(f"first fine-tune loss {first['loss']:.6f}, source loss on that batch {want:.6f}")
@@ -65,7 +66,7 @@ def test_fine_tune_converts_layers_and_vocabulary_padding_either_way(tiny_config
     cfg.init_from = str(tmp_path / "gpt2") + ":0"
     cfg.model.update(num_layers=2, num_heads=4, embed_dim=32, max_len=64, scan_layers=False, vocab_multiple=128)
     cfg.train.update(steps=2, log_every=1, eval_every=1000, eval_batches=2)
-    result = train(cfg, str(tmp_path / "unrolled"))
+    result = train(cfg, str(tmp_path / "unrolled"), devices=ONE)
     first = _first_record(str(tmp_path / "unrolled"))
     assert first["loss"] == pytest.approx(_source_loss_on_first_batch(cfg, str(tmp_path / "gpt2")), rel=1e-5)
     assert np.isfinite(result["loss"]) and result["bits_per_byte"] > 0
@@ -79,7 +80,7 @@ def test_fine_tune_converts_layers_and_vocabulary_padding_either_way(tiny_config
     back.init_from = str(tmp_path / "unrolled")  # its step-2 checkpoint: unrolled, 512 rows
     back.seed = 3
     back.model.update(scan_layers=True, vocab_multiple=1)
-    train(back, str(tmp_path / "scanned"))
+    train(back, str(tmp_path / "scanned"), devices=ONE)
     source_loss = _source_loss_on_first_batch(back, str(tmp_path / "unrolled"))
     assert _first_record(str(tmp_path / "scanned"))["loss"] == pytest.approx(source_loss, rel=1e-5)
     ckpt, step, c, _, _ = reader.open_run(str(tmp_path / "scanned"))

@@ -35,7 +35,7 @@ def _records(workdir):
 
 def test_a_runs_step_counts_decide_when_it_logs_evaluates_saves_and_keeps_checkpoints(tiny_config, tmp_path,
                                                                                      capsys):
-    """20 steps of 8 rows of 32 tokens (the tiny run's train and evaluation programs), logged every 6 steps,
+    """20 steps of 8 rows of 32 tokens on one device, logged every 6 steps,
     evaluated on 1 validation batch every 8, saved every 6 and the newest 2 kept: train records at 6, 12, 18 and
     the last step 20; evaluations at 8, 16 and 20; checkpoints 18 and 20 left; 20 x 8 rows taken; the evaluation at
     20 is the loss of the first 8 validation rows, scored by hand."""

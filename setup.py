@@ -25,6 +25,7 @@ setup(
         "ml_collections>=1.0",
         "absl-py>=2.1",
         "numpy>=1.26",
+        "ml_dtypes<0.7",  # JAX's dtypes: 0.7.0 takes about a second to import, which every command would pay
         "scipy>=1.10",  # Welch's t-test across seeds (lm.sweep)
         "matplotlib>=3.7",  # lm.plot
         "tensorboardX>=2.6",  # TensorBoard event files without TensorFlow

@@ -2,6 +2,7 @@
 the layout's rules give shardings, and a jitted init (or an orbax restore onto these targets) creates every
 array where it lives."""
 
+import functools
 from typing import Any
 
 import flax.linen as nn
@@ -19,6 +20,13 @@ def boxed_params(model: TransformerLM, seed: int) -> Any:
     return model.init(jax.random.key(seed), tokens, tokens, jnp.ones_like(tokens))["params"]
 
 
+@functools.lru_cache(maxsize=8)
+def boxed_shapes(model: TransformerLM) -> Any:
+    """The model's parameters as abstract values with their logical names, traced once per model however often a
+    run asks (its state, its evaluations, its restores): the shapes depend on neither the seed nor the mesh."""
+    return jax.eval_shape(lambda: boxed_params(model, 0))
+
+
 def abstract(boxed: Any, layout: Layout) -> Any:
     """A tree of logically boxed abstract values as ShapeDtypeStructs with their shardings on the layout (a
     target to create or restore into); stops with one line if the mesh does not divide a dimension."""
@@ -29,7 +37,7 @@ def abstract(boxed: Any, layout: Layout) -> Any:
 
 def abstract_params(model: TransformerLM, layout: Layout) -> Any:
     """The model's parameters as ShapeDtypeStructs with their shardings."""
-    return abstract(jax.eval_shape(lambda: boxed_params(model, 0)), layout)
+    return abstract(boxed_shapes(model), layout)
 
 
 def init_params(model: TransformerLM, layout: Layout, seed: int) -> Any:

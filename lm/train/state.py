@@ -39,8 +39,9 @@ def _unbox_masked(tree: Any) -> Any:
 
 def abstract(model: TransformerLM, tx: optax.GradientTransformation, layout: Layout) -> TrainState:
     """The train state as ShapeDtypeStructs with their shardings on the layout; checks divisibility."""
-    with layout.scope():
-        boxed = _unbox_masked(jax.eval_shape(_init_fn(model, tx, 0)))
+    params = placement.boxed_shapes(model)
+    step = jax.ShapeDtypeStruct((), jnp.int32)
+    boxed = _unbox_masked(TrainState(step=step, params=params, opt_state=jax.eval_shape(tx.init, params)))
     return placement.abstract(boxed, layout)
 
 

@@ -12,8 +12,10 @@ import tempfile
 import time
 
 # The suite compiles hundreds of small programs and runs each for a few steps: XLA's CPU backend compiles them
-# faster without its LLVM optimizations, and every side of a comparison (in-process, subprocess) runs with it.
-TEST_XLA_FLAGS = "--xla_backend_optimization_level=0"
+# faster without its LLVM optimizations and its fusion emitters, in one thread (each pytest worker has a core), and
+# every side of a comparison (in-process, subprocess) runs with the same flags.
+TEST_XLA_FLAGS = ("--xla_backend_optimization_level=0 --xla_cpu_use_fusion_emitters=false "
+                  "--xla_cpu_parallel_codegen_split_count=1")
 os.environ["XLA_FLAGS"] = (f"{os.environ.get('XLA_FLAGS', '')} {TEST_XLA_FLAGS} "
                            "--xla_force_host_platform_device_count=8")
 os.environ.setdefault("JAX_PLATFORMS", "cpu")

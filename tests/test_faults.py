@@ -193,11 +193,11 @@ def test_a_torn_metrics_line_is_dropped_on_resume_with_one_warning(tiny_run, tin
 
 
 def test_a_full_disk_during_a_metrics_write_is_one_line_and_the_run_resumes(tmp_path, cache_dir):
-    """A real full disk: a tmpfs in a private mount namespace, filled up to 64 KiB before a run that logs every
-    step and saves only at its end."""
+    """A real full disk: a tmpfs in a private mount namespace, filled up to 32 KiB before a run that logs every
+    step (over 300 bytes each) and saves only at its end."""
     disk, run = tmp_path / "disk", tmp_path / "disk" / "run"
     first = " ".join(train_command(run, cache_dir, "--config.train.steps=10", "--config.train.log_every=1"))
-    long = " ".join(train_command(run, cache_dir, "--config.train.steps=400", "--config.train.log_every=1",
+    long = " ".join(train_command(run, cache_dir, "--config.train.steps=200", "--config.train.log_every=1",
                                   "--config.checkpoint.every=1000"))
     script = tmp_path / "full_disk.sh"
     script.write_text(f"""set -u
@@ -207,7 +207,7 @@ O={tmp_path}
 mount -t tmpfs -o size=4m tmpfs {disk}
 {first} > $O/out1 2> $O/err1; echo $? > $O/rc1
 free=$(df --output=avail -B1 {disk} | tail -1)
-head -c $((free - 65536)) /dev/zero > {disk}/filler
+head -c $((free - 32768)) /dev/zero > {disk}/filler
 {long} > $O/out2 2> $O/err2; echo $? > $O/rc2
 rm {disk}/filler
 {long} > $O/out3 2> $O/err3; echo $? > $O/rc3
@@ -224,7 +224,7 @@ cp {run}/metrics.jsonl $O/metrics
     assert "resuming at step 10" in out[3]["out"] and out[3]["rc"].strip() == "0", out[3]["err"]
     assert len(out[3]["err"].splitlines()) <= 1  # at most the warning of a torn line
     steps = [json.loads(line)["step"] for line in open(tmp_path / "metrics") if '"loss"' in line]
-    assert steps == list(range(1, 401))  # nothing lost but what the rerun computed again
+    assert steps == list(range(1, 201))  # nothing lost but what the rerun computed again
 
 
 # 3. A damaged meta in the newest checkpoint.

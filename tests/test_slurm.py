@@ -82,7 +82,7 @@ def _wait_for(condition, what: str, timeout: float = 240) -> None:
 
 def test_a_sweep_on_slurm_names_its_failed_run_and_its_cancelled_and_requeued_run_resumes_bitwise(
         tmp_path, cache_dir, cluster):
-    steps = 120
+    steps = 40
     path = tmp_path / "three.py"
     path.write_text(EXPERIMENT.format(base=TINY, cache=cache_dir, steps=steps))
     root = str(tmp_path / "runs")

@@ -144,7 +144,7 @@ SEEDS_EXPERIMENT = """
 BASE = {base!r}
 FIXED = {{"data.cache_dir": {cache!r}, "train.steps": 4, "train.eval_every": 4, "train.log_every": 2,
          "train.eval_batches": 2, "checkpoint.every": 4}}
-SEEDS = (0, 1, 2)
+SEEDS = (0, 1)
 BASELINE = {{"optim.lr": 0.001}}
 
 def sweep(add):
@@ -168,22 +168,22 @@ def _welch_p(a, b):
 
 
 def test_a_seeds_sweep_writes_each_arms_mean_deviation_and_welch_p_value(tmp_path, cache_dir, monkeypatch):
-    """2 arms x 3 seeds on the tiny config: results.md's arms table holds the mean and sample deviation of each
-    arm's final validation losses and Welch's p-value against the baseline, recomputed here from the runs' own
-    metrics.jsonl."""
+    """2 arms x 2 seeds (the fewest with a sample deviation) on the tiny config: results.md's arms table holds the
+    mean and sample deviation of each arm's final validation losses and Welch's p-value against the baseline,
+    recomputed here from the runs' own metrics.jsonl."""
     monkeypatch.setenv("XLA_FLAGS", TEST_XLA_FLAGS)
     path = tmp_path / "seeds.py"
     path.write_text(SEEDS_EXPERIMENT.format(base=TINY, cache=cache_dir))
     rows = experiment.run(str(path), str(tmp_path / "runs"))
-    assert [r["run"] for r in rows] == [f"optim.lr={lr},seed={s}" for lr in ("0.001", "0.01") for s in (0, 1, 2)]
+    assert [r["run"] for r in rows] == [f"optim.lr={lr},seed={s}" for lr in ("0.001", "0.01") for s in (0, 1)]
     losses = {}
     for row in rows:
         with open(tmp_path / "runs" / "seeds" / row["run"] / "metrics.jsonl") as f:
             final = [json.loads(line)["val_loss"] for line in f if "val_loss" in line][-1]
         losses.setdefault(row["run"].split(",")[0], []).append(final)
-    assert len(set(losses["optim.lr=0.001"])) == 3  # the seeds differ
+    assert len(set(losses["optim.lr=0.001"])) == 2  # the seeds differ
     table = (tmp_path / "runs" / "seeds" / "results.md").read_text()
-    arms = re.findall(r"^\| (optim\.lr=[\d.]+) \| 3 \| ([\d.]+) \| ([\d.]+) \| ([\d.e-]*) \|$", table, re.M)
+    arms = re.findall(r"^\| (optim\.lr=[\d.]+) \| 2 \| ([\d.]+) \| ([\d.]+) \| ([\d.e-]*) \|$", table, re.M)
     assert [a for a, _, _, _ in arms] == ["optim.lr=0.001", "optim.lr=0.01"], table
     for arm, mean, std, _ in arms:
         assert float(mean) == pytest.approx(np.mean(losses[arm]), abs=1e-4)
@@ -193,7 +193,7 @@ def test_a_seeds_sweep_writes_each_arms_mean_deviation_and_welch_p_value(tmp_pat
     print(f"arms {losses}; Welch p {arms[1][3]} (by hand {want:.4g})")
     assert float(arms[1][3]) == pytest.approx(want, rel=1e-3)  # 4 significant digits; Student's t is 12% off
     # loss.png draws each arm's mean training loss and its band: the numbers behind it, from the records.
-    groups = {arm: [str(tmp_path / "runs" / "seeds" / f"{arm},seed={s}") for s in (0, 1, 2)] for arm in losses}
+    groups = {arm: [str(tmp_path / "runs" / "seeds" / f"{arm},seed={s}") for s in (0, 1)] for arm in losses}
     for arm, (xs, mean, std) in figure.arm_curves(groups, "steps").items():
         train = []
         for workdir in groups[arm]:

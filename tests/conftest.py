@@ -12,7 +12,7 @@ import tempfile
 import time
 
 # The suite compiles hundreds of small programs and runs each for a few steps: XLA's CPU backend compiles them
-# faster without its LLVM optimizations and its fusion emitters, in one thread (each pytest worker has a core), and
+# faster without its LLVM optimizations and its fusion emitters, in one thread (the workers share the cores), and
 # every side of a comparison (in-process, subprocess) runs with the same flags.
 TEST_XLA_FLAGS = ("--xla_backend_optimization_level=0 --xla_cpu_use_fusion_emitters=false "
                   "--xla_cpu_parallel_codegen_split_count=1")

@@ -12,11 +12,13 @@ import numpy as np
 import pytest
 from conftest import ROOT, TINY, contents, load_config, one_line_error, run_module, score_by_hand
 
+from lm import config as config_lib
 from lm.backends import select
 from lm.bench import decode
 from lm.checkpoint import reader
 from lm.config import ModelConfig
 from lm.data import corpus
+from lm.errors import UserError
 from lm.parallel import mesh as shd
 from lm.parallel import placement
 from lm.parallel.placement import boxed_params
@@ -30,24 +32,37 @@ def test_config_key_typo_names_the_key(tmp_path, cache_dir):
 
 
 @pytest.mark.parametrize("flags,message", [
-    (["--config.model.num_heads=3"], "config.model.embed_dim=32 is not divisible by config.model.num_heads=3"),
     (["--config.model.num_layers=abc"], "flag --config.model.num_layers=abc: invalid literal for int()"),  # type
-    (["--config.optim.lr=-0.1"], "config.optim.lr must be positive, got -0.1"),  # range
-    (["--config.tokenizer.type=word"], "config.tokenizer.type must be one of ('char', 'bpe', 'unigram'), got 'word'"),
+    (["--config.optim.lr=-0.1"], "config.optim.lr must be positive, got -0.1"),  # range (the checks below, as said)
     (["--config.mesh.data=3"], "config.mesh (data=3, fsdp=1, tensor=1) needs 3 devices but 1 are present"),
     (["--config.mesh.cpu_devices=2", "--config.mesh.tensor=2", "--config.model.num_heads=1"],  # the model
      "model.num_heads=1 is not divisible by mesh tensor=2"),
-    (["--config.optim.name=adamm"], "config.optim.name='adamm' is not an optax optimizer taking a learning rate"),
-    (["--config.optim.schedule=cosine_decay"], "config.optim.schedule must be one of cosine, wsd, linear, constant"),
     (["--config.optim.name=muon", "--config.optim.muon_params=blocks/*"],  # a Muon setting the shapes do not fit
      "config.optim.muon_params='blocks/*' gives Muon blocks/attn/key/bias of shape [2, 2, 16], which is not a weight "
      "matrix"),
-    (["--config.optim.schedule=wsd", "--config.optim.cooldown_steps=25"],
-     "config.optim.cooldown_steps=25 is longer than the run after its warmup (schedule steps 20 - warmup_steps 2"),
 ])
 def test_bad_config_values_are_one_line(flags, message, tmp_path, cache_dir):
     one_line_error(run_module("lm.train", "--config", TINY, "--workdir", str(tmp_path),
                               f"--config.data.cache_dir={cache_dir}", *flags), message)
+
+
+@pytest.mark.parametrize("overrides,message", [
+    ({"model.num_heads": 3}, "config.model.embed_dim=32 is not divisible by config.model.num_heads=3"),
+    ({"tokenizer.type": "word"}, "config.tokenizer.type must be one of ('char', 'bpe', 'unigram'), got 'word'"),
+    ({"optim.name": "adamm"}, "config.optim.name='adamm' is not an optax optimizer taking a learning rate"),
+    ({"optim.schedule": "cosine_decay"}, "config.optim.schedule must be one of cosine, wsd, linear, constant"),
+    ({"optim.schedule": "wsd", "optim.cooldown_steps": 25},
+     "config.optim.cooldown_steps=25 is longer than the run after its warmup (schedule steps 20 - warmup_steps 2"),
+])
+def test_bad_config_values_are_refused_by_the_check_every_command_runs(overrides, message):
+    """The run config's own checks (`lm.config.validate`, which `lm.train` runs before anything else and turns into
+    one line like those above)."""
+    cfg = load_config()
+    for key, value in overrides.items():
+        section, name = key.split(".")
+        cfg[section][name] = value
+    with pytest.raises(UserError, match="^" + re.escape(message)):
+        config_lib.validate(cfg)
 
 
 def test_a_workdir_of_another_model_or_tokenizer_is_one_line(tiny_run, cache_dir, tmp_path):

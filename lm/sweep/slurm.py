@@ -38,6 +38,7 @@ RESOURCES = {  # key: (default, what it means); 0 or '' leaves the cluster's def
 _TIME = re.compile(r"^(\d+|\d+:\d{2}|\d+:\d{2}:\d{2}|\d+-\d+|\d+-\d+:\d{2}|\d+-\d+:\d{2}:\d{2})$")
 JOBS = "jobs.json"
 POLL_S = (1.0, 30.0)  # seconds between looks at the queue while waiting: the first, growing by half to the last
+FILES_POLL_S = 1.0  # seconds between looks at the runs' own files while waiting (a finished run is seen at once)
 
 
 def resources(given: Any, source: str, base: dict[str, Any] | None = None) -> dict[str, Any]:
@@ -175,10 +176,13 @@ def launch(name: str, out_dir: str, runs: list[tuple[str, str, list[str]]], fini
         queue |= {jobs[run]["task"] for run, _ in todo}  # queued now, whether or not squeue shows them yet
         states = {run: state(run, workdir) for run, workdir, _ in runs}
     pause = POLL_S[0]
+    look = time.monotonic() + pause
     while wait and "queued" in states.values():
-        time.sleep(pause)
-        pause = min(pause * 1.5, POLL_S[1])
-        queue = queued()
+        time.sleep(FILES_POLL_S)
+        if time.monotonic() >= look:
+            pause = min(pause * 1.5, POLL_S[1])
+            look = time.monotonic() + pause
+            queue = queued()
         states = {run: state(run, workdir) for run, workdir, _ in runs}
     ended = []
     for i, (run, workdir, _) in enumerate(runs):

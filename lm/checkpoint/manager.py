@@ -21,6 +21,7 @@ import orbax.checkpoint as ocp
 from lm.checkpoint import integrity
 from lm.checkpoint.integrity import Damaged, fingerprint
 from lm.checkpoint.settled import settled_reads
+from lm.cli import interrupt
 from lm.config import ModelConfig
 from lm.errors import DiskFull, UserError
 from lm.parallel.processes import global_max, sync
@@ -224,7 +225,7 @@ class Checkpointer:
 
     def wait(self) -> None:
         with self._disk_full_is_one_line():
-            self.manager.wait_until_finished()
+            interrupt.waiting(self.manager.wait_until_finished)  # a second Ctrl-C stops at once
         self._pending = -1
 
     def close(self) -> None:

@@ -5,8 +5,13 @@ with one line and exit status 130, never a traceback. A training loop asks for a
 import os
 import signal
 import sys
+import threading
+from collections.abc import Callable
 from types import FrameType
-from typing import NoReturn
+from typing import NoReturn, TypeVar
+
+T = TypeVar("T")
+SLICE_S = 0.05  # how long a signal may wait for its handler while the main thread waits for another thread
 
 EXIT_SIGINT = 130  # 128 + SIGINT
 MESSAGE = ("stopped at once by SIGINT (a checkpoint being written is dropped); rerun the same command to resume "
@@ -18,6 +23,30 @@ def stop_at_once(signum: int = signal.SIGINT, frame: FrameType | None = None) ->
     _flush_stdout()
     os.write(2, (MESSAGE + "\n").encode())
     os._exit(EXIT_SIGINT)
+
+
+def waiting(wait: Callable[[], T]) -> T:
+    """`wait()`, a call that blocks on other threads (a save's commit), made in a thread of its own while the main
+    thread waits for it in short slices: a signal's handler runs in the main thread between two of them. (A lock
+    wait that a signal lands just before is not interrupted, and the handler would wait as long as the save.)"""
+    if threading.current_thread() is not threading.main_thread():
+        return wait()
+    result: list = []
+
+    def run() -> None:
+        try:
+            result.append((True, wait()))
+        except BaseException as e:  # noqa: BLE001 (raised again in the caller's thread)
+            result.append((False, e))
+
+    waiter = threading.Thread(target=run, name="waiting", daemon=True)
+    waiter.start()
+    while waiter.is_alive():
+        waiter.join(SLICE_S)
+    ok, value = result[0]
+    if not ok:
+        raise value
+    return value
 
 
 def say_stopped(message: str, status: int) -> None:

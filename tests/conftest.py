@@ -35,31 +35,6 @@ TINY = os.path.join(ROOT, "configs", "tiny.py")
 USER_ENV = {**os.environ, "XLA_FLAGS": TEST_XLA_FLAGS}  # the CPU devices a user has, not the tests' eight
 
 
-def pytest_configure(config) -> None:
-    config.addinivalue_line("markers", "long: runs several training processes (a minute or so); scheduled first")
-
-
-def pytest_collection_modifyitems(items) -> None:
-    """The long tests first in each worker's share, those of a module in one share (test_slurm.py's cluster then
-    starts once): the workers split the list into equal contiguous shares and, once idle, take the back half of
-    another's queue, so each ends on short tests instead of one waiting out a long one alone."""
-    workers = int(os.environ.get("PYTEST_XDIST_WORKER_COUNT", "1"))
-    by_module: dict[str, list] = {}
-    for item in items:
-        if item.get_closest_marker("long"):
-            by_module.setdefault(item.path, []).append(item)
-    shares = [[] for _ in range(workers)]
-    for module in sorted(by_module.values(), key=len, reverse=True):
-        min(shares, key=len).extend(module)
-    rest = [item for item in items if not item.get_closest_marker("long")]
-    ordered = []
-    for k, share in enumerate(shares):
-        take = (len(items) - len(ordered)) // (workers - k) - len(share)  # the scheduler's share k
-        ordered += share + rest[:take]
-        rest = rest[take:]
-    items[:] = ordered
-
-
 def run_module(*args: str, timeout: float = 300) -> subprocess.CompletedProcess:
     """`python -m ARGS` as a user runs it, from the repository root."""
     return subprocess.run([sys.executable, "-m", *args], cwd=ROOT, env=USER_ENV, capture_output=True, text=True,

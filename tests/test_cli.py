@@ -65,7 +65,6 @@ def test_bad_config_values_are_refused_by_the_check_every_command_runs(overrides
         config_lib.validate(cfg)
 
 
-@pytest.mark.long
 def test_a_workdir_of_another_model_or_tokenizer_is_one_line(tiny_run, cache_dir, tmp_path):
     workdir = str(tmp_path / "run")
     shutil.copytree(tiny_run[0], workdir)  # (a refusal that regressed would train this copy on)
@@ -111,7 +110,6 @@ def test_resuming_with_another_optimizer_is_one_line_and_keeps_the_checkpoints(t
 PRE_REDESIGN = os.path.join(os.path.dirname(__file__), "fixtures", "pre_redesign_run")
 
 
-@pytest.mark.long
 def test_a_workdir_written_before_the_redesign_samples_evaluates_and_fine_tunes_but_resumes_in_no_way(cache_dir,
                                                                                                    tmp_path):
     """tests/fixtures/pre_redesign_run (lm at 7c03c39): resuming it is one line naming its optimizer state and the
@@ -154,7 +152,6 @@ def test_undecodable_bytes_stop_the_run_or_are_read_as_replacement_characters(tm
                                             "3, read as U+FFFD (config.data.decode_errors=replace)"]
 
 
-@pytest.mark.long
 def test_cpu_devices_split_the_host_into_a_data_parallel_mesh(tmp_path, cache_dir):
     result = run_module("lm.train", "--config", TINY, "--workdir", str(tmp_path), "--config.mesh.cpu_devices=2",
                         "--config.train.steps=2", f"--config.data.cache_dir={cache_dir}")
@@ -183,7 +180,6 @@ def test_missing_empty_or_malformed_data_is_one_line(tmp_path, cache_dir):
                    "file written by SentencePiece")
 
 
-@pytest.mark.long
 def test_train_on_a_folder_of_text_and_on_jsonl_building_each_dataset_once(tmp_path, capsys):
     cache = tmp_path / "cache"
     folder = tmp_path / "folder"
@@ -245,7 +241,6 @@ def test_sample_batches_prompts_from_flags_and_a_jsonl_file(tiny_run, tmp_path):
     one_line_error(run_module("lm.sample", "--workdir", str(tmp_path)), "holds no checkpoints")
 
 
-@pytest.mark.long
 def test_sample_split_over_devices_or_from_int8_weights(wide_run):
     args = ("lm.sample", "--workdir", wide_run, "--prompt", "ROMEO:", "--prompt", "KING:", "--max_new_tokens", "30",
             "--temperature", "0", "--format", "jsonl")
@@ -268,7 +263,6 @@ def _generated(workdir, step, fmt, **kw):
     return generate(params, c, tok, ["ROMEO:", "KING:"], temperature=0.0, **kw)
 
 
-@pytest.mark.long
 def test_sample_reads_the_step_weight_format_and_stop_strings_it_is_given(wide_run):
     """`--step 1 --quantize int8` gives the greedy text of checkpoint 1's weights in int8, and `--quantize bfloat16
     --stop S` that of checkpoint 2's in bfloat16 cut before S; each differs from what the other settings give."""
@@ -292,7 +286,6 @@ def test_sample_reads_the_step_weight_format_and_stop_strings_it_is_given(wide_r
     assert first["sample"] == free[0]["sample"][:k] and first["stop_reason"] == "stop", (first, stop)
 
 
-@pytest.mark.long
 def test_bench_prints_its_figures_and_profile():
     result = run_module("lm.bench", "--config", TINY, "--repeats", "1", "--depths", "1,2", "--profile")
     assert result.returncode == 0, result.stderr
@@ -304,7 +297,6 @@ def test_bench_prints_its_figures_and_profile():
     assert abs(sum(float(share) for _, share in shares) - 100) < 1, result.stdout
 
 
-@pytest.mark.long
 def test_bench_times_the_training_batches_against_the_train_step(cache_dir):
     result = run_module("lm.bench", "--config", TINY, "--data", "--repeats", "1",
                         f"--config.data.cache_dir={cache_dir}", "--config.tokenizer.sample_chars=200000")
@@ -333,7 +325,6 @@ def test_bench_times_task_scoring_batched_and_one_example_at_a_time(cache_dir):
     assert abs(float(ratio.group(1)) - want) <= 0.05 + 0.01 * want, result.stdout
 
 
-@pytest.mark.long
 def test_bench_times_decoding_per_weight_format():
     result = run_module("lm.bench", "--config", TINY, "--decode", "--decode_batches", "2", "--new_tokens", "8",
                         "--repeats", "1", "--decode_tensor", "2")
@@ -366,7 +357,6 @@ def test_decode_bench_counts_the_weight_bytes_by_hand_and_decodes_the_tokens_ask
     assert np.asarray(decode.lm_decoder(c, params, 3, 4, 6)()).shape == (3, 6)  # batch 3, 6 new tokens
 
 
-@pytest.mark.long
 def test_commands_keep_compiled_programs_in_the_cache_under_home_and_a_second_run_reads_them(tmp_path, cache_dir):
     """With JAX_COMPILATION_CACHE_DIR unset, a first run writes its programs to ~/.cache/lm/jax; a second run of
     the same config, in a fresh workdir, finds every one there and adds none."""

@@ -283,7 +283,6 @@ class LmTestQuotes(tfds.core.GeneratorBasedBuilder):
             yield i, {"sentence": f"Quote {i}: to be or not to be, that is the question.", "id": i}
 
 
-@pytest.mark.long
 def test_a_tfds_dataset_prepared_as_array_record_trains_by_name(tmp_path, cache_dir):
     data_dir = str(tmp_path / "tensorflow_datasets")
     d = data(cache_dir, tfds_name="lm_test_quotes", tfds_data_dir=data_dir, text_key="sentence")

@@ -112,7 +112,6 @@ def test_a_flipped_byte_in_any_array_file_is_caught_at_restore_or_changes_nothin
     assert any("does not match the checksum written at save" in why for why in caught)
 
 
-@pytest.mark.long
 def test_train_sample_and_evaluate_take_the_checkpoint_before_one_with_a_flipped_byte(tiny_run, tiny_config, tmp_path,
                                                                                       cache_dir, capsys):
     workdir = _copy(tiny_run, tmp_path)
@@ -193,7 +192,6 @@ def test_a_torn_metrics_line_is_dropped_on_resume_with_one_warning(tiny_run, tin
     assert train_steps == [5, 10, 15, 20, 25, 30]  # every record once, in order
 
 
-@pytest.mark.long
 def test_a_full_disk_during_a_metrics_write_is_one_line_and_the_run_resumes(tmp_path, cache_dir):
     """A real full disk: a tmpfs in a private mount namespace, filled up to 32 KiB before a run that logs every
     step (over 300 bytes each) and saves only at its end."""
@@ -255,7 +253,6 @@ def test_a_truncated_newest_meta_is_set_aside(tiny_run, tmp_path):
 
 # 4. Two trainers on one workdir.
 
-@pytest.mark.long
 def test_a_second_trainer_on_a_workdir_is_refused_and_the_first_run_goes_on_intact(tmp_path, cache_dir):
     workdir = tmp_path / "run"
     overrides = ("--config.train.steps=300", "--config.checkpoint.every=20", "--config.train.log_every=5")
@@ -272,7 +269,6 @@ def test_a_second_trainer_on_a_workdir_is_refused_and_the_first_run_goes_on_inta
 
 # 5. A leftover tokenizer of other settings; 6. another batch size on resume.
 
-@pytest.mark.long
 def test_a_leftover_tokenizer_of_other_settings_is_replaced(tiny_config, tmp_path, cache_dir):
     """A run killed before its first checkpoint leaves its tokenizer; started again with other tokenizer settings,
     the run takes the tokenizer those settings make, and its data is prepared with that one."""
@@ -375,7 +371,6 @@ def test_a_checkpoint_deleted_while_it_is_read_is_not_damage_the_reader_takes_th
     assert _stderr_lines(capsys) == [] and len(calls) == 2
 
 
-@pytest.mark.long
 def test_a_reader_takes_a_committed_checkpoint_while_a_trainer_writes_and_deletes_them(tmp_path, cache_dir):
     workdir = tmp_path / "run"
     overrides = ("--config.train.steps=100000", "--config.checkpoint.every=5", "--config.checkpoint.keep=2",
@@ -432,7 +427,6 @@ def test_evaluate_writes_only_where_its_reader_says_and_names_the_data(tiny_run,
 
 # 10. and 11. Interrupts and bad input at any moment: one line.
 
-@pytest.mark.long
 def test_sigint_at_start_up_or_twice_in_a_save_is_one_line_and_exit_130(tmp_path, cache_dir):
     workdir = tmp_path / "run"
     at_once = ("stopped at once by SIGINT (a checkpoint being written is dropped); rerun the same command to resume "

@@ -58,7 +58,6 @@ def test_first_loss_of_a_fine_tune_is_the_source_loss_on_that_batch(tiny_run, ti
     assert not os.path.exists(tmp_path / "ft" / "tokenizer.json")  # none was made
 
 
-@pytest.mark.long
 def test_fine_tune_converts_layers_and_vocabulary_padding_either_way(tiny_config, tmp_path):
     """An imported GPT-2 (scanned, vocabulary 400 unpadded) fine-tunes unrolled with the table padded to 512 rows;
     that run fine-tunes scanned and unpadded again. Each first loss is the source model's own on that batch."""

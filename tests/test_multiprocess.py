@@ -13,7 +13,6 @@ import sys
 import time
 
 import numpy as np
-import pytest
 from conftest import TEST_XLA_FLAGS, TINY, USER_ENV, ReservedPorts, load_config
 
 from lm.train.loop import train
@@ -59,7 +58,6 @@ def _resume_elsewhere(workdir, copy, cache_dir, processes) -> str:
     return _train(copy, cache_dir, processes)
 
 
-@pytest.mark.long
 def test_two_processes_train_like_one_and_checkpoints_move_between_them(tmp_path, cache_dir):
     two, one = tmp_path / "two", tmp_path / "one"
     out = _train(two, cache_dir, processes=2)
@@ -78,7 +76,6 @@ def test_two_processes_train_like_one_and_checkpoints_move_between_them(tmp_path
         np.testing.assert_allclose([resumed[k] for k in (4, 5, 6, -6)], [b[k] for k in (4, 5, 6, -6)], rtol=1e-5)
 
 
-@pytest.mark.long
 def test_sigterm_to_one_of_two_processes_stops_both_after_the_same_step(tmp_path, cache_dir):
     env = {**USER_ENV, "XLA_FLAGS": f"{TEST_XLA_FLAGS} --xla_force_host_platform_device_count=4"}
     workdir = tmp_path / "run"

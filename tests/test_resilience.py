@@ -8,7 +8,6 @@ import subprocess
 
 import jax
 import numpy as np
-import pytest
 from conftest import ROOT, USER_ENV, final_state, signal_at, start_training, train_command
 
 from lm.data.sources import bundled_corpus
@@ -29,7 +28,6 @@ def _unfinished(directory):
     return [p for p in os.listdir(directory) if "tmp" in p] if os.path.isdir(directory) else []
 
 
-@pytest.mark.long
 def test_killed_three_times_the_run_ends_bitwise_equal_to_an_uninterrupted_one(tmp_path, cache_dir):
     """On a mixture of two prepared corpora: the bundled one and JSONL rows (other text, other characters)."""
     steps = 60
@@ -96,7 +94,6 @@ def test_killed_three_times_the_run_ends_bitwise_equal_to_an_uninterrupted_one(t
         np.testing.assert_array_equal(x, y)
 
 
-@pytest.mark.long
 def test_sigint_and_sigterm_save_the_current_step_and_exit_130_and_143_a_second_sigint_stops_at_once(tmp_path,
                                                                                                       cache_dir):
     workdir = tmp_path / "run"
@@ -142,7 +139,6 @@ def _adam_count(state):
     return counts.pop()
 
 
-@pytest.mark.long
 def test_a_nan_step_stops_the_run_or_is_skipped_as_configured(tmp_path, cache_dir):
     common = ("--config.train.log_every=1", "--config.train.eval_every=1000")
     stopped = subprocess.run(train_command(tmp_path / "stop", cache_dir, *common, "--config.train.nan_steps=(12,)"),
@@ -171,7 +167,6 @@ def test_a_nan_step_stops_the_run_or_is_skipped_as_configured(tmp_path, cache_di
     assert data_state["nonfinite"] == {"skipped": 1, "in_a_row": 0}
 
 
-@pytest.mark.long
 def test_a_full_disk_stops_the_run_with_one_line_and_the_previous_checkpoint_resumes(tmp_path, cache_dir):
     """A real full disk: a size-limited tmpfs in a private mount namespace (unshare, no privileges needed).
     Too few bytes are caught before a save starts; too few inodes (not foreseen) while orbax writes: the run is

@@ -56,7 +56,6 @@ def _params(workdir):
 NOISE_ONLY = {"lion": ["['blocks']['attn']['key']['bias']"]}
 
 
-@pytest.mark.long
 @pytest.mark.parametrize("optimizer", ["adamw", "muon", "lion", "schedule_free_adamw"])
 def test_same_losses_and_parameters_on_every_mesh(optimizer, tiny_config, tmp_path, capfd):
     """AdamW on each one-axis mesh; the other optimizers (their state sharded as AdamW's is) on data parallelism

@@ -22,7 +22,6 @@ from lm.errors import UserError
 from lm.sweep import command, experiment
 from lm.train.loop import train
 
-pytestmark = pytest.mark.long  # scheduled first, all in one worker: the cluster starts once
 EVENTS = os.path.join(ROOT, "tests", "events")
 
 EXPERIMENT = """

@@ -36,7 +36,6 @@ def _mtimes(root: str) -> dict[str, float]:
     return {p: os.stat(p).st_mtime_ns for p in glob.glob(f"{root}/**/*", recursive=True)}
 
 
-@pytest.mark.long
 def test_dry_run_commands_run_a_sweep_resumes_and_finishes_its_runs_and_a_rerun_trains_nothing(tmp_path, cache_dir,
                                                                                                 capfd, monkeypatch):
     monkeypatch.setenv("XLA_FLAGS", TEST_XLA_FLAGS)  # the runs see the CPU devices a user has, not the eight
@@ -168,7 +167,6 @@ def _welch_p(a, b):
     return 2.0 * float(np.sum((f[1:] + f[:-1]) / 2 * np.diff(u)))
 
 
-@pytest.mark.long
 def test_a_seeds_sweep_writes_each_arms_mean_deviation_and_welch_p_value(tmp_path, cache_dir, monkeypatch):
     """2 arms x 2 seeds (the fewest with a sample deviation) on the tiny config: results.md's arms table holds the
     mean and sample deviation of each arm's final validation losses and Welch's p-value against the baseline,

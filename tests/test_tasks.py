@@ -176,7 +176,6 @@ metric_list:
 """
 
 
-@pytest.mark.long
 def test_the_harness_with_our_adapter_scores_the_first_limit_examples_of_local_tasks_as_by_hand(gpt2, tmp_path):
     """lm-evaluation-harness reads two tasks defined in local YAML over the fixture's JSON lines (BLiMP's pairs as
     two choices, as the harness's own BLiMP task scores them) and asks our adapter for their log-likelihoods: its
@@ -249,7 +248,6 @@ def _accuracies_by_hand(workdir, step: int, first: int) -> dict[str, float]:
     return {**out, "task_mean_acc": (out["task_choice_acc"] + out["task_pairs_acc"]) / 2}
 
 
-@pytest.mark.long
 def test_a_run_killed_and_resumed_logs_every_task_evaluation_once_with_an_uninterrupted_runs_values(tmp_path,
                                                                                                     cache_dir):
     """Task scores every 4 steps (validation every 2) on the first 8 examples of each task (`eval.examples`), and

@@ -14,6 +14,7 @@ from lm.errors import UserError
 from lm.model import objective
 from lm.model.transformer import TransformerLM
 from lm.parallel.mesh import Layout
+from lm.parallel.placement import abstract_params
 
 EvalStep = Callable[[Any, dict[str, jax.Array]], dict[str, jax.Array]]
 
@@ -26,7 +27,8 @@ def make_eval_step(model: TransformerLM, token_bytes: np.ndarray, layout: Layout
         nll, _, mask, targets = objective.token_nll(model, params, batch)
         return {"nll": (nll * mask).sum(), "tokens": mask.sum(), "bytes": (token_bytes[targets] * mask).sum()}
 
-    jitted = jax.jit(eval_step)  # on the shardings the parameters and the global batch have
+    params_sh = jax.tree.map(lambda s: s.sharding, abstract_params(model, layout))
+    jitted = jax.jit(eval_step, in_shardings=(params_sh, layout.batch_sharding()))
 
     def run(params: Any, batch: dict[str, jax.Array]) -> dict[str, jax.Array]:
         with layout.scope():

@@ -10,7 +10,6 @@ import jax
 import jax.numpy as jnp
 import optax
 
-from lm.axes import CONFIG_NAMES
 from lm.model.transformer import TransformerLM
 from lm.parallel import placement
 from lm.parallel.mesh import Layout
@@ -47,16 +46,10 @@ def abstract(model: TransformerLM, tx: optax.GradientTransformation, layout: Lay
 
 
 def create(model: TransformerLM, tx: optax.GradientTransformation, layout: Layout, seed: int) -> TrainState:
-    """A fresh TrainState, each array created where its sharding on the layout puts it: one trace, in which the
-    logical names give each array's sharding (a separate shape pass would trace the model once more)."""
-
-    def init() -> TrainState:
-        boxed = _unbox_masked(_init_fn(model, tx, seed)())
-        layout.check_divisible(boxed, CONFIG_NAMES)
-        return jax.lax.with_sharding_constraint(nn.unbox(boxed), layout.shardings(boxed))
-
+    """A fresh TrainState, each array created where its sharding on the layout puts it."""
+    shardings = jax.tree.map(lambda s: s.sharding, abstract(model, tx, layout))
     with layout.scope():
-        return jax.jit(init)()
+        return jax.jit(lambda: nn.unbox(_init_fn(model, tx, seed)()), out_shardings=shardings)()
 
 
 def from_params(model: TransformerLM, tx: optax.GradientTransformation, layout: Layout, params: Any) -> TrainState:

@@ -9,6 +9,7 @@ import shutil
 import signal
 import subprocess
 import sys
+import threading
 
 import jax
 import ml_collections
@@ -28,6 +29,7 @@ from conftest import (
 from lm import optim
 from lm.backends import select
 from lm.checkpoint import integrity, manager, reader
+from lm.cli import interrupt
 from lm.errors import UserError
 from lm.parallel import mesh as shd
 from lm.tokenizer import sentencepiece
@@ -482,3 +484,34 @@ def test_a_corpus_of_one_long_line_trains_a_tokenizer(tmp_path):
     text = ("the quick brown fox jumps over the lazy dog; " * 20000).strip()  # 900 KB on one line
     tok = sentencepiece.train([text], "bpe", 300)
     assert tok.vocab_size == 300 and tok.decode(tok.encode(text[:5000])) == text[:5000]
+
+
+def test_a_signal_that_reaches_another_thread_runs_its_handler_while_the_main_thread_waits_for_a_save():
+    """The case a second Ctrl-C met in a save's commit: the signal's C handler ran outside the main thread's lock
+    wait (here: the main thread blocks it, so another thread takes it), and a plain wait would hold the Python
+    handler until the save ended. `interrupt.waiting` runs it within a slice; the save here ends only when the
+    handler has run (or, were it held, after a minute)."""
+    assert threading.current_thread() is threading.main_thread()
+    handled, released = threading.Event(), threading.Event()
+    sender_ready, send = threading.Event(), threading.Event()
+
+    def sender():
+        sender_ready.set()
+        send.wait()
+        os.kill(os.getpid(), signal.SIGUSR1)  # the main thread blocks it: this thread (or another) takes it
+
+    def save():
+        send.set()
+        return released.wait(60)  # True: released by the handler; False: a minute passed without it
+
+    previous = signal.signal(signal.SIGUSR1, lambda *_: (handled.set(), released.set()))
+    thread = threading.Thread(target=sender)
+    thread.start()  # before the mask: its own mask lets SIGUSR1 in
+    sender_ready.wait()
+    signal.pthread_sigmask(signal.SIG_BLOCK, [signal.SIGUSR1])
+    try:
+        assert interrupt.waiting(save) is True  # the handler ran while the save was still waiting for it
+    finally:
+        signal.pthread_sigmask(signal.SIG_UNBLOCK, [signal.SIGUSR1])
+        signal.signal(signal.SIGUSR1, previous)
+        thread.join()

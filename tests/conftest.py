@@ -2,6 +2,7 @@
 helpers that run the command-line tools as a user does, and a workdir's validation loss computed by hand."""
 
 import atexit
+import compileall
 import hashlib
 import importlib.util
 import os
@@ -26,11 +27,16 @@ atexit.register(shutil.rmtree, _COMPILED, True)
 os.environ.update(JAX_COMPILATION_CACHE_DIR=_COMPILED, JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS="0",
                   JAX_PERSISTENT_CACHE_MIN_ENTRY_SIZE_BYTES="0")
 
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+# The commands the tests start read lm's modules as bytecode compiled once here, also where PYTHONDONTWRITEBYTECODE
+# is set (as it may be on a CI machine): otherwise each of the suite's hundreds of commands compiles them afresh.
+if sys.dont_write_bytecode:
+    compileall.compile_dir(os.path.join(ROOT, "lm"), quiet=1)
+
 import jax  # noqa: E402
 import numpy as np  # noqa: E402
 import pytest  # noqa: E402
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 TINY = os.path.join(ROOT, "configs", "tiny.py")
 USER_ENV = {**os.environ, "XLA_FLAGS": TEST_XLA_FLAGS}  # the CPU devices a user has, not the tests' eight
 

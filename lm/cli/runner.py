@@ -2,11 +2,13 @@
 every way it can end (a user error, a full disk, a stop on purpose, Ctrl-C) turned into one line and its
 documented exit status."""
 
+import atexit
 import logging as std_logging
 import os
 import sys
+import threading
 from collections.abc import Callable, Sequence
-from typing import Any
+from typing import Any, NoReturn
 
 from absl import app, flags, logging
 
@@ -60,4 +62,24 @@ def run(main: Callable[[Sequence[str]], None]) -> None:
         except KeyboardInterrupt:  # SIGINT in a process whose handler is Python's own
             interrupt.stop_at_once()
 
-    app.run(guarded, flags_parser=parse)
+    try:
+        app.run(guarded, flags_parser=parse)
+    except SystemExit as e:
+        leave(e.code)
+
+
+def leave(code: Any) -> NoReturn:
+    """Ends the process as `sys.exit(code)` would, in the same order (threads that are not daemons joined, the
+    exit handlers run: JAX's, which also shut a multi-process run's coordination down, and logging's; the standard
+    streams flushed), but without the interpreter's teardown of every module and object, which is slow once JAX and
+    XLA have been used and can only free memory the process gives back anyway."""
+    for thread in threading.enumerate():
+        if thread is not threading.current_thread() and not thread.daemon:
+            thread.join()
+    atexit._run_exitfuncs()
+    if code is not None and not isinstance(code, int):  # sys.exit("message"): the message, status 1
+        print(code, file=sys.stderr)
+        code = 1
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os._exit(code or 0)

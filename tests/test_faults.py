@@ -515,3 +515,30 @@ def test_a_signal_that_reaches_another_thread_runs_its_handler_while_the_main_th
         signal.pthread_sigmask(signal.SIG_UNBLOCK, [signal.SIGUSR1])
         signal.signal(signal.SIGUSR1, previous)
         thread.join()
+
+
+def test_a_command_that_leaves_at_once_still_joins_its_threads_runs_its_exit_handlers_and_flushes_its_output(
+        tmp_path):
+    """`runner.leave` skips only the interpreter's teardown: a thread that is not a daemon finishes its write, an
+    idle thread pool (orbax keeps one) does not hold the exit, the exit handlers run after the threads, and what
+    was printed without a flush arrives; the status is sys.exit's."""
+    log = tmp_path / "log"
+    script = (
+        "import atexit, concurrent.futures, sys, threading, time\n"
+        "from lm.cli import runner\n"
+        f"log = {str(log)!r}\n"
+        "def slow():\n"
+        "    time.sleep(0.5)\n"
+        "    open(log, 'a').write('thread\\n')\n"
+        "threading.Thread(target=slow).start()\n"
+        "concurrent.futures.ThreadPoolExecutor(1).submit(int).result()\n"
+        "atexit.register(lambda: open(log, 'a').write('exit handler\\n'))\n"
+        "print('printed', end='')\n"
+        "sys.stderr.write('said')\n"
+        "runner.leave(int(sys.argv[1]) if sys.argv[1].isdigit() else sys.argv[1])\n")
+    for code, status, stderr in (("3", 3, "said"), ("0", 0, "said"), ("bad news", 1, "saidbad news\n")):
+        log.unlink(missing_ok=True)
+        done = subprocess.run([sys.executable, "-c", script, code], cwd=ROOT, env=USER_ENV, capture_output=True,
+                              text=True, timeout=120)
+        assert (done.returncode, done.stdout, done.stderr) == (status, "printed", stderr)
+        assert log.read_text() == "thread\nexit handler\n"

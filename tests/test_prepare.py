@@ -2,7 +2,9 @@
 prepared data can be wrong (damaged, another tokenizer's, its files changed under a run)."""
 
 import hashlib
+import json
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -10,7 +12,7 @@ import sys
 import jax
 import numpy as np
 import pytest
-from conftest import ROOT, TINY, USER_ENV, char_tokenizer
+from conftest import ROOT, TINY, USER_ENV, char_tokenizer, contents, one_line_error
 
 from lm import config as config_lib
 from lm.data import corpus, documents, prepare, sources
@@ -65,7 +67,8 @@ def test_a_preparation_killed_and_run_again_writes_the_same_shards(tmp_path, cac
                            *args, str(killed), "--workers", "1"], cwd=ROOT, env=USER_ENV, capture_output=True,
                           text=True, timeout=300)
     assert proc.returncode == -signal.SIGKILL, proc.stderr
-    assert sorted(os.listdir(killed / "tasks")) == [f"{i:05d}.json" for i in range(30)] + ["00030.json.tmp"]
+    names = sorted(os.listdir(killed / "tasks"))  # 30 records, and the one being written under a temporary name
+    assert names[1:] == [f"{i:05d}.json" for i in range(30)] and re.fullmatch(r"\.00030\.json\.\w+\.tmp", names[0])
     assert (killed / "00030-0000").is_dir() and not (killed / prepare.MANIFEST).exists()
     again = subprocess.run([sys.executable, "-m", *args, str(killed), "--workers", "2"], cwd=ROOT, env=USER_ENV,
                            capture_output=True, text=True, timeout=300)
@@ -129,3 +132,48 @@ def test_a_run_whose_files_changed_since_preparation_stops_and_resumes_once_they
     out = capsys.readouterr().out  # from the step after the checkpoint (every step logged), none before it
     assert "resuming at step 2" in out and "step      3/4" in out and "step      4/4" in out, out
     assert "step      1/" not in out and "step      2/" not in out, out
+
+
+def test_prepare_writes_only_into_an_empty_folder_or_its_own_and_never_deletes_or_writes_through_a_users_file(
+        tmp_path, cache_dir):
+    """`--out` a folder holding a user's notes and the corpus (once deleted whole when the corpus changed), the
+    corpus folder itself, or a file: one line each, nothing written. A folder lm prepared into, in which a user
+    then put a file and links (one at a name lm writes): after the corpus changes, preparing again rewrites lm's
+    files only, and a link at the lock's name is refused; the user's file and the links' target are untouched."""
+    mine = tmp_path / "mine"
+    (mine / "raw").mkdir(parents=True)
+    (mine / "raw" / "a.txt").write_text(TEXT[:60_000])
+    (mine / "NOTES.md").write_text("my notes\n")
+
+    def prepare_into(out):
+        return subprocess.run([sys.executable, "-m", "lm.prepare", "--config", TINY, "--out", str(out), "--workers",
+                               "1", f"--config.data.path={mine / 'raw'}", f"--config.data.cache_dir={cache_dir}"],
+                              cwd=ROOT, env=USER_ENV, capture_output=True, text=True, timeout=300)
+
+    (tmp_path / "notes").mkdir()
+    (tmp_path / "notes" / "NOTES.md").write_text("other notes\n")
+    before = contents(tmp_path)
+    for out in (mine, mine / "raw"):
+        one_line_error(prepare_into(out), f"--out {out} holds the corpus itself", "a folder of its own")
+    one_line_error(prepare_into(tmp_path / "notes"), "notes holds files lm did not write (NOTES.md)", "new or empty")
+    one_line_error(prepare_into(mine / "NOTES.md"), "is a file, not a folder")
+    assert contents(tmp_path) == before and sorted(os.listdir(mine)) == ["NOTES.md", "raw"]
+
+    out, victim = tmp_path / "prepared", tmp_path / "victim.txt"
+    assert prepare_into(out).returncode == 0
+    victim.write_text("not lm's\n")
+    (out / "NOTES.md").write_text("kept\n")
+    (out / "mine").symlink_to(victim)
+    os.remove(out / "tokenizer.json")
+    (out / "tokenizer.json").symlink_to(victim)  # a name lm writes: replaced, never written through
+    (mine / "raw" / "a.txt").write_text(TEXT[:50_000])  # the corpus changes
+    again = prepare_into(out)
+    assert again.returncode == 0 and "changed since" in again.stderr, again.stderr
+    assert victim.read_text() == "not lm's\n" and (out / "NOTES.md").read_text() == "kept\n"
+    assert os.readlink(out / "mine") == str(victim) and not os.path.islink(out / "tokenizer.json")
+    assert set(json.loads((out / "tokenizer.json").read_text())) == {"type", "model"}  # the new corpus's tokenizer
+    os.remove(out / ".lock")
+    (out / ".lock").symlink_to(victim)
+    (mine / "raw" / "a.txt").write_text(TEXT[:40_000])
+    one_line_error(prepare_into(out), f"{out / '.lock'} is a link", "remove it")
+    assert victim.read_text() == "not lm's\n"

@@ -172,7 +172,7 @@ def open_splits(c: Data, tokenizer: AnyTokenizer, d: Any, workers: int = 0) -> d
         folder = prepared_folder(c, tokenizer, d)
         if not os.path.exists(os.path.join(folder, prepare.MANIFEST)) or \
                 prepare.read_json(os.path.join(folder, prepare.MANIFEST))["source"] != c.source.identity():
-            prepare.prepare(c.source, tokenizer, folder, workers or d.get("workers", 0))
+            prepare.prepare(c.source, tokenizer, folder, workers or d.get("workers", 0), "the cache folder")
     data = shards.Prepared.open(folder, tokenizer)
     return {split: data.pieces(split) for split in SPLITS}
 

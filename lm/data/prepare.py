@@ -1,7 +1,9 @@
 """Documents -> prepared token shards, once per corpus and tokenizer: tokenized in parallel over the host's
 cores (processes), streamed with bounded memory, resumable and atomic.
 
-A prepared folder holds:
+A prepared folder holds (and lm writes into an empty folder or one that holds its mark, and deletes nothing but
+these names: lm/folders.py):
+  .lm-prepared      the mark of a folder lm prepares into
   manifest.json     written last (the folder is complete once it exists): the tokenizer's checksum, the source's
                     identity (files, sizes, modification times, settings), and each shard's token and document
                     counts per split and file checksums
@@ -22,6 +24,7 @@ import itertools
 import json
 import multiprocessing
 import os
+import re
 import shutil
 import sys
 import time
@@ -31,6 +34,7 @@ from typing import Any
 import numpy as np
 from tqdm import tqdm
 
+from lm import folders
 from lm.data.documents import SPLITS, Document, Task
 from lm.errors import UserError
 from lm.tokenizer import kinds
@@ -38,6 +42,13 @@ from lm.tokenizer.kinds import AnyTokenizer
 
 MANIFEST = "manifest.json"
 FORMAT = 1
+MARK = ".lm-prepared"
+_OWN = re.compile(r"(manifest|tokenizer|source)\.json(\.tmp)?|tasks|\.lock|\d{5}-\d{4}")
+
+
+def _is_own(name: str) -> bool:
+    """Whether `name` in a prepared folder is one lm gives what it writes there."""
+    return bool(_OWN.fullmatch(name)) or folders.is_temporary(name)
 
 
 def tokenizer_sha(tokenizer: AnyTokenizer) -> str:
@@ -51,9 +62,7 @@ def token_dtype(vocab_size: int) -> np.dtype:
 
 def _write_json(path: str, value: Any) -> None:
     """`value` as JSON at `path`, atomically."""
-    with open(path + ".tmp", "w") as f:
-        json.dump(value, f, indent=1, sort_keys=True)
-    os.replace(path + ".tmp", path)
+    folders.write_atomic(path, json.dumps(value, indent=1, sort_keys=True))
 
 
 def read_json(path: str) -> Any:
@@ -99,8 +108,7 @@ def _write_shard(out: str, name: str, part: dict[str, list[Document]], tok: AnyT
                  dtype: np.dtype) -> dict[str, Any]:
     """One shard, appearing whole at out/name; its record (counts and checksums)."""
     record: dict[str, Any] = {"name": name, "sha256": {}}
-    tmp = os.path.join(out, f".{name}.{os.getpid()}.tmp")
-    os.makedirs(tmp, exist_ok=True)
+    tmp = folders.fresh_folder(out, name)
     for split in SPLITS:
         tokens, docs = _tokenize(part[split], tok, dtype)
         record[split] = {"tokens": int(tokens.size), "documents": int(len(docs))}
@@ -145,36 +153,46 @@ def _run(pending: list[tuple[int, Task]], workers: int, init: tuple) -> Iterator
         yield from pool.imap_unordered(_run_task, pending)
 
 
-def prepare(source: Any, tokenizer: AnyTokenizer, out: str, workers: int = 0) -> dict[str, Any]:
+def prepare(source: Any, tokenizer: AnyTokenizer, out: str, workers: int = 0,
+            flag: str = "the prepared-data folder") -> dict[str, Any]:
     """Prepares `source` (sources.FileSource or catalog.CatalogSource) with `tokenizer` into the folder `out`
-    (resuming a preparation that stopped); its manifest. One process at a time per folder (a lock); the others
-    wait and find it prepared. `workers`: processes (0: one per core)."""
-    os.makedirs(os.path.join(out, "tasks"), exist_ok=True)
+    (resuming a preparation that stopped); its manifest. `out` is empty or lm's (one line otherwise, naming it as
+    `flag`). One process at a time per folder (a lock); the others wait and find it prepared. `workers`:
+    processes (0: one per core)."""
+    _check_apart(source, out, flag)
+    folders.claim(out, MARK, _is_own, flag)
     sha, identity = tokenizer_sha(tokenizer), source.identity()
-    with open(os.path.join(out, ".lock"), "w") as lock:
+    with os.fdopen(folders.open_lock(os.path.join(out, ".lock")), "r+") as lock:
         fcntl.flock(lock, fcntl.LOCK_EX)
         if os.path.exists(os.path.join(out, MANIFEST)):
             manifest = read_json(os.path.join(out, MANIFEST))
             if manifest["tokenizer"]["sha256"] == sha and manifest["source"] == identity:
                 return manifest
-        for name in os.listdir(out):  # what a killed preparation was writing
-            if name.endswith(".tmp"):
-                path = os.path.join(out, name)
-                shutil.rmtree(path) if os.path.isdir(path) else os.remove(path)
+        for folder in (out, os.path.join(out, "tasks")):  # what a killed preparation was writing
+            if os.path.isdir(folder) and not os.path.islink(folder):
+                folders.remove_own(folder, folders.is_temporary)
         started = os.path.join(out, "source.json")
         if os.path.exists(started) and read_json(started) != {"source": identity, "tokenizer": sha}:
             print(f"warning: {source.describe()} changed since {out} was prepared from it; preparing it again",
                   file=sys.stderr, flush=True)
-            for name in os.listdir(out):
-                if name != ".lock":
-                    path = os.path.join(out, name)
-                    shutil.rmtree(path) if os.path.isdir(path) else os.remove(path)
-            os.makedirs(os.path.join(out, "tasks"))
+            folders.remove_own(out, lambda name: _is_own(name) and name != ".lock")
+        if os.path.islink(os.path.join(out, "tasks")):
+            raise UserError(f"{os.path.join(out, 'tasks')} is a link; lm does not write through links in its "
+                            "folders: remove it")
+        os.makedirs(os.path.join(out, "tasks"), exist_ok=True)
         _write_json(started, {"source": identity, "tokenizer": sha})
         _write_json(os.path.join(out, "tokenizer.json"), tokenizer.to_json())
         manifest = _prepare_tasks(source, tokenizer, out, workers, sha, identity)
         _write_json(os.path.join(out, MANIFEST), manifest)
         return manifest
+
+
+def _check_apart(source: Any, out: str, flag: str) -> None:
+    """One line if the folder to prepare into holds a file of the corpus (or is one of its folders)."""
+    inside = [f for f, _, _ in source.identity().get("files", [])
+              if os.path.commonpath([os.path.realpath(f), os.path.realpath(out)]) == os.path.realpath(out)]
+    if inside:
+        raise UserError(f"{flag} {out} holds the corpus itself ({inside[0]}); prepare into a folder of its own")
 
 
 def _prepare_tasks(source: Any, tokenizer: AnyTokenizer, out: str, workers: int, sha: str,

@@ -34,7 +34,8 @@ def main(argv: Sequence[str]) -> None:
             print(f"{c.name} is read in place (prepared already, or token files): nothing to prepare")
             continue
         out = f.out or corpus.prepared_folder(c, tokenizer, d)
-        manifest = prepare.prepare(c.source, tokenizer, out, f.workers or d.workers)
+        flag = "--out" if f.out else "the cache folder"
+        manifest = prepare.prepare(c.source, tokenizer, out, f.workers or d.workers, flag)
         s = manifest["splits"]
         print(f"{c.name}: {s['train']['tokens']:,} train and {s['validation']['tokens']:,} validation tokens in "
               f"{len(manifest['shards'])} shard(s) at {out}")

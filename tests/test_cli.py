@@ -40,6 +40,7 @@ def test_config_key_typo_names_the_key(tmp_path, cache_dir):
     (["--config.optim.name=muon", "--config.optim.muon_params=blocks/*"],  # a Muon setting the shapes do not fit
      "config.optim.muon_params='blocks/*' gives Muon blocks/attn/key/bias of shape [2, 2, 16], which is not a weight "
      "matrix"),
+    (["--config.data.mixture=a/:0.5,b/:nan"], "config.data.mixture item 'b/:nan' is not PATH:WEIGHT with a weight > 0"),
 ])
 def test_bad_config_values_are_one_line(flags, message, tmp_path, cache_dir):
     one_line_error(run_module("lm.train", "--config", TINY, "--workdir", str(tmp_path),

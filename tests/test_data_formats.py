@@ -263,7 +263,7 @@ def test_a_fresh_run_on_an_lm_prepare_folder_takes_its_tokenizer(tmp_path, cache
 
 def test_a_malformed_mixture_is_one_line_naming_the_item(cache_dir):
     for text, item in (("a/:0.7,b/", "b/"), ("a/:0.7,b/:x", "b/:x"), ("a/:0.7, b/:0", "b/:0"), (":0.5", ":0.5"),
-                       ("a/:0.7,,b/:0.3", "")):
+                       ("a/:0.7,,b/:0.3", ""), ("a/:nan", "a/:nan"), ("a/:inf,b/:1", "a/:inf")):
         with pytest.raises(UserError) as e:
             corpus.resolve(data(cache_dir, mixture=text))
         assert str(e.value) == (f"config.data.mixture item {item!r} is not PATH:WEIGHT with a weight > 0; write e.g. "

@@ -12,6 +12,7 @@ import dataclasses
 import glob
 import hashlib
 import json
+import math
 import os
 from typing import Any
 
@@ -63,7 +64,7 @@ def mixture(text: str) -> list[tuple[str, float]]:
             w = float(weight)
         except ValueError:
             w = -1.0
-        if not path or w <= 0:
+        if not path or not 0 < w < math.inf:  # nan fails both comparisons
             raise UserError(f"config.data.mixture item {item.strip()!r} is not PATH:WEIGHT with a weight > 0; write "
                             "e.g. --config.data.mixture=web/:0.8,code/:0.2")
         out.append((path, w))

@@ -542,3 +542,36 @@ def test_a_command_that_leaves_at_once_still_joins_its_threads_runs_its_exit_han
                               text=True, timeout=120)
         assert (done.returncode, done.stdout, done.stderr) == (status, "printed", stderr)
         assert log.read_text() == "thread\nexit handler\n"
+
+
+def test_links_planted_in_a_workdir_are_never_written_through(tmp_path, cache_dir):
+    """A workdir received from elsewhere with `lock` or `metrics.jsonl` a link to a user's file, or
+    `metrics.jsonl` a folder: one line each, the file untouched. Links at the names of the files a run writes whole
+    (its tokenizer, its summary) are replaced by the run's files, their target untouched."""
+    workdir, victim = tmp_path / "run", tmp_path / "victim.txt"
+    workdir.mkdir()
+    victim.write_text("not lm's\n")
+
+    def train_here():
+        command = train_command(workdir, cache_dir, "--config.train.steps=4", "--config.checkpoint.every=4")
+        return subprocess.run(command, cwd=ROOT, env=USER_ENV, capture_output=True, text=True, timeout=300)
+
+    (workdir / "lock").symlink_to(victim)
+    one_line_error(train_here(), f"{workdir / 'lock'} is a link", "remove it")
+    os.remove(workdir / "lock")
+    (workdir / "metrics.jsonl").symlink_to(victim)
+    one_line_error(train_here(), f"{workdir / 'metrics.jsonl'} is not a file lm wrote", "move it away")
+    os.remove(workdir / "metrics.jsonl")
+    (workdir / "metrics.jsonl").mkdir()
+    one_line_error(train_here(), f"{workdir / 'metrics.jsonl'} is not a file lm wrote")
+    os.rmdir(workdir / "metrics.jsonl")
+    shutil.rmtree(workdir / "checkpoints", ignore_errors=True)
+    for name in ("tokenizer.json", "summary.json"):
+        if os.path.lexists(workdir / name):
+            os.remove(workdir / name)
+        (workdir / name).symlink_to(victim)
+    done = train_here()
+    assert done.returncode == 0, done.stderr
+    assert victim.read_text() == "not lm's\n"
+    for name in ("tokenizer.json", "summary.json", "metrics.jsonl"):
+        assert not os.path.islink(workdir / name) and json.loads((workdir / name).read_text().splitlines()[0])

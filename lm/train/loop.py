@@ -12,7 +12,7 @@ import jax
 import ml_collections
 
 from lm import config as config_lib
-from lm import flops
+from lm import flops, folders
 from lm.errors import Stopped
 from lm.parallel.mesh import Layout, bytes_per_device, make_layout
 from lm.train import duties, faults, startup
@@ -110,6 +110,4 @@ def _describe(layout: Layout, start: startup.Start) -> str:
 
 
 def _write_json(path: str, value: dict[str, Any]) -> None:
-    with open(path + ".tmp", "w") as f:
-        json.dump(value, f)
-    os.replace(path + ".tmp", path)
+    folders.write_atomic(path, json.dumps(value))

@@ -15,7 +15,8 @@ import jax
 from tensorboardX.event_file_writer import EventsWriter
 from tensorboardX.proto import event_pb2, summary_pb2
 
-from lm.errors import DiskFull
+from lm import folders
+from lm.errors import DiskFull, UserError
 from lm.evaluate.tasks import flat
 
 METRICS = "metrics.jsonl"
@@ -77,11 +78,11 @@ class MetricsLog:
         if not self.active:
             return
         with _disk_full_is_one_line(workdir):
-            if os.path.exists(self.path):
-                kept = _kept_records(self.path, resume_step)
-                with open(self.path + ".tmp", "w") as f:
-                    f.writelines(kept)
-                os.replace(self.path + ".tmp", self.path)  # a kill during the rewrite loses no records
+            if os.path.islink(self.path) or os.path.lexists(self.path) and not os.path.isfile(self.path):
+                raise UserError(f"{self.path} is not a file lm wrote (a link or a folder); move it away to resume, or "
+                                "use another --workdir")
+            if os.path.exists(self.path):  # rewritten whole: a kill during the rewrite loses no records
+                folders.write_atomic(self.path, "".join(_kept_records(self.path, resume_step)))
             suffix = f".{os.getpid()}.{time.time_ns()}"  # a new file each start, never one an earlier start wrote
             self.events = EventsWriter(os.path.join(workdir, "events"), suffix)
             if resume_step:  # TensorBoard hides what an interrupted run wrote past the resumed step
@@ -100,7 +101,7 @@ class MetricsLog:
         if record is None:
             return
         with _disk_full_is_one_line(self.workdir):
-            with open(self.path, "a") as f:
+            with open(os.open(self.path, os.O_WRONLY | os.O_APPEND | os.O_CREAT | os.O_NOFOLLOW, 0o644), "a") as f:
                 f.write(json.dumps(record) + "\n")
             values = [summary_pb2.Summary.Value(tag=_tag(k), simple_value=v)
                       for k, v in record.items() if k != "step" and isinstance(v, int | float)]

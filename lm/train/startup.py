@@ -13,7 +13,7 @@ import ml_collections
 import optax
 
 from lm import config as config_lib
-from lm import optim
+from lm import folders, optim
 from lm.backends import select
 from lm.checkpoint import compatibility
 from lm.checkpoint.manager import Checkpointer, make_meta
@@ -74,9 +74,7 @@ def _tokenizer(cfg: ml_collections.ConfigDict, workdir: str) -> AnyTokenizer:
     if jax.process_index() == 0:
         tok = corpus_lib.fresh_tokenizer(cfg.data, cfg.tokenizer)
         os.makedirs(workdir, exist_ok=True)
-        with open(path + ".tmp", "w") as f:
-            json.dump(tok.to_json(), f)
-        os.replace(path + ".tmp", path)
+        folders.write_atomic(path, json.dumps(tok.to_json()))
     processes.sync("tokenizer")
     with open(path) as f:
         return kinds.from_json(json.load(f))

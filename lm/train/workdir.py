@@ -16,6 +16,7 @@ from typing import TextIO
 
 import jax
 
+from lm import folders
 from lm.checkpoint.manager import CHECKPOINTS
 from lm.errors import UserError
 from lm.parallel.processes import global_max
@@ -45,7 +46,7 @@ def _take(workdir: str) -> TextIO:
     _check_writable(workdir)
     if os.path.isdir(os.path.join(workdir, CHECKPOINTS)):
         _check_writable(os.path.join(workdir, CHECKPOINTS))
-    f = open(os.open(os.path.join(workdir, LOCK), os.O_RDWR | os.O_CREAT, 0o644), "r+")
+    f = open(folders.open_lock(os.path.join(workdir, LOCK)), "r+")
     try:
         fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
     except OSError as e:

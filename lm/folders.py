@@ -10,9 +10,10 @@ a link planted in such a folder is never written through:
 
 import contextlib
 import os
+import secrets
 import shutil
-import tempfile
 from collections.abc import Callable
+from typing import Any
 
 from lm.errors import UserError
 
@@ -49,7 +50,8 @@ def claim(folder: str, mark: str, is_own: Callable[[str], bool], flag: str) -> N
 def write_atomic(path: str, data: str | bytes) -> None:
     """`data` at `path`, whole: written to a fresh file beside it (made exclusively), then renamed over `path`."""
     folder, name = os.path.split(path)
-    fd, tmp = tempfile.mkstemp(prefix=f".{name}.", suffix=".tmp", dir=folder or ".")
+    fd, tmp = _fresh(lambda p: os.open(p, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW, 0o666),
+                     folder or ".", name)
     try:
         with os.fdopen(fd, "wb" if isinstance(data, bytes) else "w") as f:
             f.write(data)
@@ -62,7 +64,18 @@ def write_atomic(path: str, data: str | bytes) -> None:
 
 def fresh_folder(folder: str, name: str) -> str:
     """A new empty folder inside `folder`, made exclusively, to fill and then rename to `name`."""
-    return tempfile.mkdtemp(prefix=f".{name}.", suffix=".tmp", dir=folder)
+    return _fresh(lambda p: os.mkdir(p, 0o777), folder, name)[1]
+
+
+def _fresh(make: Callable[[str], Any], folder: str, name: str) -> tuple[Any, str]:
+    """(what `make` returns, the path) for a new name `.NAME.RANDOM.tmp` in `folder`, made exclusively with the
+    permissions the user's umask gives (tempfile's would make it private)."""
+    while True:
+        path = os.path.join(folder, f".{name}.{secrets.token_hex(4)}.tmp")
+        try:
+            return make(path), path
+        except FileExistsError:
+            continue
 
 
 def is_temporary(name: str) -> bool:

@@ -573,5 +573,8 @@ def test_links_planted_in_a_workdir_are_never_written_through(tmp_path, cache_di
     done = train_here()
     assert done.returncode == 0, done.stderr
     assert victim.read_text() == "not lm's\n"
+    umask = os.umask(0)
+    os.umask(umask)
     for name in ("tokenizer.json", "summary.json", "metrics.jsonl"):
         assert not os.path.islink(workdir / name) and json.loads((workdir / name).read_text().splitlines()[0])
+        assert os.stat(workdir / name).st_mode & 0o777 == 0o666 & ~umask, name  # as open() makes a file, not private

@@ -172,6 +172,10 @@ def test_prepare_writes_only_into_an_empty_folder_or_its_own_and_never_deletes_o
     assert victim.read_text() == "not lm's\n" and (out / "NOTES.md").read_text() == "kept\n"
     assert os.readlink(out / "mine") == str(victim) and not os.path.islink(out / "tokenizer.json")
     assert set(json.loads((out / "tokenizer.json").read_text())) == {"type", "model"}  # the new corpus's tokenizer
+    umask = os.umask(0)
+    os.umask(umask)
+    for path, mode in ((out / "tokenizer.json", 0o666), (out / "00000-0000", 0o777)):  # as open() and mkdir make them
+        assert os.stat(path).st_mode & 0o777 == mode & ~umask, path
     os.remove(out / ".lock")
     (out / ".lock").symlink_to(victim)
     (mine / "raw" / "a.txt").write_text(TEXT[:40_000])

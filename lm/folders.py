@@ -2,8 +2,8 @@
 a link planted in such a folder is never written through:
 
 - a folder is lm's own (it holds lm's mark file) or empty, or lm refuses it in one line (`claim`);
-- a file is written whole under a fresh name, made exclusively, then renamed over its own name (`write_atomic`:
-  a link at that name is replaced, not followed);
+- a file is written whole under a fresh name, made exclusively, then renamed over its own name (`write_atomic`,
+  `replacing`: a link at that name is replaced, not followed);
 - a file kept open (a lock) is opened without following a link (`open_lock`);
 - only the names lm gives its own files are ever deleted, and never a link (`remove_own`).
 """
@@ -12,7 +12,7 @@ import contextlib
 import os
 import secrets
 import shutil
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from typing import Any
 
 from lm.errors import UserError
@@ -49,12 +49,23 @@ def claim(folder: str, mark: str, is_own: Callable[[str], bool], flag: str) -> N
 
 def write_atomic(path: str, data: str | bytes) -> None:
     """`data` at `path`, whole: written to a fresh file beside it (made exclusively), then renamed over `path`."""
+    with replacing(path) as tmp, open(tmp, "wb" if isinstance(data, bytes) else "w") as f:
+        f.write(data)
+
+
+@contextlib.contextmanager
+def replacing(path: str) -> Iterator[str]:
+    """A fresh empty file beside `path` (made exclusively) for the block to write whole; renamed over `path` when
+    the block ends (with the mode the user's umask gives), deleted if it fails. A link at `path` is replaced, never
+    written through."""
     folder, name = os.path.split(path)
     fd, tmp = _fresh(lambda p: os.open(p, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW, 0o666),
                      folder or ".", name)
+    mode = os.fstat(fd).st_mode & 0o777
+    os.close(fd)
     try:
-        with os.fdopen(fd, "wb" if isinstance(data, bytes) else "w") as f:
-            f.write(data)
+        yield tmp
+        os.chmod(tmp, mode)  # a writer that replaced the fresh file (safetensors does) made it private
         os.replace(tmp, path)
     except BaseException:
         with contextlib.suppress(OSError):
@@ -76,6 +87,17 @@ def _fresh(make: Callable[[str], Any], folder: str, name: str) -> tuple[Any, str
             return make(path), path
         except FileExistsError:
             continue
+
+
+def check_writable(folder: str, flag: str) -> None:
+    """One line now, not at the first file written, if files cannot be made in `folder` (named by `flag`)."""
+    try:
+        fd, probe = _fresh(lambda p: os.open(p, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW, 0o666),
+                           folder, "write-test")
+        os.close(fd)
+        os.remove(probe)
+    except OSError as e:
+        raise UserError(f"cannot write in {folder} ({e.strerror}); make it writable or use another {flag}") from None
 
 
 def is_temporary(name: str) -> bool:

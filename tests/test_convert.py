@@ -5,6 +5,7 @@ lm's logits (tests/fixtures/lm_export)."""
 
 import json
 import os
+import shutil
 import subprocess
 import sys
 
@@ -12,7 +13,7 @@ import jax
 import numpy as np
 import pytest
 import sentencepiece as spm
-from conftest import wide_params
+from conftest import USER_ENV, contents, one_line_error, wide_params
 from fixtures import lm_export_source
 from safetensors.numpy import load_file
 
@@ -174,3 +175,94 @@ def test_export_writes_the_checkpoint_step_asks_for(wide_run, tmp_path):
     np.testing.assert_array_equal(got["model.embed_tokens.weight"], want["token_embedding"])
     np.testing.assert_array_equal(got["lm_head.weight"], want["lm_head"].T)
     assert not np.array_equal(want["lm_head"], latest["lm_head"])
+
+
+def _convert(*args: str) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-m", "lm.convert", *args], cwd=ROOT, env=USER_ENV, capture_output=True,
+                          text=True, timeout=300)
+
+
+def test_an_export_never_writes_over_or_through_a_users_files(tmp_path):
+    """An export goes into a new or empty folder; a folder holding a user's files (here a model's, by the names an
+    export writes, beside notes and a link) is refused in one line, untouched; with --overwrite only the export's
+    names are replaced, whole, a link at one of them replaced and not written through, the rest kept. Each file
+    takes the user's umask (the weights were once private)."""
+    work = str(tmp_path / "w")
+    import_hf(BPE_FIXTURE, work)
+    outside = tmp_path / "outside.txt"
+    outside.write_text("the user's own file\n")
+    out = tmp_path / "hf"
+    out.mkdir()
+    users = {"config.json": '{"mine": true}\n', "model.safetensors": "my weights\n", "tokenizer.json": "{}\n",
+             "NOTES.md": "my notes\n"}
+    for name, text in users.items():
+        (out / name).write_text(text)
+    os.symlink(outside, out / "link.txt")
+    before = contents(str(out))
+    refused = _convert("--workdir", work, "--export", str(out))
+    one_line_error(refused, f"--export {out} is not empty (NOTES.md, config.json, link.txt and 2 more)", "--overwrite")
+    assert contents(str(out)) == before and os.readlink(out / "link.txt") == str(outside)
+
+    os.remove(out / "config.json")
+    os.symlink(outside, out / "config.json")
+    done = _convert("--workdir", work, "--export", str(out), "--overwrite")
+    assert done.returncode == 0 and "as gpt2" in done.stdout, done.stderr
+    assert outside.read_text() == "the user's own file\n" and os.readlink(out / "link.txt") == str(outside)
+    assert (out / "NOTES.md").read_text() == "my notes\n"
+    assert not os.path.islink(out / "config.json") and json.load(open(out / "config.json"))["n_embd"] == 32
+    assert set(load_file(str(out / "model.safetensors"))) >= {"transformer.wte.weight", "transformer.h.1.mlp.c_fc.bias"}
+    assert HFTokenizer.from_folder(str(out)).encode("Hello") == HFTokenizer.from_folder(BPE_FIXTURE).encode("Hello")
+    umask = os.umask(0)
+    os.umask(umask)
+    exported = ("config.json", "model.safetensors", "tokenizer.json", "tokenizer_config.json")
+    assert {name: oct(os.stat(out / name).st_mode & 0o777) for name in exported} == \
+        {name: oct(0o666 & ~umask) for name in exported}
+    assert sorted(os.listdir(out)) == sorted({*users, *exported, "link.txt"})  # no temporary file left
+
+    sharded = tmp_path / "sharded"
+    sharded.mkdir()
+    (sharded / "model.safetensors.index.json").write_text('{"weight_map": {}}')
+    one_line_error(_convert("--workdir", work, "--export", str(sharded), "--overwrite"),
+                   f"--export {sharded} holds a sharded model (model.safetensors.index.json)")
+    assert os.listdir(sharded) == ["model.safetensors.index.json"]
+    one_line_error(_convert("--workdir", work, "--export", str(outside)), f"--export {outside} is a file, not a folder")
+    read_only = tmp_path / "read_only"
+    read_only.mkdir()
+    script = tmp_path / "read_only.sh"
+    script.write_text(f"mount --bind {read_only} {read_only} && mount -o remount,bind,ro {read_only} && cd {ROOT} && "
+                      f"{sys.executable} -m lm.convert --workdir {work} --export {read_only}")
+    one_line_error(subprocess.run(["unshare", "--user", "--map-root-user", "--mount", "bash", str(script)],
+                                  env=USER_ENV, capture_output=True, text=True, timeout=300),
+                   f"cannot write in {read_only} (Read-only file system); make it writable or use another --export")
+    assert outside.read_text() == "the user's own file\n"
+
+
+def test_an_import_checks_the_folder_it_reads_before_it_writes_anything(tmp_path):
+    """A config.json claiming a huge model beside small weights is refused from the files' headers (before a
+    3-PiB array is made) and leaves no workdir; a config.json or shard index that is not what it should be, and a
+    --workdir that is a file, are one line each."""
+    huge = tmp_path / "huge"
+    shutil.copytree(FIXTURE, huge)
+    config = json.load(open(huge / "config.json"))
+    (huge / "config.json").write_text(json.dumps({**config, "n_embd": 1_000_000, "n_head": 1000, "n_layer": 1000}))
+    work = tmp_path / "w"
+    one_line_error(_convert("--hf_dir", str(huge), "--workdir", str(work)),
+                   f"the config.json in {huge} describes a model of 12,00", "parameters but its safetensors hold "
+                   f"{sum(v.size for v in load_file(os.path.join(FIXTURE, 'model.safetensors')).values()):,}")
+    assert not work.exists()
+    (huge / "config.json").write_text('{"model_type": "gpt2", ')
+    one_line_error(_convert("--hf_dir", str(huge), "--workdir", str(work)),
+                   f"{huge}/config.json does not read as JSON")
+    (huge / "config.json").write_text(json.dumps({k: v for k, v in config.items() if k != "n_head"}))
+    one_line_error(_convert("--hf_dir", str(huge), "--workdir", str(work)), f"{huge}/config.json lacks 'n_head'")
+    (huge / "config.json").write_text(json.dumps(config))
+    os.rename(huge / "model.safetensors", huge / "model-00001-of-00001.safetensors")
+    (huge / "model.safetensors.index.json").write_text('{"weight_map": ["model-00001-of-00001.safetensors"]}')
+    one_line_error(_convert("--hf_dir", str(huge), "--workdir", str(work)),
+                   f"{huge}/model.safetensors.index.json has no 'weight_map'")
+    assert not work.exists()
+    a_file = tmp_path / "a_file"
+    a_file.write_text("mine\n")
+    one_line_error(_convert("--hf_dir", FIXTURE, "--workdir", str(a_file)),
+                   f"--workdir {a_file} is a file, not a folder")
+    assert a_file.read_text() == "mine\n"

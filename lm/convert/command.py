@@ -3,6 +3,8 @@ network.
 
     python -m lm.convert --hf_dir DIR --workdir OUT      # config.json + safetensors (+ tokenizer) -> a workdir
     python -m lm.convert --workdir RUN --export DIR      # a workdir -> what transformers' from_pretrained loads
+
+An export goes into a new or empty folder (--overwrite: replace its files of those names, keeping the others).
 """
 
 from collections.abc import Sequence
@@ -15,6 +17,8 @@ from lm.errors import UserError
 flags.DEFINE_string("workdir", None, "The lm workdir to write (import) or read (export).", required=True)
 flags.DEFINE_string("hf_dir", "", "Import: a Hugging Face folder (config.json, safetensors, tokenizer files).")
 flags.DEFINE_string("export", "", "Export: the folder to write config.json, model.safetensors and the tokenizer to.")
+flags.DEFINE_bool("overwrite", False, "Export: into a folder that holds other files, replace the files an export "
+                  "writes there (the others are kept).")
 flags.DEFINE_integer("step", None, "Export: the checkpoint step (default: the latest).")
 flags.DEFINE_bool("scan_layers", True, "Import: stack the layers for a scanned model.")
 
@@ -26,7 +30,7 @@ def main(argv: Sequence[str]) -> None:
         c = import_hf(f.hf_dir, f.workdir, f.scan_layers)
         print(f"imported a {c.num_layers}-layer model (width {c.embed_dim}, vocab {c.vocab_size}) into {f.workdir}")
     elif f.export and not f.hf_dir:
-        family = export_hf(f.workdir, f.export, f.step)
+        family = export_hf(f.workdir, f.export, f.step, f.overwrite)
         print(f"exported {f.workdir} to {f.export} as {family}")
     else:
         raise UserError("pass --hf_dir DIR (import into --workdir) or --export DIR (export --workdir)")

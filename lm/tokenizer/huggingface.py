@@ -16,6 +16,7 @@ from typing import Any
 import numpy as np
 import tokenizers
 
+from lm import folders
 from lm.errors import UserError
 
 END_OF_TEXT = "<|endoftext|>"
@@ -93,12 +94,12 @@ class HFTokenizer:
         return out
 
     def save(self, folder: str) -> None:
-        """Writes tokenizer.json and the special tokens (tokenizer_config.json) into `folder`."""
-        self._tok.save(os.path.join(folder, "tokenizer.json"))
+        """Writes tokenizer.json and the special tokens (tokenizer_config.json) into `folder`, each whole."""
+        folders.write_atomic(os.path.join(folder, "tokenizer.json"), self._tok.to_str(pretty=True))
         names = {key: self._tok.id_to_token(i) for key, i in
                  (("bos_token", self.bos_id), ("eos_token", self.eos_id), ("pad_token", self.pad_id)) if i is not None}
-        with open(os.path.join(folder, "tokenizer_config.json"), "w") as f:
-            json.dump({"tokenizer_class": "PreTrainedTokenizerFast", **names}, f, indent=2)
+        folders.write_atomic(os.path.join(folder, "tokenizer_config.json"),
+                             json.dumps({"tokenizer_class": "PreTrainedTokenizerFast", **names}, indent=2))
 
     def to_json(self) -> dict[str, Any]:
         return {"type": "huggingface", "tokenizer": self._tok.to_str(), "bos_id": self.bos_id, "eos_id": self.eos_id,

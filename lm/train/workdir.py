@@ -9,7 +9,6 @@ import errno
 import fcntl
 import os
 import socket
-import tempfile
 import time
 from collections.abc import Iterator
 from typing import TextIO
@@ -24,16 +23,6 @@ from lm.parallel.processes import global_max
 LOCK = "lock"
 
 
-def _check_writable(folder: str) -> None:
-    """One line now, not at the first save, if files cannot be made in `folder`."""
-    try:
-        fd, probe = tempfile.mkstemp(prefix=".write-test-", dir=folder)
-        os.close(fd)
-        os.remove(probe)
-    except OSError as e:
-        raise UserError(f"cannot write in {folder} ({e.strerror}); make it writable or use another --workdir") from None
-
-
 def _take(workdir: str) -> TextIO:
     """The lock on `workdir` (made and checked writable first), as an open file to keep open; UserError if another
     trainer holds it."""
@@ -43,9 +32,9 @@ def _take(workdir: str) -> TextIO:
         os.makedirs(workdir, exist_ok=True)
     except OSError as e:
         raise UserError(f"cannot make --workdir {workdir} ({e.strerror}); use another path") from None
-    _check_writable(workdir)
+    folders.check_writable(workdir, "--workdir")
     if os.path.isdir(os.path.join(workdir, CHECKPOINTS)):
-        _check_writable(os.path.join(workdir, CHECKPOINTS))
+        folders.check_writable(os.path.join(workdir, CHECKPOINTS), "--workdir")
     f = open(folders.open_lock(os.path.join(workdir, LOCK)), "r+")
     try:
         fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)

@@ -216,6 +216,25 @@ def test_prompt_longer_than_the_context_is_one_line(tiny_run):
     one_line_error(run_module("lm.sample", "--workdir", workdir, "--prompt", "x" * 100), "context is 32")
 
 
+def test_prompts_and_stop_strings_that_are_not_utf8_are_one_line(tiny_run, tmp_path):
+    """A byte that is not UTF-8 in a --prompt or --stop argument (Python hands it over as a lone surrogate), a
+    binary --prompt_file, or a JSON prompt escaping a lone surrogate: one line naming where, then the fixed
+    command samples."""
+    workdir, _ = tiny_run
+    sample = lambda *a: run_module("lm.sample", "--workdir", workdir, "--max_new_tokens", "4", *a)  # noqa: E731
+    one_line_error(sample("--prompt", "ROMEO\udcff:"), "--prompt holds a byte that is not UTF-8 (0xff at character 6)")
+    one_line_error(sample("--prompt", "ROMEO:", "--stop", "\udce9t\udce9"),
+                   "--stop holds a byte that is not UTF-8 (0xe9 at character 1)")
+    binary = tmp_path / "prompts.png"
+    binary.write_bytes(b"KING:\n\x89PNG\r\n\x1a\n\x00\x00")
+    one_line_error(sample("--prompt_file", str(binary)), f"{binary} line 2 is not UTF-8 text (byte 0x89 at byte 1)")
+    escaped = tmp_path / "prompts.jsonl"
+    escaped.write_text('{"prompt": "KING\\ud800"}\n')
+    one_line_error(sample("--prompt_file", str(escaped)), f"{escaped} line 1 holds a byte that is not UTF-8")
+    fixed = sample("--prompt", "ROMEO:", "--stop", "été")
+    assert fixed.returncode == 0 and fixed.stdout.count("ROMEO:") == 1, fixed.stderr
+
+
 def test_sampling_from_a_workdir_is_the_same_for_the_same_seed(tiny_run):
     workdir, _ = tiny_run
     args = ("lm.sample", "--workdir", workdir, "--prompt", "ROMEO:", "--max_new_tokens", "60", "--num_samples", "3",

@@ -3,13 +3,15 @@
 import dataclasses
 import functools
 import json
+import math
+import os
 
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
-from conftest import run_module, wide_params
+from conftest import ROOT, char_tokenizer, run_module, wide_params
 
 from lm.backends import select
 from lm.checkpoint import reader
@@ -18,7 +20,7 @@ from lm.model.transformer import init_cache
 from lm.parallel import mesh as shd
 from lm.parallel import placement
 from lm.parallel.placement import boxed_params
-from lm.sample.generate import cache_slots, decode, generate, model_apply
+from lm.sample.generate import cache_slots, decode, generate, model_apply, until_stop
 
 V = 20
 
@@ -206,3 +208,22 @@ def test_the_sample_command_samples_with_the_settings_its_flags_give(wide_run):
     assert all(r["tokens"] == 40 and r["stop_reason"] == "length" for r in want)  # no EOS in 40 tokens here
     for change in ({"seed": 12}, {"temperature": 0.8}, {"top_k": 50}, {"top_p": 1.0}):  # the defaults (seed: +1)
         assert drawn(**change) != want, change
+
+
+def test_a_stop_string_far_into_a_long_sample_is_found_in_a_few_decodes(cache_dir):
+    """The cut at a stop string 62,000 tokens into a 100,000-token sample: the text before its first occurrence
+    and the tokens up to its end, found in about log2(100,000) decodes (one per token made it quadratic)."""
+    tok = char_tokenizer(cache_dir)  # one token per character
+    text = open(os.path.join(ROOT, "lm", "data", "tinyshakespeare.txt")).read()[:100_000]
+    at = next(i for i in range(62_000, 100_000) if text.find(text[i:i + 12]) == i)
+    stop = text[at:at + 12]
+    calls = []
+
+    class Counted:
+        def decode(self, ids):
+            calls.append(len(ids))
+            return tok.decode(ids)
+
+    cut = until_stop(Counted(), tok.encode(text), ["no such text", stop])
+    assert cut == (text[:at], at + 12)
+    assert len(calls) <= 2 + math.ceil(math.log2(100_000)), len(calls)

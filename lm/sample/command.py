@@ -33,22 +33,39 @@ flags.DEFINE_enum("quantize", "none", list(weights.FORMATS),
 flags.DEFINE_integer("tensor", 1, "Devices to split the model over (tensor parallel: heads, MLP, vocabulary).")
 
 
+def _text(value: str, where: str) -> str:
+    """`value` if it is text; one line naming `where` if it holds a byte that is not UTF-8 (an argument with such a
+    byte reaches Python as a lone surrogate)."""
+    try:
+        value.encode("utf-8")
+    except UnicodeEncodeError as e:
+        raise UserError(f"{where} holds a byte that is not UTF-8 (0x{ord(value[e.start]) & 0xFF:02x} at character "
+                        f"{e.start + 1}); pass UTF-8 text") from None
+    return value
+
+
 def _read_prompts(flag_prompts: Sequence[str], prompt_file: str) -> list[str]:
     """--prompt values, then the lines of --prompt_file (plain text, or JSON objects with a 'prompt')."""
-    prompts = list(flag_prompts)
+    prompts = [_text(p, "--prompt") for p in flag_prompts]
     if prompt_file:
         if not os.path.isfile(prompt_file):
             raise UserError(f"--prompt_file {prompt_file} does not exist")
-        with open(prompt_file, encoding="utf-8") as f:
-            for n, line in enumerate(f, 1):
+        with open(prompt_file, "rb") as f:
+            for n, raw in enumerate(f, 1):
+                try:
+                    line = raw.decode("utf-8")
+                except UnicodeDecodeError as e:
+                    raise UserError(f"{prompt_file} line {n} is not UTF-8 text (byte 0x{raw[e.start]:02x} at "
+                                    f"byte {e.start + 1}); --prompt_file takes UTF-8 text or JSON lines") from None
                 if not line.strip():
                     continue
                 if line.lstrip().startswith("{"):
                     try:
-                        prompts.append(str(json.loads(line)["prompt"]))
+                        prompt = str(json.loads(line)["prompt"])
                     except (ValueError, KeyError, TypeError) as e:
                         raise UserError(f"{prompt_file} line {n} is not a JSON object with a 'prompt' "
                                             f"field ({e})") from e
+                    prompts.append(_text(prompt, f"{prompt_file} line {n}"))
                 else:
                     prompts.append(line.rstrip("\n"))
     return prompts or [""]
@@ -61,7 +78,8 @@ def main(argv: Sequence[str]) -> None:
         cpu_devices.split_cpu({"cpu_devices": f.tensor}, 1)  # on a CPU host: one JAX device per model slice
     layout = tensor_layout(f.tensor)
     prompts = _read_prompts(f.prompt or [], f.prompt_file)
-    if "" in (f.stop or []):
+    stop = [_text(s, "--stop") for s in f.stop or []]
+    if "" in stop:
         raise UserError("--stop '' would end every sample before its first character; pass the text to stop at")
     step, params, model_config, tokenizer, _ = read(f.workdir, f.step, lambda run: layout)
     tokenizer = require_tokenizer(tokenizer, f.workdir)
@@ -69,7 +87,7 @@ def main(argv: Sequence[str]) -> None:
         params = weights.convert(params, f.quantize)
         results = generate(params, model_config, tokenizer, prompts, max_new_tokens=f.max_new_tokens,
                            temperature=f.temperature, top_k=f.top_k, top_p=f.top_p, num_samples=f.num_samples,
-                           seed=f.seed, stop=f.stop or ())
+                           seed=f.seed, stop=stop)
     for i, r in enumerate(results):
         if f.format == "jsonl":
             print(json.dumps(r), flush=True)

@@ -145,12 +145,23 @@ def test_undecodable_bytes_stop_the_run_or_are_read_as_replacement_characters(tm
     train = ("lm.train", "--config", TINY, f"--config.data.path={corpus}", f"--config.data.cache_dir={cache_dir}",
              "--config.train.steps=2")
     one_line_error(run_module(*train, "--workdir", str(tmp_path / "strict")),
-                   f"{corpus} is not UTF-8 text: byte 3 (0xe9) cannot be decoded; convert the file to UTF-8, or set "
-                   "--config.data.decode_errors=replace")
+                   f"{corpus} is not UTF-8 text: byte 3 (0xe9) cannot be decoded; convert the file to UTF-8, or read "
+                   "undecodable bytes as U+FFFD: --config.data.decode_errors=replace (lm.evaluate: "
+                   "--decode_errors=replace)")
     replaced = run_module(*train, "--workdir", str(tmp_path / "replace"), "--config.data.decode_errors=replace")
     assert replaced.returncode == 0, replaced.stderr
     assert replaced.stderr.splitlines() == [f"warning: {corpus}: 400 undecodable byte sequence(s), the first at byte "
                                             "3, read as U+FFFD (config.data.decode_errors=replace)"]
+    # lm.evaluate on the same text, from a run whose own data decoded strictly: the option the line names works
+    strict_run = str(tmp_path / "strict_run")
+    assert run_module(*train, "--workdir", strict_run, f"--config.data.path={TINY}").returncode == 0
+    evaluate = ("lm.evaluate", "--workdir", strict_run, "--data_path", str(corpus), "--cache_dir", cache_dir)
+    refused = run_module(*evaluate)  # after its lines of progress
+    assert refused.returncode == 2 and refused.stderr.splitlines()[-1].startswith(f"error: {corpus} is not UTF-8 text")
+    assert refused.stderr.splitlines()[-1].endswith("(lm.evaluate: --decode_errors=replace)") and \
+        "Traceback" not in refused.stderr
+    done = run_module(*evaluate, "--decode_errors=replace")
+    assert done.returncode == 0 and json.loads(done.stdout)["tokens"] > 0, done.stderr
 
 
 def test_cpu_devices_split_the_host_into_a_data_parallel_mesh(tmp_path, cache_dir):

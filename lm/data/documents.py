@@ -66,8 +66,8 @@ def _decode(raw: bytes, path: str, offset: int, decode_errors: str, warn: bool =
         at = offset + e.start
         if decode_errors == "strict":
             raise UserError(f"{path} is not UTF-8 text: byte {at} (0x{raw[e.start]:02x}) cannot be decoded; "
-                            "convert the file to UTF-8, or set --config.data.decode_errors=replace to read "
-                            "undecodable bytes as U+FFFD") from None
+                            "convert the file to UTF-8, or read undecodable bytes as U+FFFD: "
+                            "--config.data.decode_errors=replace (lm.evaluate: --decode_errors=replace)") from None
         text = raw.decode("utf-8", errors="replace")
         bad = text.count("\ufffd") - raw.count("\ufffd".encode())
         if warn:

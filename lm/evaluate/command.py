@@ -28,6 +28,8 @@ flags.DEFINE_string("workdir", None, "Run directory holding checkpoints.", requi
 flags.DEFINE_integer("step", None, "Checkpoint step (default: the latest).")
 flags.DEFINE_enum("split", "validation", SPLITS, "Split to evaluate.")
 flags.DEFINE_string("data_path", "", "Text to evaluate on, as config.data.path takes it (default: the run's data).")
+flags.DEFINE_enum("decode_errors", None, ["strict", "replace"], "Bytes of --data_path that are not UTF-8: strict "
+                  "(stop, naming the file and byte) or replace (read as U+FFFD); default: the run's setting.")
 flags.DEFINE_string("cache_dir", "", "Folder for the prepared data (default: ~/.cache/lm/data).")
 flags.DEFINE_string("tasks", "", "Downstream tasks to score: comma-separated JSONL files, folders of them or globs.")
 flags.DEFINE_integer("batch_size", 0, "Rows per scoring batch (default: the run's training batch size).")
@@ -36,12 +38,15 @@ flags.DEFINE_string("harness_include", "", "A folder of harness task YAML files 
 flags.DEFINE_integer("limit", None, "With --harness: at most this many examples per task.")
 
 
-def _data_settings(saved: dict[str, Any], data_path: str, cache_dir: str) -> dict[str, Any]:
+def _data_settings(saved: dict[str, Any], data_path: str, cache_dir: str, decode_errors: str | None) -> dict[str, Any]:
     """The run's data settings with the reader's own cache folder (never one a workdir names: it would choose
-    where this command writes) and no downloads; `data_path` (if given) in place of the run's data."""
+    where this command writes) and no downloads; `data_path` and `decode_errors` (if given) in place of the
+    run's."""
     d = dict(saved, cache_dir=cache_dir, tfds_download=False)
     if data_path:
         d.update(path=data_path, tfds_name="", mixture="")
+    if decode_errors:
+        d.update(decode_errors=decode_errors)
     return d
 
 
@@ -71,7 +76,8 @@ def main(argv: Sequence[str]) -> None:
     if "data" not in run and not f.data_path:
         raise UserError(f"{f.workdir} holds imported weights and no data of its own; give --data_path (text to "
                         "score) or --tasks")
-    d = _data_settings(run.get("data", config_lib.defaults().data.to_dict()), f.data_path, f.cache_dir)
+    d = _data_settings(run.get("data", config_lib.defaults().data.to_dict()), f.data_path, f.cache_dir,
+                       f.decode_errors)
     what = (f"TFDS dataset {d['tfds_name']}" if d.get("tfds_name")
             else d.get("mixture") or d["path"] or "the bundled corpus")
     whose = "the given --data_path" if f.data_path else "the run's data; --data_path chooses other data"

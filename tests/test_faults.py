@@ -429,13 +429,18 @@ def test_evaluate_writes_only_where_its_reader_says_and_names_the_data(tiny_run,
 
 # 10. and 11. Interrupts and bad input at any moment: one line.
 
-def test_sigint_at_start_up_or_twice_in_a_save_is_one_line_and_exit_130(tmp_path, cache_dir):
+def test_sigint_or_sigterm_at_start_up_or_sigint_twice_in_a_save_is_one_line_and_exit_130_or_143(tmp_path, cache_dir):
     workdir = tmp_path / "run"
     at_once = ("stopped at once by SIGINT (a checkpoint being written is dropped); rerun the same command to resume "
                "from the last checkpoint")
     importing = subprocess.run(signal_at("INT", "import:jax", workdir, cache_dir, "--config.train.steps=500"),
                                cwd=ROOT, env=USER_ENV, capture_output=True, text=True, timeout=300)
     assert importing.returncode == 130 and importing.stderr.strip() == at_once, importing.stderr
+    # SIGTERM there (a SLURM job cancelled as it starts) is the same line, with its own name and status 143.
+    terminated = subprocess.run(signal_at("TERM", "import:jax", workdir, cache_dir, "--config.train.steps=500"),
+                                cwd=ROOT, env=USER_ENV, capture_output=True, text=True, timeout=300)
+    assert terminated.returncode == 143 and terminated.stderr.strip() == at_once.replace("SIGINT", "SIGTERM"), \
+        terminated.stderr
     proc, cmd, _ = start_training(workdir, cache_dir, lambda out: "starting at step 0" in out,
                                   "--config.train.steps=500", poll=0.001)
     proc.send_signal(signal.SIGINT)  # before the first step

@@ -1,6 +1,7 @@
-"""Ctrl-C where a command cannot stop cleanly (start-up, a save in flight, a second Ctrl-C): it stops at once,
-with one line and exit status 130, never a traceback. A training loop asks for a clean stop instead
-(lm/train/preemption.py); once that stop has been said, another Ctrl-C only hurries the exit."""
+"""Ctrl-C or SIGTERM where a command cannot stop cleanly (start-up, a save in flight, a second Ctrl-C): it stops
+at once, with one line and exit status 128 + the signal's number (130, 143), never a traceback or silence. A
+training loop asks for a clean stop instead (lm/train/preemption.py); once that stop has been said, another
+Ctrl-C only hurries the exit."""
 
 import os
 import signal
@@ -13,16 +14,13 @@ from typing import NoReturn, TypeVar
 T = TypeVar("T")
 SLICE_S = 0.05  # how long a signal may wait for its handler while the main thread waits for another thread
 
-EXIT_SIGINT = 130  # 128 + SIGINT
-MESSAGE = ("stopped at once by SIGINT (a checkpoint being written is dropped); rerun the same command to resume "
-           "from the last checkpoint")
-
-
 def stop_at_once(signum: int = signal.SIGINT, frame: FrameType | None = None) -> NoReturn:
-    """Ends the process now: not after the threads of a save in flight, whose files never become a checkpoint."""
+    """Ends the process now, status 128 + `signum`: not after the threads of a save in flight, whose files never
+    become a checkpoint."""
     _flush_stdout()
-    os.write(2, (MESSAGE + "\n").encode())
-    os._exit(EXIT_SIGINT)
+    os.write(2, (f"stopped at once by {signal.Signals(signum).name} (a checkpoint being written is dropped); "
+                 "rerun the same command to resume from the last checkpoint\n").encode())
+    os._exit(128 + signum)
 
 
 def waiting(wait: Callable[[], T]) -> T:

@@ -181,3 +181,38 @@ def test_prepare_writes_only_into_an_empty_folder_or_its_own_and_never_deletes_o
     (mine / "raw" / "a.txt").write_text(TEXT[:40_000])
     one_line_error(prepare_into(out), f"{out / '.lock'} is a link", "remove it")
     assert victim.read_text() == "not lm's\n"
+
+
+def test_a_full_disk_while_preparing_is_one_line_and_the_rerun_goes_on_to_the_same_shards(tmp_path, cache_dir):
+    """A real full disk (a 400 KiB tmpfs in a private mount namespace) while 2 worker processes write shards: one
+    line, exit status 2 (not a worker's traceback); with room again, the same command finishes the preparation,
+    and its shards and manifest are those of one never interrupted."""
+    folder, disk = tmp_path / "corpus", tmp_path / "disk"
+    folder.mkdir()
+    disk.mkdir()
+    for i in range(2):  # two tasks, one per worker
+        (folder / f"{i}.txt").write_text(TEXT[i * 500_000:(i + 1) * 500_000])
+    command = " ".join([sys.executable, "-m", "lm.prepare", "--config", TINY, f"--config.data.path={folder}",
+                        f"--config.data.cache_dir={cache_dir}", "--workers", "2", "--out"])
+    script = tmp_path / "full_disk.sh"
+    script.write_text(f"""set -u
+cd {ROOT}
+O={tmp_path}
+mount -t tmpfs -o size=400k tmpfs {disk}
+{command} {disk}/prepared > $O/out1 2> $O/err1; echo $? > $O/rc1
+mount -o remount,size=16m {disk}
+{command} {disk}/prepared > $O/out2 2> $O/err2; echo $? > $O/rc2
+{command} {disk}/whole > $O/out3 2> $O/err3; echo $? > $O/rc3
+cp -r {disk}/prepared {disk}/whole $O/
+""")
+    done = subprocess.run(["unshare", "--user", "--map-root-user", "--mount", "bash", str(script)], env=USER_ENV,
+                          capture_output=True, text=True, timeout=600)
+    assert done.returncode == 0, done.stderr
+    out = {i: {k: (tmp_path / f"{k}{i}").read_text() for k in ("rc", "err")} for i in (1, 2, 3)}
+    assert out[1]["rc"].strip() == "2" and out[1]["err"].splitlines() == [
+        f"error: the disk filled up while preparing {folder}/0.txt and 1 more file(s) into {disk}/prepared; free "
+        "some space and rerun the same command (it goes on from the tasks done)"], out[1]["err"]
+    for i in (2, 3):
+        assert out[i]["rc"].strip() == "0", out[i]["err"]
+    want = checksums(tmp_path / "whole")
+    assert len(want) == 2 * 4 + 1 and checksums(tmp_path / "prepared") == want

@@ -22,7 +22,7 @@ from lm.data.catalog import CatalogSource
 from lm.data.documents import SPLITS, Settings
 from lm.data.shards import Split
 from lm.data.sources import FileSource, corpus_files
-from lm.errors import UserError
+from lm.errors import UserError, disk_full_is
 from lm.tokenizer import huggingface, sentencepiece
 from lm.tokenizer.kinds import AnyTokenizer
 
@@ -121,9 +121,10 @@ def fresh_tokenizer(d: Any, t: Any) -> AnyTokenizer:
             yield from c.source.train_texts(int(t["sample_chars"] * c.weight / total) if t["sample_chars"] else 0)
 
     tok = sentencepiece.train(texts(), t["type"], t["vocab_size"])
-    os.makedirs(os.path.dirname(path), exist_ok=True)
-    tok.save(path + f".{os.getpid()}.tmp")
-    os.replace(path + f".{os.getpid()}.tmp", path)
+    with disk_full_is(f"the disk filled up while saving the tokenizer in {os.path.dirname(path)}; free some space "
+                      "and rerun the same command"):
+        os.makedirs(os.path.dirname(path), exist_ok=True)
+        tok.save(path)
     return tok
 
 

@@ -36,7 +36,7 @@ from tqdm import tqdm
 
 from lm import folders
 from lm.data.documents import SPLITS, Document, Task
-from lm.errors import UserError
+from lm.errors import UserError, disk_full_is
 from lm.tokenizer import kinds
 from lm.tokenizer.kinds import AnyTokenizer
 
@@ -160,6 +160,12 @@ def prepare(source: Any, tokenizer: AnyTokenizer, out: str, workers: int = 0,
     `flag`). One process at a time per folder (a lock); the others wait and find it prepared. `workers`:
     processes (0: one per core)."""
     _check_apart(source, out, flag)
+    with disk_full_is(f"the disk filled up while preparing {source.describe()} into {out}; free some space and rerun "
+                      "the same command (it goes on from the tasks done)"):
+        return _prepare(source, tokenizer, out, workers, flag)
+
+
+def _prepare(source: Any, tokenizer: AnyTokenizer, out: str, workers: int, flag: str) -> dict[str, Any]:
     folders.claim(out, MARK, _is_own, flag)
     sha, identity = tokenizer_sha(tokenizer), source.identity()
     with os.fdopen(folders.open_lock(os.path.join(out, ".lock")), "r+") as lock:

@@ -19,6 +19,7 @@ import numpy as np
 import sentencepiece as spm
 from tqdm import tqdm
 
+from lm import folders
 from lm.errors import UserError
 
 MAX_LINE = 1 << 14  # characters: longer lines of text reach the tokenizer trainer in pieces of this size
@@ -60,8 +61,8 @@ class Tokenizer:
         return {"type": "sentencepiece", "model": base64.b64encode(self.proto).decode("ascii")}
 
     def save(self, path: str) -> None:
-        with open(path, "wb") as f:
-            f.write(self.proto)
+        """The model file at `path`, written whole (never through a link there: lm/folders.py)."""
+        folders.write_atomic(path, self.proto)
 
     @classmethod
     def load(cls, path: str, fix: str = "delete it to retrain") -> "Tokenizer":

@@ -3,12 +3,10 @@ writer, without TensorFlow), written by process 0. A resumed run drops the recor
 from (and a record torn by a write cut short, e.g. by a full disk); TensorBoard is told to hide them too."""
 
 import contextlib
-import errno
 import json
 import os
 import sys
 import time
-from collections.abc import Iterator
 from typing import Any
 
 import jax
@@ -16,7 +14,7 @@ from tensorboardX.event_file_writer import EventsWriter
 from tensorboardX.proto import event_pb2, summary_pb2
 
 from lm import folders
-from lm.errors import DiskFull, UserError
+from lm.errors import DiskFull, UserError, disk_full_is
 from lm.evaluate.tasks import flat
 
 METRICS = "metrics.jsonl"
@@ -28,15 +26,9 @@ def duration(seconds: float) -> str:
     return f"{s // 3600}h{s % 3600 // 60:02d}m" if s >= 3600 else f"{s // 60}m{s % 60:02d}s" if s >= 60 else f"{s}s"
 
 
-@contextlib.contextmanager
-def _disk_full_is_one_line(workdir: str) -> Iterator[None]:
-    try:
-        yield
-    except OSError as e:
-        if e.errno != errno.ENOSPC:
-            raise
-        raise DiskFull(f"the disk filled up while writing the metrics in {workdir}; free some space and rerun the same "
-                       "command to resume from the last checkpoint") from None
+def _disk_full_is_one_line(workdir: str) -> contextlib.AbstractContextManager:
+    return disk_full_is(f"the disk filled up while writing the metrics in {workdir}; free some space and rerun the "
+                        "same command to resume from the last checkpoint", DiskFull)
 
 
 def _tag(key: str) -> str:

@@ -583,3 +583,17 @@ def test_links_planted_in_a_workdir_are_never_written_through(tmp_path, cache_di
     for name in ("tokenizer.json", "summary.json", "metrics.jsonl"):
         assert not os.path.islink(workdir / name) and json.loads((workdir / name).read_text().splitlines()[0])
         assert os.stat(workdir / name).st_mode & 0o777 == 0o666 & ~umask, name  # as open() makes a file, not private
+
+
+def test_a_checkpoint_whose_checksums_were_deleted_is_damaged_not_read_unchecked(tiny_run, tmp_path):
+    """Checkpoint 20 without its `integrity` item (its meta says it was written with one): the sampler warns that
+    it is damaged and reads checkpoint 10; asked for step 20, one line. (A checkpoint written before checksums
+    existed has no such mark, and is read as before: tests/fixtures/pre_redesign_run.)"""
+    workdir = _copy(tiny_run, tmp_path)
+    shutil.rmtree(os.path.join(workdir, "checkpoints", "20", "integrity"))
+    sampled = run_module("lm.sample", "--workdir", workdir, "--max_new_tokens", "4")
+    assert sampled.returncode == 0 and "--- sample 1 (step 10," in sampled.stdout, sampled.stderr
+    assert sampled.stderr.splitlines() == [f"warning: checkpoint 20 in {workdir} is damaged (its checksums (the "
+                                           "integrity item) are missing); reading the one before it"]
+    one_line_error(run_module("lm.sample", "--workdir", workdir, "--step", "20"),
+                   f"checkpoint 20 in {workdir} is damaged (its checksums (the integrity item) are missing)")

@@ -41,10 +41,11 @@ def first_line(e: BaseException) -> str:
 
 def make_meta(model_config: ModelConfig, tokenizer: AnyTokenizer | None, run_config: dict[str, Any],
               optimizer_state: str = "") -> dict[str, Any]:
-    """The JSON part of a checkpoint: model config, tokenizer (if any), run config and the optimizer state's
-    format (lm.optim.state_format; '' for parameters alone)."""
+    """The JSON part of a checkpoint: model config, tokenizer (if any), run config, the optimizer state's format
+    (lm.optim.state_format; '' for parameters alone) and that the checkpoint holds checksums (its `integrity`
+    item; one written before they were has none, and is read without them)."""
     return {"model": model_config.to_dict(), "tokenizer": tokenizer.to_json() if tokenizer else None,
-            "config": run_config, "optimizer_state": optimizer_state}
+            "config": run_config, "optimizer_state": optimizer_state, "checksums": True}
 
 
 class Checkpointer:
@@ -133,8 +134,11 @@ class Checkpointer:
         self.manager.save(step, args=args, force=True)
 
     def _integrity(self, step: int) -> dict[str, Any]:
-        """The checksums written with checkpoint `step` ({} for a checkpoint written before they were)."""
+        """The checksums written with checkpoint `step` ({} for a checkpoint written before they were); Damaged if
+        its meta says it holds them and they are gone."""
         if not os.path.exists(os.path.join(self.path, str(step), "integrity")):
+            if self.meta(step).get("checksums"):
+                raise Damaged("its checksums (the integrity item) are missing")
             return {}
         return self._restore(step, integrity=ocp.args.JsonRestore()).integrity
 
@@ -151,6 +155,8 @@ class Checkpointer:
             expected = self._integrity(step)
             out = self._restore(step, **{k: ocp.args.StandardRestore(v) for k, v in items.items()},
                                 data=ocp.args.JsonRestore())
+        except Damaged:
+            raise
         except Exception as e:  # noqa: BLE001 (truncated or missing files fail in orbax or tensorstore)
             raise Damaged(first_line(e)) from e
         for item in items:
@@ -217,6 +223,8 @@ class Checkpointer:
         try:
             expected = self._integrity(step) if verify else {}
             params = self._restore(step, params=ocp.args.StandardRestore(abstract_params)).params
+        except Damaged:
+            raise
         except Exception as e:  # noqa: BLE001 (truncated or missing files fail in orbax or tensorstore)
             raise Damaged(first_line(e)) from e
         if verify:

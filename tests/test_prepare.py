@@ -1,6 +1,7 @@
 """Preparation into token shards: the same bytes in parallel and after a SIGKILL, and one line for each way the
 prepared data can be wrong (damaged, another tokenizer's, its files changed under a run)."""
 
+import fcntl
 import hashlib
 import json
 import os
@@ -216,3 +217,22 @@ cp -r {disk}/prepared {disk}/whole $O/
         assert out[i]["rc"].strip() == "0", out[i]["err"]
     want = checksums(tmp_path / "whole")
     assert len(want) == 2 * 4 + 1 and checksums(tmp_path / "prepared") == want
+
+
+def test_a_second_preparation_of_a_folder_says_that_it_waits_for_the_first(tmp_path, cache_dir):
+    """While another process holds the folder's lock, `lm.prepare` says so (once) and waits; released, it goes on
+    and prepares."""
+    out = tmp_path / "out"
+    out.mkdir()
+    (tmp_path / "a.txt").write_text(TEXT[:20_000])
+    with open(out / ".lock", "w") as held:
+        fcntl.flock(held, fcntl.LOCK_EX)
+        proc = subprocess.Popen([sys.executable, "-m", "lm.prepare", "--config", TINY, "--out", str(out),
+                                 f"--config.data.path={tmp_path / 'a.txt'}", f"--config.data.cache_dir={cache_dir}"],
+                                cwd=ROOT, env=USER_ENV, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+        said = proc.stderr.readline()  # the process blocks on the lock after this line
+        assert said == f"waiting for another process preparing into {out} to finish\n", said + proc.stderr.read()
+        assert proc.poll() is None
+    stdout, stderr = proc.communicate(timeout=300)
+    assert proc.returncode == 0 and stderr == "" and "train and" in stdout, stderr
+    assert (out / prepare.MANIFEST).is_file()

@@ -157,7 +157,7 @@ def prepare(source: Any, tokenizer: AnyTokenizer, out: str, workers: int = 0,
             flag: str = "the prepared-data folder") -> dict[str, Any]:
     """Prepares `source` (sources.FileSource or catalog.CatalogSource) with `tokenizer` into the folder `out`
     (resuming a preparation that stopped); its manifest. `out` is empty or lm's (one line otherwise, naming it as
-    `flag`). One process at a time per folder (a lock); the others wait and find it prepared. `workers`:
+    `flag`). One process at a time per folder (a lock); the others say they wait, wait and find it prepared. `workers`:
     processes (0: one per core)."""
     _check_apart(source, out, flag)
     with disk_full_is(f"the disk filled up while preparing {source.describe()} into {out}; free some space and rerun "
@@ -169,7 +169,11 @@ def _prepare(source: Any, tokenizer: AnyTokenizer, out: str, workers: int, flag:
     folders.claim(out, MARK, _is_own, flag)
     sha, identity = tokenizer_sha(tokenizer), source.identity()
     with os.fdopen(folders.open_lock(os.path.join(out, ".lock")), "r+") as lock:
-        fcntl.flock(lock, fcntl.LOCK_EX)
+        try:
+            fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            print(f"waiting for another process preparing into {out} to finish", file=sys.stderr, flush=True)
+            fcntl.flock(lock, fcntl.LOCK_EX)
         if os.path.exists(os.path.join(out, MANIFEST)):
             manifest = read_json(os.path.join(out, MANIFEST))
             if manifest["tokenizer"]["sha256"] == sha and manifest["source"] == identity:

@@ -79,9 +79,9 @@ def params_from_hf(tensors: dict[str, np.ndarray], c: ModelConfig) -> dict[str, 
     return tree.with_layers(params, layers, c.scan_layers, stack=np.stack)
 
 
-def hf_from_params(params: dict[str, Any], c: ModelConfig) -> dict[str, np.ndarray]:
+def hf_from_params(params: dict[str, Any], c: ModelConfig, xp: Any = np) -> dict[str, Any]:
     """The tensors of a Hugging Face GPT-2 `model.safetensors` from `lm` parameters."""
-    params = jax.tree.map(np.asarray, params)
+    params = jax.tree.map(xp.asarray, params)
     d = c.embed_dim
     out = {"transformer.wte.weight": params["token_embedding"][: c.vocab_size],  # without padding rows
            "transformer.wpe.weight": params["position_embedding"],
@@ -90,8 +90,8 @@ def hf_from_params(params: dict[str, Any], c: ModelConfig) -> dict[str, np.ndarr
     for i, layer in enumerate(tree.layers(params, c.num_layers)):
         a, p = layer["attn"], f"transformer.h.{i}."
         qkv = ("query", "key", "value")
-        out[p + "attn.c_attn.weight"] = np.concatenate([a[k]["kernel"].reshape(d, d) for k in qkv], axis=1)
-        out[p + "attn.c_attn.bias"] = np.concatenate([a[k]["bias"].reshape(d) for k in qkv])
+        out[p + "attn.c_attn.weight"] = xp.concatenate([a[k]["kernel"].reshape(d, d) for k in qkv], axis=1)
+        out[p + "attn.c_attn.bias"] = xp.concatenate([a[k]["bias"].reshape(d) for k in qkv])
         out[p + "attn.c_proj.weight"] = a["out"]["kernel"].reshape(d, d)
         out[p + "attn.c_proj.bias"] = a["out"]["bias"]
         for hf, name in (("ln_1", "norm_attn"), ("ln_2", "norm_mlp")):
@@ -99,4 +99,5 @@ def hf_from_params(params: dict[str, Any], c: ModelConfig) -> dict[str, np.ndarr
         for hf, name in (("c_fc", "fc"), ("c_proj", "proj")):
             out[f"{p}mlp.{hf}.weight"] = layer["mlp"][name]["kernel"]
             out[f"{p}mlp.{hf}.bias"] = layer["mlp"][name]["bias"]
-    return {k: np.ascontiguousarray(v, np.float32) for k, v in out.items()}
+    finish = np.ascontiguousarray if xp is np else xp.asarray
+    return {k: finish(v, dtype=xp.float32) for k, v in out.items()}

@@ -128,9 +128,9 @@ def params_from_hf(tensors: dict[str, np.ndarray], c: ModelConfig) -> dict[str, 
                             stack=np.stack)
 
 
-def hf_from_params(params: dict[str, Any], c: ModelConfig) -> dict[str, np.ndarray]:
+def hf_from_params(params: dict[str, Any], c: ModelConfig, xp: Any = np) -> dict[str, Any]:
     """A Llama-style model's safetensors tensors from `lm` parameters."""
-    params = jax.tree.map(np.asarray, params)
+    params = jax.tree.map(xp.asarray, params)
     d, n, kv, h = c.embed_dim, c.num_heads, c.kv_heads, c.head_dim
     out = {"model.embed_tokens.weight": params["token_embedding"][: c.vocab_size],  # without padding rows
            "model.norm.weight": params["norm_final"]["scale"]}
@@ -150,4 +150,5 @@ def hf_from_params(params: dict[str, Any], c: ModelConfig) -> dict[str, np.ndarr
             out[f"{p}mlp.{hf}.weight"] = layer["mlp"][name]["kernel"].T
         out[f"{p}input_layernorm.weight"] = layer["norm_attn"]["scale"]
         out[f"{p}post_attention_layernorm.weight"] = layer["norm_mlp"]["scale"]
-    return {k: np.ascontiguousarray(v, np.float32) for k, v in out.items()}
+    finish = np.ascontiguousarray if xp is np else xp.asarray
+    return {k: finish(v, dtype=xp.float32) for k, v in out.items()}

@@ -4,7 +4,8 @@ a link planted in such a folder is never written through:
 - a folder is lm's own (it holds lm's mark file) or empty, or lm refuses it in one line (`claim`);
 - a file is written whole under a fresh name, made exclusively, then renamed over its own name (`write_atomic`,
   `replacing`: a link at that name is replaced, not followed);
-- a file kept open (a lock) is opened without following a link (`open_lock`);
+- a file kept open (a lock) is opened without following a link (`open_lock`), and a folder lm names itself inside
+  one of its own is refused if it is a link (`not_a_link`);
 - only the names lm gives its own files are ever deleted, and never a link (`remove_own`).
 """
 
@@ -21,7 +22,7 @@ from lm.errors import UserError
 def claim(folder: str, mark: str, is_own: Callable[[str], bool], flag: str) -> None:
     """Makes `folder` (named by `flag` in messages) lm's own: made if need be and marked with the file `mark`, if it
     is empty or holds only names `is_own` accepts (a folder lm wrote before it marked its folders); one line if it
-    is a file, cannot be written, or holds anything else."""
+    is a file, cannot be written (also once marked), or holds anything else."""
     if os.path.exists(folder) and not os.path.isdir(folder):
         raise UserError(f"{flag} {folder} is a file, not a folder; pass a folder's path")
     try:
@@ -30,19 +31,16 @@ def claim(folder: str, mark: str, is_own: Callable[[str], bool], flag: str) -> N
     except OSError as e:
         raise UserError(f"cannot make {flag} {folder} ({e.strerror}); use another path") from None
     path = os.path.join(folder, mark)
-    if mark not in names:
-        foreign = sorted(n for n in names if not is_own(n) or os.path.islink(os.path.join(folder, n)))
-        if foreign:
-            shown = ", ".join(foreign[:3]) + (f" and {len(foreign) - 3} more" if len(foreign) > 3 else "")
-            raise UserError(f"{flag} {folder} holds files lm did not write ({shown}); lm writes only into an empty "
-                            "folder or one it made: pass a new or empty folder")
-        try:
-            os.close(os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW, 0o644))
-        except FileExistsError:
-            pass  # another process claimed it meanwhile; checked below
-        except OSError as e:
-            raise UserError(f"cannot write in {flag} {folder} ({e.strerror}); make it writable or use another "
-                            "path") from None
+    foreign = sorted(n for n in names if not is_own(n) or os.path.islink(os.path.join(folder, n)))
+    if mark not in names and foreign:
+        shown = ", ".join(foreign[:3]) + (f" and {len(foreign) - 3} more" if len(foreign) > 3 else "")
+        raise UserError(f"{flag} {folder} holds files lm did not write ({shown}); lm writes only into an empty "
+                        "folder or one it made: pass a new or empty folder")
+    check_writable(folder, flag)
+    try:
+        os.close(os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW, 0o666))
+    except FileExistsError:
+        pass  # marked before, or by another process meanwhile; checked below
     if os.path.islink(path) or not os.path.isfile(path):
         raise UserError(f"{path} is not the file lm marks its folders with (a link or a folder); remove it")
 
@@ -97,12 +95,21 @@ def check_writable(folder: str, flag: str) -> None:
         os.close(fd)
         os.remove(probe)
     except OSError as e:
-        raise UserError(f"cannot write in {folder} ({e.strerror}); make it writable or use another {flag}") from None
+        other = flag.removeprefix("the ")  # '--workdir', or 'the cache folder'
+        raise UserError(f"cannot write in {folder} ({e.strerror}); make it writable or use another {other}") from None
 
 
 def is_temporary(name: str) -> bool:
     """Whether `name` is one `write_atomic` or `fresh_folder` gives a file or folder it fills."""
     return name.startswith(".") and name.endswith(".tmp")
+
+
+def not_a_link(path: str) -> str:
+    """`path`, a file or folder lm names itself inside one of its folders; one line if a link was planted there
+    (lm would write into whatever it points to)."""
+    if os.path.islink(path):
+        raise UserError(f"{path} is a link; lm does not write through links in its folders: remove it")
+    return path
 
 
 def open_lock(path: str) -> int:

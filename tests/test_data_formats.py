@@ -341,3 +341,30 @@ def test_config_data_workers_sets_the_preparing_processes(tmp_path, cache_dir, c
     tok = corpus.fresh_tokenizer(d, tokenizer_config())
     corpus.open_splits(corpus.resolve(d)[0], tok, d)
     assert ": 5 of 5 tasks to do, 1 process(es)" in capsys.readouterr().out
+
+
+def test_a_bad_file_met_while_the_tokenizer_trains_is_named_not_buried_in_sentencepieces_error(tmp_path,
+                                                                                               cache_dir):
+    """A corpus whose second file has a byte that is not UTF-8, a row that is not JSON, or is a gzip file cut
+    short: the tokenizer trains on the text as it is read (the first file is past the 1 MiB an emptiness check
+    reads), and the line names the file and where, not 'tokenizer training failed: ...documents.py...'. Mended,
+    the same command trains."""
+    whole = gzip.compress(("\n".join(json.dumps({"text": r}) for r in ROWS * 50) + "\n").encode())
+    latin = b"fine text\n\nthen caf\xe9 au lait\n"
+    cases = {"b.txt": (latin, f"b.txt is not UTF-8 text: byte {latin.index(0xE9)} (0xe9) cannot be decoded"),
+             "b.jsonl": (b'{"text": "a row"}\n{"text": "cut\n', "b.jsonl line 2"),
+             "b.jsonl.gz": (whole[:len(whole) // 2], "b.jsonl.gz is not a whole gzip file")}
+    for name, (content, expected) in cases.items():
+        folder = tmp_path / name.replace(".", "_")
+        folder.mkdir()
+        (folder / "a.txt").write_text(TEXT)
+        (folder / name).write_bytes(content)
+        command = [sys.executable, "-m", "lm.train", "--config", TINY, "--workdir", str(tmp_path / f"run_{name}"),
+                   f"--config.data.path={folder}", f"--config.data.cache_dir={cache_dir}", "--config.train.steps=2",
+                   "--config.train.eval_every=1000"]
+        failed = subprocess.run(command, cwd=ROOT, env=USER_ENV, capture_output=True, text=True, timeout=300)
+        assert failed.returncode == 2 and len(failed.stderr.splitlines()) == 1, failed.stderr
+        assert failed.stderr.startswith(f"error: {folder}/") and expected in failed.stderr, failed.stderr
+    (folder / name).write_bytes(whole)  # the gzip file whole again
+    mended = subprocess.run(command, cwd=ROOT, env=USER_ENV, capture_output=True, text=True, timeout=300)
+    assert mended.returncode == 0, mended.stderr

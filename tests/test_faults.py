@@ -551,11 +551,14 @@ def test_a_command_that_leaves_at_once_still_joins_its_threads_runs_its_exit_han
 
 def test_links_planted_in_a_workdir_are_never_written_through(tmp_path, cache_dir):
     """A workdir received from elsewhere with `lock` or `metrics.jsonl` a link to a user's file, or
-    `metrics.jsonl` a folder: one line each, the file untouched. Links at the names of the files a run writes whole
-    (its tokenizer, its summary) are replaced by the run's files, their target untouched."""
+    `metrics.jsonl` a folder, or `checkpoints` a link to a user's folder: one line each, the target untouched. Links
+    at the names of the files a run writes whole (its tokenizer, its summary) are replaced by the run's files, their
+    target untouched; a user's file and link at other names are kept as they are."""
     workdir, victim = tmp_path / "run", tmp_path / "victim.txt"
     workdir.mkdir()
     victim.write_text("not lm's\n")
+    (workdir / "NOTES.md").write_text("my notes\n")  # a user's file and link beside what lm writes: kept as they are
+    (workdir / "mine").symlink_to(victim)
 
     def train_here():
         command = train_command(workdir, cache_dir, "--config.train.steps=4", "--config.checkpoint.every=4")
@@ -571,6 +574,11 @@ def test_links_planted_in_a_workdir_are_never_written_through(tmp_path, cache_di
     one_line_error(train_here(), f"{workdir / 'metrics.jsonl'} is not a file lm wrote")
     os.rmdir(workdir / "metrics.jsonl")
     shutil.rmtree(workdir / "checkpoints", ignore_errors=True)
+    (tmp_path / "elsewhere").mkdir()
+    (workdir / "checkpoints").symlink_to(tmp_path / "elsewhere")
+    one_line_error(train_here(), f"{workdir / 'checkpoints'} is a link", "remove it")
+    assert os.listdir(tmp_path / "elsewhere") == []
+    os.remove(workdir / "checkpoints")
     for name in ("tokenizer.json", "summary.json"):
         if os.path.lexists(workdir / name):
             os.remove(workdir / name)
@@ -583,6 +591,7 @@ def test_links_planted_in_a_workdir_are_never_written_through(tmp_path, cache_di
     for name in ("tokenizer.json", "summary.json", "metrics.jsonl"):
         assert not os.path.islink(workdir / name) and json.loads((workdir / name).read_text().splitlines()[0])
         assert os.stat(workdir / name).st_mode & 0o777 == 0o666 & ~umask, name  # as open() makes a file, not private
+    assert (workdir / "NOTES.md").read_text() == "my notes\n" and os.readlink(workdir / "mine") == str(victim)
 
 
 def test_a_checkpoint_whose_checksums_were_deleted_is_damaged_not_read_unchecked(tiny_run, tmp_path):

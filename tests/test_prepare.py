@@ -6,6 +6,7 @@ import hashlib
 import json
 import os
 import re
+import shutil
 import signal
 import subprocess
 import sys
@@ -236,3 +237,135 @@ def test_a_second_preparation_of_a_folder_says_that_it_waits_for_the_first(tmp_p
     stdout, stderr = proc.communicate(timeout=300)
     assert proc.returncode == 0 and stderr == "" and "train and" in stdout, stderr
     assert (out / prepare.MANIFEST).is_file()
+
+
+def test_lm_prepare_checks_the_shards_it_keeps_and_prepares_a_damaged_or_deleted_one_again(tmp_path, cache_dir):
+    """A shard of a prepared folder with one flipped bit: a run on the folder stops with one line that says how
+    to mend it; `lm.prepare` into the folder again (which once reported success without a look) finds it by its
+    checksum and prepares it again, as it does a shard folder deleted; then the shards are those first written
+    and the run trains."""
+    (tmp_path / "a.txt").write_text(TEXT[:30_000])
+    out = tmp_path / "prepared"
+
+    def prepare_into():
+        return subprocess.run([sys.executable, "-m", "lm.prepare", "--config", TINY, "--out", str(out),
+                               f"--config.data.path={tmp_path / 'a.txt'}", f"--config.data.cache_dir={cache_dir}"],
+                              cwd=ROOT, env=USER_ENV, capture_output=True, text=True, timeout=300)
+
+    assert prepare_into().returncode == 0
+    want = checksums(out)
+    tokens = out / "00000-0000" / "train.tokens.npy"
+    flipped = bytearray(tokens.read_bytes())
+    flipped[-7] ^= 1
+    tokens.write_bytes(bytes(flipped))
+    train = [sys.executable, "-m", "lm.train", "--config", TINY, "--workdir", str(tmp_path / "run"),
+             f"--config.data.path={out}", "--config.train.steps=2", "--config.train.eval_every=1000"]
+    one_line_error(subprocess.run(train, cwd=ROOT, env=USER_ENV, capture_output=True, text=True, timeout=300),
+                   f"prepared shard file {tokens} is damaged (its checksum is not the manifest's); prepare the corpus "
+                   "again with python -m lm.prepare, which checks every shard and redoes damaged ones")
+    again = prepare_into()
+    assert again.returncode == 0 and again.stderr.splitlines() == [
+        f"warning: prepared shard 00000-0000/train.tokens.npy is not the bytes it was written with in {out}; "
+        "preparing its part of the corpus again"], again.stderr
+    assert checksums(out) == want
+    shutil.rmtree(out / "00000-0000")
+    again = prepare_into()
+    assert again.returncode == 0 and again.stderr.splitlines() == [
+        f"warning: prepared shard 00000-0000/train.tokens.npy: No such file or directory in {out}; preparing its "
+        "part of the corpus again"], again.stderr
+    assert checksums(out) == want
+    trained = subprocess.run(train, cwd=ROOT, env=USER_ENV, capture_output=True, text=True, timeout=300)
+    assert trained.returncode == 0 and "step      2/2" in trained.stdout, trained.stderr
+
+
+def test_a_text_without_separators_is_cut_into_tasks_and_tokenized_in_pieces_of_bounded_size(tmp_path,
+                                                                                               monkeypatch, cache_dir):
+    """A file of one line (one document by the separator rule) was one task however long, tokenized whole: 37
+    times its size in memory. It is cut into tasks of about UNIT_BYTES before a space, each task's text one
+    document, nothing lost; a document longer than PIECE_CHARS is encoded in pieces cut before a space, with the
+    ids of the whole (for the character tokenizer, exactly)."""
+    monkeypatch.setattr(sources, "UNIT_BYTES", 4096)
+    monkeypatch.setattr(prepare, "PIECE_CHARS", 1000)
+    text = TEXT[:40_000].replace("\n", " ")
+    path = tmp_path / "one_line.txt"
+    path.write_text(text)
+    source = sources.FileSource((str(path),), documents.Settings())
+    tasks = source.tasks()
+    assert len(tasks) == 9 and max(t.end - t.start for t in tasks) <= 4096 + 20, tasks
+    assert all(text[t.start] == " " for t in tasks[1:])  # each cut before a space
+    read = [d for t in tasks for part in source.parts(t) for split in documents.SPLITS for _, d in part[split]]
+    assert "".join(read) == text
+    tok = char_tokenizer(cache_dir)
+    out = tmp_path / "prepared"
+    prepare.prepare(source, tok, str(out), workers=1)
+    d = {**config_lib.defaults().data.to_dict(), "path": str(out)}
+    pieces = corpus.open_splits(corpus.resolve(d)[0], tok, d)
+    got = [p.tokens()[a:b] for split in documents.SPLITS for p in pieces[split]
+           for (a, _), b in zip(p.docs(), [*p.docs()[1:, 0], len(p.tokens())], strict=True)]
+    want = [[tok.bos_id, *tok.encode(doc), tok.eos_id] for doc in read]
+    assert sorted(map(list, got)) == sorted(want) and max(len(w) for w in want) > 1000
+
+
+def test_the_cache_folder_keeps_a_users_files_and_refuses_links_at_the_names_lm_makes_there(tmp_path):
+    """config.data.cache_dir holding a user's file and link: a run prepares its data and trains its tokenizer there
+    and leaves both as they were. A link planted at the name of the data's prepared folder, or at `tokenizers`,
+    would have lm write into what it points to: one line each, nothing written there; removed, the run trains."""
+    cache, victim, elsewhere = tmp_path / "cache", tmp_path / "victim.txt", tmp_path / "elsewhere"
+    cache.mkdir()
+    elsewhere.mkdir()
+    victim.write_text("not lm's\n")
+    (cache / "NOTES.md").write_text("my notes\n")
+    (cache / "mine").symlink_to(victim)
+    (tmp_path / "a.txt").write_text(TEXT[:20_000])
+
+    def train_in(name):
+        return subprocess.run([sys.executable, "-m", "lm.train", "--config", TINY, "--workdir", str(tmp_path / name),
+                               f"--config.data.path={tmp_path / 'a.txt'}", f"--config.data.cache_dir={cache}",
+                               "--config.train.steps=2", "--config.train.eval_every=1000"],
+                              cwd=ROOT, env=USER_ENV, capture_output=True, text=True, timeout=300)
+
+    assert train_in("first").returncode == 0
+    assert (cache / "NOTES.md").read_text() == "my notes\n" and os.readlink(cache / "mine") == str(victim)
+    (prepared,) = set(os.listdir(cache)) - {"NOTES.md", "mine", "tokenizers"}
+    shutil.rmtree(cache / prepared)
+    (cache / prepared).symlink_to(elsewhere)
+    one_line_error(train_in("second"), f"{cache / prepared} is a link; lm does not write through links")
+    os.remove(cache / prepared)
+    shutil.rmtree(cache / "tokenizers")
+    (cache / "tokenizers").symlink_to(elsewhere)
+    one_line_error(train_in("third"), f"{cache / 'tokenizers'} is a link; lm does not write through links")
+    assert os.listdir(elsewhere) == [] and victim.read_text() == "not lm's\n"
+    os.remove(cache / "tokenizers")
+    assert train_in("fourth").returncode == 0
+    assert (cache / "NOTES.md").read_text() == "my notes\n" and os.readlink(cache / "mine") == str(victim)
+
+
+def test_lm_prepare_into_a_read_only_folder_is_one_line_whether_new_or_its_own(tmp_path, cache_dir):
+    """A read-only --out (a bind mount, in a private mount namespace): empty, or one lm prepared into before whose
+    corpus has changed since: one line each, not EROFS tracebacks; writable again, the command prepares."""
+    (tmp_path / "a.txt").write_text(TEXT[:20_000])
+    command = " ".join([sys.executable, "-m", "lm.prepare", "--config", TINY, f"--config.data.path={tmp_path}/a.txt",
+                        f"--config.data.cache_dir={cache_dir}", "--out"])
+    new, own = tmp_path / "new", tmp_path / "own"
+    new.mkdir()
+    script = tmp_path / "read_only.sh"
+    script.write_text(f"""set -u
+cd {ROOT}
+{command} {own} > /dev/null || exit 7
+echo "{TEXT[20_000:20_100]!r}" >> {tmp_path}/a.txt
+for out in {new} {own}; do
+  mount --bind $out $out && mount -o remount,bind,ro $out
+  {command} $out > /dev/null 2> $out.err; echo $? > $out.rc
+  umount $out
+  {command} $out > /dev/null 2> $out.err2; echo $? > $out.rc2
+done
+""")
+    done = subprocess.run(["unshare", "--user", "--map-root-user", "--mount", "bash", str(script)], env=USER_ENV,
+                          capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr
+    for out in (new, own):
+        assert (tmp_path / f"{out.name}.rc").read_text().strip() == "2"
+        assert (tmp_path / f"{out.name}.err").read_text().splitlines() == [
+            f"error: cannot write in {out} (Read-only file system); make it writable or use another --out"]
+        assert (tmp_path / f"{out.name}.rc2").read_text().strip() == "0", (tmp_path / f"{out.name}.err2").read_text()
+        assert (out / prepare.MANIFEST).is_file()

@@ -57,9 +57,18 @@ def test_dry_run_commands_run_a_sweep_resumes_and_finishes_its_runs_and_a_rerun_
     stopped = subprocess.run(shlex.split(commands[0]) + ["--config.train.nan_steps=(6,)"], cwd=ROOT, env=USER_ENV,
                              capture_output=True, text=True, timeout=300)
     assert stopped.returncode == 3 and "checkpoint 4 is the last good state" in stopped.stderr, stopped.stderr
-    # The sweep resumes the first run from there and skips the second, which its printed command finished.
+    # The sweep resumes the first run from there and skips the second, which its printed command finished. A user's
+    # file and link in its folder are kept; links at the names of its results are replaced, not written through.
+    out_dir, victim = tmp_path / "runs" / "two_lrs", tmp_path / "victim.txt"
+    victim.write_text("not lm's\n")
+    (out_dir / "NOTES.md").write_text("my notes\n")
+    for name in ("mine", "results.md", "results.csv", "loss.png"):
+        (out_dir / name).symlink_to(victim)
     capfd.readouterr()
     rows = experiment.run(str(path), root)
+    assert victim.read_text() == "not lm's\n" and (out_dir / "NOTES.md").read_text() == "my notes\n"
+    assert os.readlink(out_dir / "mine") == str(victim)
+    assert not any(os.path.islink(out_dir / name) for name in ("results.md", "results.csv", "loss.png"))
     out = capfd.readouterr().out
     assert f"{names[0]}: training in" in out and f"{names[1]}: finished earlier, skipped" in out
     assert "resuming at step 4" in out and "starting at step 0" not in out
@@ -83,6 +92,12 @@ def test_dry_run_commands_run_a_sweep_resumes_and_finishes_its_runs_and_a_rerun_
     after = _mtimes(os.path.join(root, "two_lrs"))
     assert {p: t for p, t in after.items() if "/results." not in p and not p.endswith("loss.png")} == \
         {p: t for p, t in before.items() if "/results." not in p and not p.endswith("loss.png")}  # nothing retrained
+    # A link planted at a run's folder: the sweep would train into what it points to; it refuses in one line.
+    os.rename(out_dir / names[1], tmp_path / "moved")
+    (out_dir / names[1]).symlink_to(tmp_path / "moved")
+    with pytest.raises(UserError, match=f"^{re.escape(str(out_dir / names[1]))} is a link; lm does not write through "
+                                        "links in its folders: remove it$"):
+        experiment.run(str(path), root)
 
 
 def test_a_failing_run_stops_a_local_sweep_with_its_exit_status_and_starts_no_later_run(tmp_path, cache_dir, capfd,

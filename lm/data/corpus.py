@@ -16,6 +16,7 @@ import math
 import os
 from typing import Any
 
+from lm import folders
 from lm.data import prepare, shards
 from lm.data.batches import Component
 from lm.data.catalog import CatalogSource
@@ -123,7 +124,7 @@ def fresh_tokenizer(d: Any, t: Any) -> AnyTokenizer:
     tok = sentencepiece.train(texts(), t["type"], t["vocab_size"])
     with disk_full_is(f"the disk filled up while saving the tokenizer in {os.path.dirname(path)}; free some space "
                       "and rerun the same command"):
-        os.makedirs(os.path.dirname(path), exist_ok=True)
+        os.makedirs(folders.not_a_link(os.path.dirname(path)), exist_ok=True)
         tok.save(path)
     return tok
 
@@ -171,7 +172,7 @@ def open_splits(c: Data, tokenizer: AnyTokenizer, d: Any, workers: int = 0) -> d
                                   d.get("validation_fraction", 0.1))
     folder = c.prepared
     if not folder:
-        folder = prepared_folder(c, tokenizer, d)
+        folder = folders.not_a_link(prepared_folder(c, tokenizer, d))
         if not os.path.exists(os.path.join(folder, prepare.MANIFEST)) or \
                 prepare.read_json(os.path.join(folder, prepare.MANIFEST))["source"] != c.source.identity():
             prepare.prepare(c.source, tokenizer, folder, workers or d.get("workers", 0), "the cache folder")

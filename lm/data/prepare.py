@@ -17,6 +17,7 @@ A document is [BOS] prompt text [EOS]. The output depends on the files, settings
 preparation killed and run again writes the same bytes.
 """
 
+import contextlib
 import fcntl
 import hashlib
 import io
@@ -74,14 +75,57 @@ def read_json(path: str) -> Any:
         raise UserError(f"{path} is damaged (not JSON); delete its folder to prepare the data again") from None
 
 
+PIECE_CHARS = 1 << 20  # characters encoded at once: longer text is encoded in pieces (see _encode_long)
+
+
+def _encode_long(tok: AnyTokenizer, text: str, dtype: np.dtype) -> np.ndarray:
+    """The ids of a long `text`, encoded in pieces of about PIECE_CHARS characters, each cut before a space or a
+    line break where there is one (a tokenizer starts a word there anyway, so the ids are those of the whole
+    text but for a rare merge across a cut): a list of Python ints per id would take 18 times the memory."""
+    out, at = [], 0
+    while at < len(text):
+        end = at + PIECE_CHARS
+        if end < len(text):
+            cut = max(text.rfind(" ", at + 1, end), text.rfind("\n", at + 1, end))
+            end = cut if cut > at else end
+        out.append(np.asarray(tok.encode(text[at:end]), dtype))
+        at = end
+    return np.concatenate(out)
+
+
+def _groups(docs: list[Document], chunk: int) -> Iterator[list[Document]]:
+    """`docs` in order, in groups of at most `chunk` documents and about PIECE_CHARS characters; a document
+    longer than that is a group of its own."""
+    group: list[Document] = []
+    chars = 0
+    for doc in docs:
+        size = len(doc[0]) + len(doc[1])
+        if group and (len(group) == chunk or chars + size > PIECE_CHARS):
+            yield group
+            group, chars = [], 0
+        group.append(doc)
+        chars += size
+    if group:
+        yield group
+
+
 def _tokenize(docs: list[Document], tok: AnyTokenizer, dtype: np.dtype,
               chunk: int = 256) -> tuple[np.ndarray, np.ndarray]:
     """([tokens] of every document as [BOS] prompt text [EOS], [documents, 2] (start, first target)). Documents
-    go through the tokenizer `chunk` at a time, each chunk's ids into an array at once (lists of Python ints
-    take ten times the memory)."""
+    go through the tokenizer in groups (`_groups`), each group's ids into an array at once (lists of Python ints
+    take ten times the memory); a long document's text in pieces (`_encode_long`)."""
     tokens, lengths, prompts = [], [], []
-    for at in range(0, len(docs), chunk):
-        ids = [(tok.encode(p) if p else [], tok.encode(t)) for p, t in docs[at:at + chunk]]
+    for group in _groups(docs, chunk):
+        if len(group) == 1 and len(group[0][1]) > PIECE_CHARS:
+            p, t = group[0]
+            prompt = np.asarray(tok.encode(p) if p else [], dtype)
+            ids = np.concatenate([np.asarray([tok.bos_id], dtype), prompt, _encode_long(tok, t, dtype),
+                                  np.asarray([tok.eos_id], dtype)])
+            tokens.append(ids)
+            lengths.append(np.asarray([len(ids)], np.int64))
+            prompts.append(np.asarray([len(prompt)], np.int64))
+            continue
+        ids = [(tok.encode(p) if p else [], tok.encode(t)) for p, t in group]
         n = np.fromiter((len(p) + len(t) + 2 for p, t in ids), np.int64, len(ids))
         pieces = itertools.chain.from_iterable(((tok.bos_id,), p, t, (tok.eos_id,)) for p, t in ids)
         tokens.append(np.fromiter(itertools.chain.from_iterable(pieces), dtype, int(n.sum())))
@@ -154,18 +198,21 @@ def _run(pending: list[tuple[int, Task]], workers: int, init: tuple) -> Iterator
 
 
 def prepare(source: Any, tokenizer: AnyTokenizer, out: str, workers: int = 0,
-            flag: str = "the prepared-data folder") -> dict[str, Any]:
+            flag: str = "the prepared-data folder", checksums: bool = False) -> dict[str, Any]:
     """Prepares `source` (sources.FileSource or catalog.CatalogSource) with `tokenizer` into the folder `out`
     (resuming a preparation that stopped); its manifest. `out` is empty or lm's (one line otherwise, naming it as
     `flag`). One process at a time per folder (a lock); the others say they wait, wait and find it prepared. `workers`:
-    processes (0: one per core)."""
+    processes (0: one per core). The shards a preparation keeps (all of them, once it is complete) are checked
+    against their records first, their sizes always and their bytes too with `checksums`: a missing or damaged
+    one is prepared again."""
     _check_apart(source, out, flag)
     with disk_full_is(f"the disk filled up while preparing {source.describe()} into {out}; free some space and rerun "
                       "the same command (it goes on from the tasks done)"):
-        return _prepare(source, tokenizer, out, workers, flag)
+        return _prepare(source, tokenizer, out, workers, flag, checksums)
 
 
-def _prepare(source: Any, tokenizer: AnyTokenizer, out: str, workers: int, flag: str) -> dict[str, Any]:
+def _prepare(source: Any, tokenizer: AnyTokenizer, out: str, workers: int, flag: str,
+             checksums: bool) -> dict[str, Any]:
     folders.claim(out, MARK, _is_own, flag)
     sha, identity = tokenizer_sha(tokenizer), source.identity()
     with os.fdopen(folders.open_lock(os.path.join(out, ".lock")), "r+") as lock:
@@ -177,7 +224,12 @@ def _prepare(source: Any, tokenizer: AnyTokenizer, out: str, workers: int, flag:
         if os.path.exists(os.path.join(out, MANIFEST)):
             manifest = read_json(os.path.join(out, MANIFEST))
             if manifest["tokenizer"]["sha256"] == sha and manifest["source"] == identity:
-                return manifest
+                by_task: dict[int, list] = {}
+                for record in manifest["shards"]:
+                    by_task.setdefault(int(record["name"][:5]), []).append(record)
+                if not _drop_damaged(out, by_task, checksums):
+                    return manifest
+                os.remove(os.path.join(out, MANIFEST))
         for folder in (out, os.path.join(out, "tasks")):  # what a killed preparation was writing
             if os.path.isdir(folder) and not os.path.islink(folder):
                 folders.remove_own(folder, folders.is_temporary)
@@ -186,15 +238,48 @@ def _prepare(source: Any, tokenizer: AnyTokenizer, out: str, workers: int, flag:
             print(f"warning: {source.describe()} changed since {out} was prepared from it; preparing it again",
                   file=sys.stderr, flush=True)
             folders.remove_own(out, lambda name: _is_own(name) and name != ".lock")
-        if os.path.islink(os.path.join(out, "tasks")):
-            raise UserError(f"{os.path.join(out, 'tasks')} is a link; lm does not write through links in its "
-                            "folders: remove it")
-        os.makedirs(os.path.join(out, "tasks"), exist_ok=True)
+        os.makedirs(folders.not_a_link(os.path.join(out, "tasks")), exist_ok=True)
         _write_json(started, {"source": identity, "tokenizer": sha})
         _write_json(os.path.join(out, "tokenizer.json"), tokenizer.to_json())
-        manifest = _prepare_tasks(source, tokenizer, out, workers, sha, identity)
+        manifest = _prepare_tasks(source, tokenizer, out, workers, sha, identity, checksums)
         _write_json(os.path.join(out, MANIFEST), manifest)
         return manifest
+
+
+def _shard_problem(out: str, record: dict[str, Any], checksums: bool) -> str:
+    """Why the shard of `record` in `out` is not what its record says ('' if it is): a file missing or cut
+    short, another count of entries, or (with `checksums`) other bytes."""
+    for split in SPLITS:
+        for kind, count in (("tokens", record[split]["tokens"]), ("docs", record[split]["documents"])):
+            name = f"{split}.{kind}.npy"
+            path = os.path.join(out, record["name"], name)
+            try:
+                entries = len(np.load(path, mmap_mode="r", allow_pickle=False))
+            except (OSError, ValueError) as e:
+                return f"{name}: {getattr(e, 'strerror', None) or str(e).splitlines()[0][:80]}"
+            if entries != count:
+                return f"{name} holds {entries} entries, not {count}"
+            if checksums:
+                with open(path, "rb") as f:
+                    if hashlib.file_digest(f, "sha256").hexdigest() != record["sha256"][name]:
+                        return f"{name} is not the bytes it was written with"
+    return ""
+
+
+def _drop_damaged(out: str, by_task: dict[int, list], checksums: bool) -> list[int]:
+    """The tasks (of `by_task`: index -> shard records) with a shard that is missing or damaged, each said in a
+    warning line; their records and shards are deleted, for the preparation to do them again."""
+    dropped = []
+    for index, records in by_task.items():
+        problem = next((f"{r['name']}/{why}" for r in records if (why := _shard_problem(out, r, checksums))), "")
+        if problem:
+            print(f"warning: prepared shard {problem} in {out}; preparing its part of the corpus again",
+                  file=sys.stderr, flush=True)
+            with contextlib.suppress(FileNotFoundError):
+                os.remove(os.path.join(out, "tasks", f"{index:05d}.json"))
+            folders.remove_own(out, lambda name, i=index: name.startswith(f"{i:05d}-") and bool(_OWN.fullmatch(name)))
+            dropped.append(index)
+    return dropped
 
 
 def _check_apart(source: Any, out: str, flag: str) -> None:
@@ -206,13 +291,15 @@ def _check_apart(source: Any, out: str, flag: str) -> None:
 
 
 def _prepare_tasks(source: Any, tokenizer: AnyTokenizer, out: str, workers: int, sha: str,
-                   identity: dict[str, Any]) -> dict[str, Any]:
+                   identity: dict[str, Any], checksums: bool) -> dict[str, Any]:
     tasks = source.tasks()
     done: dict[int, list] = {}
     for i in range(len(tasks)):
         path = os.path.join(out, "tasks", f"{i:05d}.json")
         if os.path.exists(path):
             done[i] = read_json(path)
+    for i in _drop_damaged(out, done, checksums):
+        del done[i]
     pending = [(i, t) for i, t in enumerate(tasks) if i not in done]
     dtype = token_dtype(tokenizer.vocab_size)
     workers = min(workers or os.cpu_count() or 1, max(len(pending), 1))

@@ -27,8 +27,9 @@ FIELDS = ("tokens", "segment_ids", "positions", "loss_mask")
 
 
 def _damaged(path: str, what: str) -> UserError:
-    return UserError(f"prepared shard file {path} is damaged ({what}); delete its folder and prepare again "
-                     "(python -m lm.prepare, or lm.train on a fresh workdir)")
+    return UserError(f"prepared shard file {path} is damaged ({what}); prepare the corpus again with python -m "
+                     "lm.prepare, which checks every shard and redoes damaged ones (a run that prepares it on first "
+                     f"use redoes the shard once its folder {os.path.dirname(path)} is deleted)")
 
 
 def _load(path: str, size: int | None = None, sha256: str = "") -> np.ndarray:

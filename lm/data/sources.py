@@ -7,7 +7,8 @@ fine-tuning), gzip-compressed JSONL (.jsonl.gz, .json.gz) and Parquet (.parquet:
 path is a file, a folder (every file of those formats under it) or a glob pattern.
 
 A task is about `UNIT_BYTES` of one file: a byte range cut where a document ends, Parquet row groups, or a
-whole compressed file (read in order, in parts of about `UNIT_BYTES`).
+whole compressed file (read in order, in parts of about `UNIT_BYTES`). A text document longer than that is cut
+into documents of about `UNIT_BYTES`, before a line break or a space: memory stays bounded whatever the file.
 """
 
 import dataclasses
@@ -68,8 +69,11 @@ def fingerprint(files: list[str]) -> list[list[Any]]:
     return [[os.path.abspath(f), os.path.getsize(f), os.stat(f).st_mtime_ns] for f in files]
 
 
-def _cut_points(path: str, size: int, boundary: bytes) -> list[int]:
-    """Offsets 0 = c0 < c1 < ... < size about UNIT_BYTES apart, each just before a `boundary` (or the end)."""
+def _cut_points(path: str, size: int, boundary: bytes, cut_inside: bool) -> list[int]:
+    """Offsets 0 = c0 < c1 < ... < size about UNIT_BYTES apart, each just before a `boundary` (or the end). With
+    no boundary within one more unit, `cut_inside` (text) cuts there anyway, before a line break or a space if
+    there is one in the next MiB, else between two characters: a document longer than a task is cut into
+    documents of about a task's size. Without it (JSONL, whose rows are not cut) the rest of the file is one task."""
     cuts = [0]
     with open(path, "rb") as f:
         while cuts[-1] + UNIT_BYTES < size:
@@ -81,6 +85,11 @@ def _cut_points(path: str, size: int, boundary: bytes) -> list[int]:
                     break
                 window += chunk
                 at = window.find(boundary)
+            if at < 0 and cut_inside:
+                head = window[:1 << 20]
+                at = next((i for i in (head.find(b"\n"), head.find(b" ")) if i >= 0), -1)
+                if at < 0:  # the first byte of a character (UTF-8 continuation bytes are 10xxxxxx)
+                    at = next((i for i, b in enumerate(head[:4]) if b & 0xC0 != 0x80), 0)
             if at < 0:
                 break
             cuts.append(cuts[-1] + UNIT_BYTES + at)
@@ -100,7 +109,7 @@ def tasks(files: list[str], s: Settings) -> list[Task]:
             out.append(Task(path, fmt))
         else:
             boundary = b"\n" if fmt == "jsonl" else (s.separator or "\n").encode("utf-8")
-            cuts = _cut_points(path, os.path.getsize(path), boundary)
+            cuts = _cut_points(path, os.path.getsize(path), boundary, cut_inside=fmt == "text")
             out += [Task(path, fmt, a, b) for a, b in zip(cuts, cuts[1:], strict=False) if b > a]
     return out
 

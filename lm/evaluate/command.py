@@ -1,16 +1,18 @@
 """`python -m lm.evaluate --workdir DIR [--step N] [--split validation|train] [--data_path P] [--cache_dir D]`:
 one JSON line of the checkpoint's loss, perplexity and bits per byte (which data it scores goes to stderr).
-`--tasks FILES` scores downstream tasks instead (tasks.py: minimal pairs, multiple choice, cloze): one JSON line of
-each task's metrics and the mean accuracy. `--harness TASKS` runs lm-evaluation-harness tasks (harness.py): one
-JSON line of the harness's results."""
+`--tasks FILES` scores downstream tasks instead (tasks.py: minimal pairs, multiple choice, cloze), each file read
+a part at a time with progress on stderr: one JSON line of each task's metrics and the mean accuracy.
+`--harness TASKS` runs lm-evaluation-harness tasks (harness.py): one JSON line of the harness's results."""
 
 import contextlib
+import functools
 import json
 import sys
 from collections.abc import Sequence
 from typing import Any
 
 import jax
+import numpy as np
 from absl import flags
 
 from lm import config as config_lib
@@ -20,7 +22,7 @@ from lm.data import batches, corpus
 from lm.data.documents import SPLITS
 from lm.errors import UserError
 from lm.evaluate import tasks as tasks_lib
-from lm.evaluate.loglikelihood import make_token_scores
+from lm.evaluate.loglikelihood import make_token_scores, score_encoded
 from lm.evaluate.scoring import evaluate, make_eval_step
 from lm.parallel.mesh import run_layout
 
@@ -66,12 +68,19 @@ def main(argv: Sequence[str]) -> None:
     model = select.model(model_config)
     batch_size = f.batch_size or run.get("train", {}).get("batch_size", 8)  # imported weights: 8
     if f.tasks:
-        tasks = tasks_lib.read_tasks(f.tasks)
-        print(f"scoring {len(tasks)} task(s): {', '.join(t.name for t in tasks)}", file=sys.stderr, flush=True)
-        encoded = tasks_lib.encode_tasks(tokenizer, tasks, model_config.max_len)
-        scores = tasks_lib.score_tasks(make_token_scores(model, layout), params, tasks, encoded,
-                                       model_config.max_len, batch_size, layout)
-        print(json.dumps({"step": step, **scores}))
+        files = tasks_lib.task_files(f.tasks)
+        print(f"scoring {len(files)} task(s): {', '.join(map(tasks_lib.task_name, files))}", file=sys.stderr,
+              flush=True)
+        token_scores, max_len = make_token_scores(model, layout), model_config.max_len
+
+        def score(part: tasks_lib.Task) -> list[tasks_lib.Score]:
+            encoded = tasks_lib.encode_tasks(tokenizer, [part], max_len)
+            return score_encoded(token_scores, params, encoded, max_len, batch_size, layout)
+
+        say = functools.partial(print, file=sys.stderr, flush=True)
+        results = {tasks_lib.task_name(path): tasks_lib.stream_task(path, score, say) for path in files}
+        mean_acc = float(np.mean([m["acc"] for m in results.values()]))
+        print(json.dumps({"step": step, "tasks": results, "mean_acc": mean_acc}))
         return
     if "data" not in run and not f.data_path:
         raise UserError(f"{f.workdir} holds imported weights and no data of its own; give --data_path (text to "

@@ -9,8 +9,10 @@
 - cloze (LAMBADA): `context`, `target`; right when greedy decoding after the context gives the target's tokens
   exactly (`acc`), with the target's perplexity per token (`ppl`).
 
-Each example becomes (context, continuation) requests (loglikelihood.py scores them all in packed batches) and
-each task's metrics are computed from those scores here. A task is named by its file's name without `.jsonl`.
+Each example becomes (context, continuation) requests (loglikelihood.py scores them in packed batches) and each
+task's metrics are computed from those scores here; `lm.evaluate` streams a file a part at a time (`stream_task`),
+so a file of millions of examples takes the memory of one part. A task is named by its file's name without
+`.jsonl`.
 """
 
 import dataclasses
@@ -18,6 +20,8 @@ import glob
 import json
 import math
 import os
+import time
+from collections.abc import Callable, Iterator
 from typing import Any
 
 import numpy as np
@@ -32,6 +36,7 @@ FORMATS = {"minimal_pair": ("sentence_good", "sentence_bad"), "multiple_choice":
            "cloze": ("context", "target")}
 # One request's score: (summed log-likelihood of the continuation, whether greedy decoding gives it, its tokens).
 Score = tuple[float, bool, int]
+PART_EXAMPLES = 4096  # examples of a task file read and scored at a time by `stream_task`
 
 
 @dataclasses.dataclass(frozen=True)
@@ -56,28 +61,47 @@ class Task:
 
     def metrics(self, scores: list[Score]) -> dict[str, float]:
         """The task's metrics from the scores of `requests()`, in their order."""
+        tally = Tally(self.format)
+        tally.add(self, scores)
+        return tally.result()
+
+
+class Tally:
+    """A task's metrics summed over its examples, added a part of the task at a time (a task file is streamed)."""
+
+    def __init__(self, fmt: str):
+        self.format, self.examples = fmt, 0
+        self.right: dict[str, int] = {}
+        self.nll, self.tokens = 0.0, 0
+
+    def add(self, part: Task, scores: list[Score]) -> None:
+        """The examples of `part` (a task of this format), with the scores of its `requests()` in their order."""
         it = iter(scores)
-        right: dict[str, list[bool]] = {}
-        nll, tokens = 0.0, 0
-        for e in self.examples:
+        for e in part.examples:
             if self.format == "minimal_pair":
                 good, bad = next(it), next(it)
-                right.setdefault("acc", []).append(good[0] > bad[0])
+                self._count("acc", good[0] > bad[0])
             elif self.format == "multiple_choice":
                 got = [next(it) for _ in e["choices"]]
                 raw = np.array([s[0] for s in got])
                 chars = np.array([max(len(c), 1) for c in e["choices"]])
                 toks = np.array([max(s[2], 1) for s in got])
                 for name, values in (("acc", raw), ("acc_char", raw / chars), ("acc_token", raw / toks)):
-                    right.setdefault(name, []).append(int(np.argmax(values)) == e["answer"])
+                    self._count(name, int(np.argmax(values)) == e["answer"])
             else:
                 ll, greedy, n = next(it)
-                right.setdefault("acc", []).append(greedy)
-                nll, tokens = nll - ll, tokens + n
-        out = {name: float(np.mean(values)) for name, values in right.items()}
+                self._count("acc", greedy)
+                self.nll, self.tokens = self.nll - ll, self.tokens + n
+        self.examples += len(part.examples)
+
+    def _count(self, name: str, right: bool) -> None:
+        self.right[name] = self.right.get(name, 0) + int(right)
+
+    def result(self) -> dict[str, float]:
+        out = {name: right / self.examples for name, right in self.right.items()}
         if self.format == "cloze":
-            out["ppl"] = math.exp(nll / max(tokens, 1))
-        return {**out, "examples": len(self.examples)}
+            out["ppl"] = math.exp(self.nll / max(self.tokens, 1))
+        return {**out, "examples": self.examples}
 
 
 def _format_of(example: Any, where: str) -> str:
@@ -107,10 +131,10 @@ def _check(example: dict[str, Any], fmt: str, where: str) -> None:
                             f"(an index from 0 to {len(choices) - 1})")
 
 
-def read_task(path: str) -> Task:
-    """The task in one JSONL file; a line that is not an example of the file's format is one line of error."""
-    name = os.path.basename(path).removesuffix(".jsonl")
-    examples, fmt = [], None
+def examples(path: str) -> Iterator[tuple[str, dict[str, Any]]]:
+    """(format, example) for each example of a JSONL task file, read a line at a time; a line that is not an
+    example of the file's format is one line of error, as is a file with none."""
+    fmt = None
     try:
         with open(path, encoding="utf-8") as f:
             for number, line in enumerate(f, 1):
@@ -127,25 +151,58 @@ def read_task(path: str) -> Task:
                                     "file; one format a file")
                 fmt = this
                 _check(example, fmt, where)
-                examples.append(example)
+                yield fmt, example
     except (OSError, UnicodeDecodeError) as e:
         raise UserError(f"task file {path} does not read ({e}); give JSONL files in UTF-8") from None
-    if not examples:
+    if fmt is None:
         raise UserError(f"task file {path} holds no examples; give a JSONL file of one example a line")
-    return Task(name, fmt, tuple(examples))
 
 
-def read_tasks(spec: str, examples: int = 0) -> list[Task]:
+def task_name(path: str) -> str:
+    return os.path.basename(path).removesuffix(".jsonl")
+
+
+def read_task(path: str) -> Task:
+    """The task in one JSONL file, whole (`examples`)."""
+    read = list(examples(path))
+    return Task(task_name(path), read[0][0], tuple(e for _, e in read))
+
+
+def stream_task(path: str, score: Callable[[Task], list[Score]], progress: Callable[[str], None],
+                part_size: int = PART_EXAMPLES, every_s: float = 10.0) -> dict[str, float]:
+    """The metrics of the task file at `path`, read and scored (`score`: a part's requests -> their scores) a
+    part of `part_size` examples at a time, so that memory does not grow with the file; `progress` is told how
+    many examples are done every `every_s` seconds, and when the file is done."""
+    name, tally, told = task_name(path), None, time.monotonic()
+    for fmt, chunk in _parts(examples(path), part_size):
+        part = Task(name, fmt, tuple(chunk))
+        tally = tally or Tally(fmt)
+        tally.add(part, score(part))
+        if time.monotonic() - told >= every_s:
+            progress(f"{name}: {tally.examples:,} examples scored")
+            told = time.monotonic()
+    progress(f"{name}: {tally.examples:,} examples scored, done")
+    return tally.result()
+
+
+def _parts(items: Iterator[tuple[str, dict[str, Any]]], size: int) -> Iterator[tuple[str, list[dict[str, Any]]]]:
+    chunk: list[dict[str, Any]] = []
+    fmt = ""
+    for fmt, example in items:
+        chunk.append(example)
+        if len(chunk) == size:
+            yield fmt, chunk
+            chunk = []
+    if chunk:
+        yield fmt, chunk
+
+
+def read_tasks(spec: str, first: int = 0) -> list[Task]:
     """The tasks `--tasks` names (comma-separated files, folders of *.jsonl, globs), each name once, each cut to
-    its first `examples` (0: all)."""
+    its first `first` examples (0: all)."""
     tasks = [read_task(path) for path in task_files(spec)]
-    if examples:
-        tasks = [dataclasses.replace(t, examples=t.examples[:examples]) for t in tasks]
-    names = [t.name for t in tasks]
-    twice = sorted({n for n in names if names.count(n) > 1})
-    if twice:
-        raise UserError(f"--tasks names two task files called {twice[0]}; a task is named by its file, so give "
-                        "each a name of its own")
+    if first:
+        tasks = [dataclasses.replace(t, examples=t.examples[:first]) for t in tasks]
     return tasks
 
 
@@ -166,6 +223,11 @@ def task_files(spec: str) -> list[str]:
         files += found
     if not files:
         raise UserError("--tasks names no task file; give JSONL files, folders of them or globs")
+    names = [task_name(f) for f in files]
+    twice = sorted({n for n in names if names.count(n) > 1})
+    if twice:
+        raise UserError(f"--tasks names two task files called {twice[0]}; a task is named by its file, so give "
+                        "each a name of its own")
     return files
 
 

@@ -12,6 +12,7 @@ from collections.abc import Sequence
 
 import numpy as np
 
+from lm import folders
 from lm.errors import UserError
 
 AXES = {"steps": ("step", "step"), "tokens": ("train_tokens", "training tokens"),
@@ -62,7 +63,8 @@ def _save(fig: object, ax: object, x: str, out: str) -> None:
     ax.grid(alpha=0.3)
     ax.legend(fontsize=8, loc="upper left", bbox_to_anchor=(1.01, 1.0))  # beside the curves: long run names fit
     os.makedirs(os.path.dirname(os.path.abspath(out)), exist_ok=True)
-    fig.savefig(out, bbox_inches="tight")
+    with folders.replacing(out) as tmp:  # whole, and never through a link at `out`
+        fig.savefig(tmp, format=os.path.splitext(out)[1][1:] or "png", bbox_inches="tight")
     plt.close(fig)
 
 

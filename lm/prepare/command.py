@@ -2,7 +2,8 @@
 corpus of `config.data`, tokenized with the tokenizer a fresh run of the config would take, into token shards:
 where `lm.train` looks for them (its cache folder), or in `--out` (then train on it with
 `--config.data.path=DIR`). Training prepares on first use as well; this command does it ahead, on a machine of
-its own if need be, with a progress line."""
+its own if need be, with a progress line. A folder prepared before is checked, every shard's bytes against
+its checksum, and a damaged shard is prepared again."""
 
 from collections.abc import Sequence
 
@@ -35,7 +36,7 @@ def main(argv: Sequence[str]) -> None:
             continue
         out = f.out or corpus.prepared_folder(c, tokenizer, d)
         flag = "--out" if f.out else "the cache folder"
-        manifest = prepare.prepare(c.source, tokenizer, out, f.workers or d.workers, flag)
+        manifest = prepare.prepare(c.source, tokenizer, out, f.workers or d.workers, flag, checksums=True)
         s = manifest["splits"]
         print(f"{c.name}: {s['train']['tokens']:,} train and {s['validation']['tokens']:,} validation tokens in "
               f"{len(manifest['shards'])} shard(s) at {out}")

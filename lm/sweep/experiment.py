@@ -24,6 +24,7 @@ bits per byte, wall time, tokens/s; with SEEDS, each arm's mean, deviation and p
 
 import csv
 import importlib.util
+import io
 import json
 import os
 import re
@@ -31,8 +32,10 @@ import shlex
 import statistics
 import subprocess
 import sys
+from collections.abc import Sequence
 from typing import Any, NamedTuple
 
+from lm import folders
 from lm.errors import Stopped, UserError
 from lm.plot import figure
 from lm.sweep import seeds, slurm
@@ -118,12 +121,13 @@ def result_row(name: str, workdir: str) -> dict[str, Any]:
             "tokens_per_sec": statistics.median(r["tokens_per_sec"] for r in train)}
 
 
-def write_tables(rows: list[dict[str, Any]], out_dir: str) -> None:
-    """results.csv and results.md in `out_dir`."""
-    with open(os.path.join(out_dir, "results.csv"), "w", newline="") as f:
-        writer = csv.DictWriter(f, COLUMNS)
-        writer.writeheader()
-        writer.writerows(rows)
+def write_tables(rows: list[dict[str, Any]], out_dir: str, more: Sequence[str] = ()) -> None:
+    """results.csv and results.md (the table, then the lines `more`) in `out_dir`, each written whole."""
+    csv_text = io.StringIO()
+    writer = csv.DictWriter(csv_text, COLUMNS, lineterminator="\r\n")
+    writer.writeheader()
+    writer.writerows(rows)
+    folders.write_atomic(os.path.join(out_dir, "results.csv"), csv_text.getvalue())
 
     def cell(v: Any) -> str:
         if isinstance(v, float):
@@ -132,8 +136,7 @@ def write_tables(rows: list[dict[str, Any]], out_dir: str) -> None:
 
     lines = ["| " + " | ".join(COLUMNS) + " |", "|" + " --- |" * len(COLUMNS)]
     lines += ["| " + " | ".join(cell(r[c]) for c in COLUMNS) + " |" for r in rows]
-    with open(os.path.join(out_dir, "results.md"), "w") as f:
-        f.write("\n".join(lines) + "\n")
+    folders.write_atomic(os.path.join(out_dir, "results.md"), "\n".join([*lines, *more]) + "\n")
 
 
 class Run(NamedTuple):
@@ -161,6 +164,8 @@ def run(path: str, root: str, dry_run: bool = False, launcher: str = "local", co
     name = os.path.basename(path)[:-3]
     out_dir = os.path.join(root, name)
     planned = [Run(run_name(o), arm(o), os.path.join(out_dir, run_name(o)), {**exp.fixed, **o}) for o in exp.runs]
+    for folder in (out_dir, *(r.workdir for r in planned)):  # named by the sweep: a link there was planted
+        folders.not_a_link(folder)
     commands = {r.name: command(exp.base, r.workdir, r.overrides) for r in planned}
     if launcher == "slurm":
         res = slurm.resources(resources or {}, "lm.sweep's flags", slurm.resources(exp.slurm, f"SLURM in {path}"))
@@ -198,7 +203,6 @@ def results(out_dir: str, done: list[Run], exp: Experiment) -> list[dict[str, An
     if not done:
         return []
     rows = [result_row(r.name, r.workdir) for r in done]
-    write_tables(rows, out_dir)
     if any("seed" in o for o in exp.runs):
         values: dict[str, list[float]] = {}
         workdirs: dict[str, list[str]] = {}
@@ -206,10 +210,10 @@ def results(out_dir: str, done: list[Run], exp: Experiment) -> list[dict[str, An
             values.setdefault(r.arm, []).append(row["val_loss"])
             workdirs.setdefault(r.arm, []).append(r.workdir)
         baseline = exp.baseline if exp.baseline in values else None
-        with open(os.path.join(out_dir, "results.md"), "a") as f:
-            f.write("\n".join(seeds.markdown(seeds.arm_rows(values, baseline), baseline)) + "\n")
+        write_tables(rows, out_dir, seeds.markdown(seeds.arm_rows(values, baseline), baseline))
         figure.plot_arms(workdirs, os.path.join(out_dir, "loss.png"), "tokens")
     else:
+        write_tables(rows, out_dir)
         figure.plot([r.workdir for r in done], os.path.join(out_dir, "loss.png"), "tokens")
     print(f"results of {len(done)} run(s): {out_dir}/results.md, results.csv, loss.png")
     return rows

@@ -23,6 +23,7 @@ import time
 from collections.abc import Callable
 from typing import Any
 
+from lm import folders
 from lm.errors import UserError
 
 RESOURCES = {  # key: (default, what it means); 0 or '' leaves the cluster's default
@@ -91,11 +92,10 @@ def script(out_dir: str, tasks: list[list[str]], res: dict[str, Any], name: str)
 def submit_array(out_dir: str, runs: list[tuple[str, list[str]]], res: dict[str, Any], name: str) -> str:
     """Submits `runs` ((name, train command) pairs) as one job array; records each run's task and log in
     jobs.json; returns the job id."""
-    folder = os.path.join(out_dir, "slurm")
+    folder = folders.not_a_link(os.path.join(out_dir, "slurm"))
     os.makedirs(folder, exist_ok=True)
     batch = os.path.join(folder, "array.sbatch")
-    with open(batch, "w") as f:
-        f.write(script(out_dir, [cmd for _, cmd in runs], res, name))
+    folders.write_atomic(batch, script(out_dir, [cmd for _, cmd in runs], res, name))
     done = subprocess.run(["sbatch", "--parsable", batch], capture_output=True, text=True)
     if done.returncode != 0:
         said = ([ln for ln in done.stderr.splitlines() if ln.strip()] or [f"exit status {done.returncode}"])[-1]
@@ -106,9 +106,7 @@ def submit_array(out_dir: str, runs: list[tuple[str, list[str]]], res: dict[str,
     jobs = recorded(out_dir)
     for i, (run, _) in enumerate(runs):
         jobs[run] = {"task": f"{job}_{i}", "log": os.path.join(folder, f"{job}_{i}.log")}
-    with open(os.path.join(folder, JOBS + ".tmp"), "w") as f:
-        json.dump(jobs, f, indent=1)
-    os.replace(os.path.join(folder, JOBS + ".tmp"), os.path.join(folder, JOBS))  # whole, for whoever reads it
+    folders.write_atomic(os.path.join(folder, JOBS), json.dumps(jobs, indent=1))  # whole, for whoever reads it
     return job
 
 

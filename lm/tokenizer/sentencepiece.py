@@ -97,10 +97,17 @@ def _lines(texts: Iterable[str], sample_chars: int = 0) -> Iterator[str]:
 def train(texts: Iterable[str], model_type: str, vocab_size: int, sample_chars: int = 0) -> Tokenizer:
     """Trains a SentencePiece model of `model_type` ('char', 'bpe', 'unigram') on the first `sample_chars`
     characters of `texts` (0: all of them)."""
-    out = io.BytesIO()
+    out, failed = io.BytesIO(), []
+
+    def lines() -> Iterator[str]:  # an error of the corpus (a file that does not read) ends the text here...
+        try:
+            yield from _lines(texts, sample_chars)
+        except Exception as e:  # noqa: BLE001 (raised again below: SentencePiece would bury it in its own)
+            failed.append(e)
+
     try:
         spm.SentencePieceTrainer.train(
-            sentence_iterator=_lines(texts, sample_chars),
+            sentence_iterator=lines(),
             model_writer=out,
             model_type=model_type,
             vocab_size=vocab_size,
@@ -117,6 +124,10 @@ def train(texts: Iterable[str], model_type: str, vocab_size: int, sample_chars: 
             minloglevel=2,
         )
     except RuntimeError as e:
+        if failed:
+            raise failed[0] from None
         raise UserError(f"tokenizer training failed: {str(e).strip().splitlines()[-1]}; "
                         "adjust config.tokenizer.vocab_size") from e
+    if failed:  # ...and is said as it is, whatever SentencePiece made of the text before it
+        raise failed[0]
     return Tokenizer(out.getvalue())

@@ -33,7 +33,7 @@ def _take(workdir: str) -> TextIO:
     except OSError as e:
         raise UserError(f"cannot make --workdir {workdir} ({e.strerror}); use another path") from None
     folders.check_writable(workdir, "--workdir")
-    if os.path.isdir(os.path.join(workdir, CHECKPOINTS)):
+    if os.path.isdir(folders.not_a_link(os.path.join(workdir, CHECKPOINTS))):
         folders.check_writable(os.path.join(workdir, CHECKPOINTS), "--workdir")
     f = open(folders.open_lock(os.path.join(workdir, LOCK)), "r+")
     try:

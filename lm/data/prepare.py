@@ -6,7 +6,7 @@ these names: lm/folders.py):
   .lm-prepared      the mark of a folder lm prepares into
   manifest.json     written last (the folder is complete once it exists): the tokenizer's checksum, the source's
                     identity (files, sizes, modification times, settings), and each shard's token and document
-                    counts per split and file checksums
+                    counts per split (and of tokens the tokenizer could not read: <unk>) and file checksums
   tokenizer.json    the tokenizer it was prepared with (a run started on the folder takes it)
   source.json       the source's identity, written first (a rerun over changed files starts over)
   tasks/NNNNN.json  a finished task's shards (kept when a preparation is killed: the rerun skips the task)
@@ -156,6 +156,8 @@ def _write_shard(out: str, name: str, part: dict[str, list[Document]], tok: AnyT
     for split in SPLITS:
         tokens, docs = _tokenize(part[split], tok, dtype)
         record[split] = {"tokens": int(tokens.size), "documents": int(len(docs))}
+        if tok.unk_id is not None:
+            record[split]["unknown"] = int(np.count_nonzero(tokens == tok.unk_id))
         record["sha256"][f"{split}.tokens.npy"] = _save(tmp, f"{split}.tokens.npy", tokens)
         record["sha256"][f"{split}.docs.npy"] = _save(tmp, f"{split}.docs.npy", docs)
     _write_json(os.path.join(tmp, "shard.json"), record)
@@ -315,7 +317,7 @@ def _prepare_tasks(source: Any, tokenizer: AnyTokenizer, out: str, workers: int,
             progress.update(nbytes)
             progress.set_postfix_str(f"{tokens / (time.perf_counter() - start):,.0f} tokens/s", refresh=False)
     shards = [r for i in range(len(tasks)) for r in done[i]]
-    counts = {s: {k: sum(r[s][k] for r in shards) for k in ("tokens", "documents")} for s in SPLITS}
+    counts = {s: {k: sum(r[s].get(k, 0) for r in shards) for k in ("tokens", "documents", "unknown")} for s in SPLITS}
     for split in SPLITS:
         if not counts[split]["documents"]:
             what = "is empty" if not any(counts[s]["documents"] for s in SPLITS) else f"has no {split} documents"

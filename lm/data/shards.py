@@ -67,6 +67,7 @@ class Piece:
     tokens_size: int | None = None
     docs_size: int | None = None
     sha256: dict[str, str] = dataclasses.field(default_factory=dict)  # file name -> checksum (prepared shards)
+    unknown: int | None = None  # tokens the tokenizer could not read (<unk>), where the preparation counted them
     _tokens: Any = dataclasses.field(default=None, repr=False)
     _docs: Any = dataclasses.field(default=None, repr=False)
 
@@ -174,7 +175,7 @@ class Prepared:
             if n:
                 base = os.path.join(self.folder, shard["name"], split)
                 out.append(Piece(base + ".tokens.npy", 0, n, vocab, base + ".docs.npy", tokens_size=n,
-                                 docs_size=docs, sha256=shard["sha256"]))
+                                 docs_size=docs, sha256=shard["sha256"], unknown=shard[split].get("unknown")))
         return out
 
 

@@ -64,6 +64,12 @@ class HFTokenizer:
         self.pad_id = pad_id
 
     @property
+    def unk_id(self) -> int | None:
+        """The id of text the tokenizer cannot read (None for a byte-level one, which reads any text)."""
+        token = getattr(self._tok.model, "unk_token", None)
+        return self._tok.token_to_id(token) if token else None
+
+    @property
     def vocab_size(self) -> int:
         return self._tok.get_vocab_size(with_added_tokens=True)
 

@@ -38,6 +38,11 @@ class Tokenizer:
     def vocab_size(self) -> int:
         return self._sp.get_piece_size()
 
+    @property
+    def unk_id(self) -> int | None:
+        """The id of text the tokenizer cannot read (None: it reads any text, falling back to bytes)."""
+        return self._sp.unk_id() if self._sp.unk_id() >= 0 else None
+
     def encode(self, text: str) -> list[int]:
         return self._sp.encode(text)
 

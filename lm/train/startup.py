@@ -91,6 +91,18 @@ def _open_data(cfg: ml_collections.ConfigDict, tokenizer: AnyTokenizer, row_len:
     return opened
 
 
+def _say_unread(components: list, whose: str) -> None:
+    """A warning, at a run's start, if a tokenizer made for other text (inherited, or given) cannot read some of
+    the training tokens: they become <unk>, which the model learns nothing from."""
+    pieces = [p for c in components for p in c.rows.pieces]
+    unknown = sum(p.unknown or 0 for p in pieces)
+    if unknown:
+        total = sum(p.end - p.start for p in pieces)
+        print(f"warning: {whose} cannot read {unknown:,} of the {total:,} training tokens ({unknown / total:.1%}): "
+              "they are <unk>; give a tokenizer made for this data, or train one (a run of its own)",
+              file=sys.stderr, flush=True)
+
+
 def start(cfg: ml_collections.ConfigDict, workdir: str, layout: Layout) -> Start:
     """Where the run of `cfg` in `workdir` begins; damaged newer checkpoints are set aside with one warning."""
     ckpt = Checkpointer(workdir, cfg.checkpoint.every, cfg.checkpoint.keep)
@@ -130,6 +142,9 @@ def start(cfg: ml_collections.ConfigDict, workdir: str, layout: Layout) -> Start
         data_state = {"nonfinite": data_state.get("nonfinite")}
     components, validation, identities = _open_data(cfg, tokenizer, model.config.max_len + 1,
                                                     (data_state or {}).get("identities"))
+    if not step and (cfg.init_from or cfg.tokenizer.path) and jax.process_index() == 0:
+        _say_unread(components, f"the tokenizer of {cfg.init_from}" if cfg.init_from else
+                    f"the tokenizer at config.tokenizer.path {cfg.tokenizer.path}")
     batches = TrainBatches(components, cfg.train.batch_size, cfg.seed, jax.process_index(), jax.process_count(),
                            cfg.data.ahead)
     if data_state and "rows" in data_state:

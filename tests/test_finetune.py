@@ -109,9 +109,10 @@ def test_init_from_errors_are_one_line(tiny_run, tiny_config, tmp_path):
 
 
 def test_a_fine_tune_says_how_many_training_tokens_the_inherited_tokenizer_cannot_read(tmp_path, cache_dir):
-    """A run's character tokenizer, made from lowercase text, inherited by a run on uppercase text: 9 of each 13
-    tokens of its training documents ('THE CAT SAT', BOS, EOS) are <unk>. The fine-tune says so once, at its start
-    (it once trained on them without a word); the source run, on its own text, says nothing."""
+    """A run's character tokenizer, made from lowercase text, inherited by a run on uppercase text: each training
+    document 'THE CAT SAT' is 7 tokens, BOS, <unk> (a run of characters it cannot read is one), space, <unk>,
+    space, <unk>, EOS: 3 of 7 are <unk>. The fine-tune says so once, at its start (it once trained on them without
+    a word); the source run, on its own text, says nothing."""
     source, target = tmp_path / "lower.txt", tmp_path / "upper.txt"
     source.write_text("the cat sat on the mat\n\n" * 2000)
     target.write_text("THE CAT SAT\n\n" * 1000)  # 900 documents in training, the last tenth held out
@@ -123,5 +124,5 @@ def test_a_fine_tune_says_how_many_training_tokens_the_inherited_tokenizer_canno
                                          f"--config.init_from={tmp_path / 'a'}", "--config.train.steps=2"),
                            cwd=ROOT, env=USER_ENV, capture_output=True, text=True, timeout=300)
     assert tuned.returncode == 0 and tuned.stderr.splitlines() == [
-        f"warning: the tokenizer of {tmp_path / 'a'} cannot read 8,100 of the 11,700 training tokens (69.2%): they "
+        f"warning: the tokenizer of {tmp_path / 'a'} cannot read 2,700 of the 6,300 training tokens (42.9%): they "
         "are <unk>; give a tokenizer made for this data, or train one (a run of its own)"], tuned.stderr

@@ -125,7 +125,7 @@ def test_evaluate_scores_task_files_and_prints_one_json_line(gpt2):
     assert result["step"] == 0 and result["tasks"]["pairs"]["acc"] == hand["pairs"]
     assert result["tasks"]["choice"]["examples"] == 12 and result["tasks"]["choice"]["acc"] == hand["choice"]
     assert result["mean_acc"] == pytest.approx((hand["pairs"] + hand["choice"]) / 2)
-    assert done.stderr.splitlines()[-2:] == ["pairs: 4 examples scored, done", "choice: 12 examples scored, done"]
+    assert done.stderr.splitlines()[-2:] == ["pairs: 24 examples scored, done", "choice: 12 examples scored, done"]
     # Imported weights hold no data settings: their loss needs text named on the command line.
     done = subprocess.run([sys.executable, "-m", "lm.evaluate", "--workdir", workdir], cwd=ROOT, capture_output=True,
                           text=True, timeout=300)
@@ -377,8 +377,9 @@ def test_a_task_file_streamed_a_few_examples_at_a_time_scores_as_a_whole(gpt2):
     got = {name: tasks_lib.stream_task(os.path.join(TASKS, f"{name}.jsonl"), score, said.append, part_size=5,
                                        every_s=0) for name in ("pairs", "choice", "cloze")}
     hand = _by_hand(_expected())
-    assert got["pairs"] == {"acc": hand["pairs"], "examples": 4}
+    assert got["pairs"] == {"acc": hand["pairs"], "examples": 24}
     assert got["choice"] == {"acc": hand["choice"], "acc_char": hand["choice_char"], "acc_token": hand["choice_token"],
                              "examples": 12}
     assert got["cloze"]["acc"] == hand["cloze"] and got["cloze"]["ppl"] == pytest.approx(hand["cloze_ppl"], rel=1e-5)
-    assert said[:3] == ["pairs: 4 examples scored", "pairs: 4 examples scored, done", "choice: 5 examples scored"]
+    done = "pairs: 24 examples scored, done"
+    assert said[:6] == [*(f"pairs: {n} examples scored" for n in (5, 10, 15, 20, 24)), done]

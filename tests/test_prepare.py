@@ -17,7 +17,7 @@ import pytest
 from conftest import ROOT, TINY, USER_ENV, char_tokenizer, contents, one_line_error
 
 from lm import config as config_lib
-from lm.data import corpus, documents, prepare, sources
+from lm.data import corpus, documents, encoding, prepare, sources
 from lm.data.shards import Split
 from lm.errors import UserError
 from lm.tokenizer import sentencepiece
@@ -285,7 +285,7 @@ def test_a_text_without_separators_is_cut_into_tasks_and_tokenized_in_pieces_of_
     document, nothing lost; a document longer than PIECE_CHARS is encoded in pieces cut before a space, with the
     ids of the whole (for the character tokenizer, exactly)."""
     monkeypatch.setattr(sources, "UNIT_BYTES", 4096)
-    monkeypatch.setattr(prepare, "PIECE_CHARS", 1000)
+    monkeypatch.setattr(encoding, "PIECE_CHARS", 1000)
     text = TEXT[:40_000].replace("\n", " ")
     path = tmp_path / "one_line.txt"
     path.write_text(text)

@@ -5,7 +5,8 @@ Three commands a user waits for, each timed whole and its resident memory sample
 - `lm.prepare` of one line of text (no document separator anywhere) of --text_mb megabytes: the bundled
   Shakespeare's words in a random order, joined by spaces;
 - `lm.evaluate --tasks` on a task file of --task_mb megabytes of minimal pairs: BLiMP's pairs (../shared/data)
-  repeated, scored by a tiny model trained here;
+  repeated, scored by a tiny model trained here on the prepared line (one document in 16 MB: its samples
+  almost never end at an end-of-text id);
 - `lm.sample --max_new_tokens N` with and without `--stop` at a text that first appears ~62% of the way in.
 Prints every figure; nothing is kept but DIR.
 """
@@ -45,7 +46,7 @@ def task_file(path: str, megabytes: float) -> int:
     rows = [json.dumps({k: e[k] for k in ("sentence_good", "sentence_bad")}) + "\n"
             for f in sorted(glob.glob(os.path.join(BLIMP, "*.jsonl"))) for e in map(json.loads, open(f))]
     block = "".join(rows)
-    copies = max(1, int(megabytes * 1e6 // len(block)))
+    copies = max(1, -int(-megabytes * 1e6 // len(block)))  # at least `megabytes`
     if not os.path.exists(path):
         with open(path, "w") as f:
             for _ in range(copies):
@@ -77,7 +78,7 @@ def main() -> None:
     run = os.path.join(a.out, "run")
     if not os.path.exists(os.path.join(run, "summary.json")):
         subprocess.run([sys.executable, "-m", "lm.train", "--config", CONFIG, "--workdir", run,
-                        f"--config.data.cache_dir={cache}", "--config.train.steps=200"], cwd=ROOT, check=True,
+                        f"--config.data.path={prepared}", "--config.train.steps=200"], cwd=ROOT, check=True,
                        capture_output=True)
     tasks = os.path.join(a.out, "blimp_repeated.jsonl")
     pairs = task_file(tasks, a.task_mb)
@@ -90,7 +91,9 @@ def main() -> None:
     sample = [sys.executable, "-m", "lm.sample", "--workdir", run, "--max_new_tokens", str(a.sample_tokens),
               "--temperature", "1.0", "--seed", "1", "--format", "jsonl"]
     free_s, _, out = run_measured(sample)
-    whole = json.loads(out.strip().splitlines()[-1])["sample"]
+    free = json.loads(out.strip().splitlines()[-1])
+    whole = free["sample"]
+    assert free["stop_reason"] == "length", free["stop_reason"]
     at = next(i for i in range(int(len(whole) * 0.62), len(whole)) if whole.find(whole[i:i + 12]) == i)
     stop_s, _, out = run_measured([*sample, "--stop", whole[at:at + 12]])
     cut = json.loads(out.strip().splitlines()[-1])

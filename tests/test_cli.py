@@ -241,7 +241,8 @@ def test_prompts_and_stop_strings_that_are_not_utf8_are_one_line(tiny_run, tmp_p
     one_line_error(sample("--prompt_file", str(binary)), f"{binary} line 2 is not UTF-8 text (byte 0x89 at byte 1)")
     escaped = tmp_path / "prompts.jsonl"
     escaped.write_text('{"prompt": "KING\\ud800"}\n')
-    one_line_error(sample("--prompt_file", str(escaped)), f"{escaped} line 1 holds a byte that is not UTF-8")
+    one_line_error(sample("--prompt_file", str(escaped)),
+                   f"{escaped} line 1 holds a lone surrogate (U+D800 at character 5)")
     fixed = sample("--prompt", "ROMEO:", "--stop", "été")
     assert fixed.returncode == 0 and fixed.stdout.count("ROMEO:") == 1, fixed.stderr
 

@@ -28,8 +28,8 @@ FIELDS = ("tokens", "segment_ids", "positions", "loss_mask")
 
 def _damaged(path: str, what: str) -> UserError:
     return UserError(f"prepared shard file {path} is damaged ({what}); prepare the corpus again with python -m "
-                     "lm.prepare, which checks every shard and redoes damaged ones (a run that prepares it on first "
-                     f"use redoes the shard once its folder {os.path.dirname(path)} is deleted)")
+                     "lm.prepare, which checks every shard and redoes damaged ones (with the run's config, and "
+                     "--out for a folder prepared with --out)")
 
 
 def _load(path: str, size: int | None = None, sha256: str = "") -> np.ndarray:

@@ -35,12 +35,14 @@ flags.DEFINE_integer("tensor", 1, "Devices to split the model over (tensor paral
 
 def _text(value: str, where: str) -> str:
     """`value` if it is text; one line naming `where` if it holds a byte that is not UTF-8 (an argument with such a
-    byte reaches Python as a lone surrogate)."""
+    byte reaches Python as a surrogate escape) or a lone surrogate (a JSON escape can write one)."""
     try:
         value.encode("utf-8")
     except UnicodeEncodeError as e:
-        raise UserError(f"{where} holds a byte that is not UTF-8 (0x{ord(value[e.start]) & 0xFF:02x} at character "
-                        f"{e.start + 1}); pass UTF-8 text") from None
+        code = ord(value[e.start])
+        what = f"a byte that is not UTF-8 (0x{code & 0xFF:02x}" if 0xDC80 <= code <= 0xDCFF else \
+            f"a lone surrogate (U+{code:04X}"  # a byte Python could not decode, or one a JSON escape names
+        raise UserError(f"{where} holds {what} at character {e.start + 1}); pass UTF-8 text") from None
     return value
 
 

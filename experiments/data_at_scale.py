@@ -91,11 +91,11 @@ def checksums(folder: str) -> dict[str, str]:
 
 def loader(folder: str, seconds: float = 5.0) -> float:
     """Tokens/s of training batches (context 1024, batch 32) from a prepared folder, in this process."""
-    from lm import config as config_lib
     from lm.bench.data import loader_speed
+    from lm.data.config import DataConfig
     from lm.data.shards import Prepared
 
-    d = {**config_lib.defaults().data.to_dict(), "path": folder, "ahead": 0}
+    d = DataConfig(path=folder, ahead=0)
     return loader_speed(d, Prepared.open(folder, None).tokenizer(), 1025, 32, seconds)["tokens_per_s"]
 
 

@@ -134,4 +134,4 @@ def main(argv: Sequence[str]) -> None:
 if __name__ == "__main__":
     flags.DEFINE_string("root", "runs", "Where the folder of runs goes.")
     flags.DEFINE_string("out", HERE, "Where recipes.md and recipes.png go.")
-    runner.run(main)
+    runner.run(sys.modules[__name__], __name__, uses_jax=False)

@@ -9,6 +9,7 @@ position embeddings (as in Kaplan et al.), and writes the table, the fit and its
 """
 
 import os
+import sys
 from collections.abc import Sequence
 
 import numpy as np
@@ -128,4 +129,4 @@ def main(argv: Sequence[str]) -> None:
 if __name__ == "__main__":
     flags.DEFINE_string("root", "runs", "Where the folder of runs goes.")
     flags.DEFINE_string("out", HERE, "Where scaling.md and scaling.png go.")
-    runner.run(main)
+    runner.run(sys.modules[__name__], __name__, uses_jax=False)

@@ -62,11 +62,15 @@ def _load(path: str, overrides: dict) -> object:
     return cfg
 
 
+def _vocab(cfg) -> int:
+    return 68 if cfg.tokenizer.type == "char" else cfg.tokenizer.vocab_size
+
+
 def lm_step(cfg):
-    """A closure running one `lm` train step of `cfg` on synthetic tokens."""
+    """A closure running one `lm` train step of `cfg` (a RunConfig) on synthetic tokens."""
     count = cpu_devices.cpu_device_count(cfg.mesh, cfg.train.batch_size, jax.device_count())
     layout = shd.make_layout(cfg.mesh, jax.devices()[:count])  # the devices lm.train would split the host into
-    c = config_lib.model_config(cfg, 68 if cfg.tokenizer.type == "char" else cfg.tokenizer.vocab_size)
+    c = config_lib.model_config(cfg, _vocab(cfg))
     model = select.model(c)
     tx, lr = optim.optimizer(cfg.optim, cfg.train.steps)
     holder = [state_lib.create(model, tx, layout, 0)]
@@ -111,14 +115,14 @@ def _serve(framework: str, shape: str) -> None:
     """Worker: builds the step of `framework` for `shape`, then for each line N on stdin runs N steps and writes
     their times (JSON) on stdout."""
     path, overrides, _, _ = SHAPES[shape]
-    cfg = _load(path, overrides)
-    if framework == "lm":
-        cpu_devices.split_cpu(cfg.mesh, cfg.train.batch_size)  # the devices lm.train makes of this host for cfg
+    cfg = config_lib.build(_load(path, overrides))
+    if framework == "lm":  # the devices lm.train makes of this host for cfg
+        cpu_devices.split_cpu(cpu_devices.cpu_device_count(cfg.mesh, cfg.train.batch_size, cpu_devices.cores()))
         run, _ = lm_step(cfg)
     else:
         import torch
 
-        c = config_lib.model_config(cfg, 68 if cfg.tokenizer.type == "char" else cfg.tokenizer.vocab_size)
+        c = config_lib.model_config(cfg, _vocab(cfg))
         run = torch_step(c, cfg.train.batch_size)
         print(f"torch {torch.__version__} ({torch.get_num_threads()} threads)", file=sys.stderr)
     run()  # compile and warm up

@@ -10,6 +10,7 @@ a link planted in such a folder is never written through:
 """
 
 import contextlib
+import json
 import os
 import secrets
 import shutil
@@ -49,6 +50,11 @@ def write_atomic(path: str, data: str | bytes) -> None:
     """`data` at `path`, whole: written to a fresh file beside it (made exclusively), then renamed over `path`."""
     with replacing(path) as tmp, open(tmp, "wb" if isinstance(data, bytes) else "w") as f:
         f.write(data)
+
+
+def write_json(path: str, value: Any, indent: int | None = None) -> None:
+    """`value` as JSON at `path`, whole (`write_atomic`)."""
+    write_atomic(path, json.dumps(value, indent=indent, sort_keys=indent is not None))
 
 
 @contextlib.contextmanager

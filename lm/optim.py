@@ -4,65 +4,90 @@ and the head only, and a learning-rate schedule (warmup, then cosine, warmup-sta
 the parameters a run evaluates (schedule-free's average, else the trained ones); and the guard around its update
 that never applies a step whose loss or gradients are not finite."""
 
+import dataclasses
 import fnmatch
 import inspect
 from collections.abc import Callable
 from typing import Any
 
 import jax
-import jax.numpy as jnp
-import ml_collections
 import optax
 from optax import contrib
 
+from lm import schedules
 from lm.errors import UserError
+from lm.section import key, positive, require
 
 # The parameters weight decay reaches, by leaf name: projection kernels, the embedding tables and the head.
 # Biases ('bias', [N, H] in attention) and norm scales ('scale') are not decayed, whatever their rank.
 DECAYED = ("kernel", "token_embedding", "position_embedding", "lm_head")
 
 
-SCHEDULES = ("cosine", "wsd", "linear", "constant")
 SCHEDULE_FREE = "schedule_free_adamw"  # evaluated at an average of its iterates, with a constant learning rate
-COOLDOWNS = ("linear", "1-sqrt")
 
 
-def horizon(cfg: ml_collections.ConfigDict, total_steps: int) -> int:
-    """The steps the schedule spans: `cfg.schedule_steps`, or the run's `total_steps` if 0."""
-    return cfg.get("schedule_steps", 0) or total_steps
+@dataclasses.dataclass(frozen=True)
+class OptimConfig:
+    """`config.optim`: the optimizer and its learning-rate schedule (lm/schedules.py), each key with its default
+    and meaning; an optimizer that cannot take these settings is one line here."""
+
+    name: str = key("adamw", "muon, schedule_free_adamw, or an optax optimizer taking learning_rate: adamw, lion, "
+                             "adam, ...")
+    lr: float = key(1e-3, "peak learning rate, after a linear warmup")
+    min_lr: float = key(1e-4, "reached at the last step by the decay (cosine, linear, or wsd's cooldown)")
+    warmup_steps: int = key(100, "steps of the linear warmup from 0")
+    schedule: str = key("cosine", "after the warmup: cosine | wsd (warmup-stable-decay) | linear | constant")
+    cooldown_steps: int = key(0, "wsd: the last steps, decaying from lr to min_lr (0: 20% of the schedule's steps)")
+    cooldown: str = key("linear", "wsd: the cooldown's shape, linear | 1-sqrt")
+    schedule_steps: int = key(0, "steps the schedule spans (0: train.steps); past train.steps, a wsd run stops "
+                                 "stable")
+    b1: float = key(0.9, "passed to optimizers that take it, as b2 and weight_decay")
+    b2: float = key(0.99, "the second moment's decay (AdamW)")
+    weight_decay: float = key(0.1, "on kernels, embeddings and the head only")
+    grad_clip: float = key(1.0, "global gradient norm clipped to this (0: off)")
+    muon_beta: float = key(0.95, "muon: the momentum of the hidden matrices' updates (the rest: AdamW with b1, b2)")
+    muon_lr: float = key(0.0, "muon: the matrices' peak learning rate, on lr's schedule (0: lr)")
+    muon_params: str = key("*kernel", "muon: globs of the parameter paths it updates (e.g. "
+                                      "'blocks/*/kernel,lm_head')")
+
+    def __post_init__(self) -> None:
+        positive(self, "optim", "lr")
+        require(0 <= self.min_lr <= self.lr, f"config.optim.min_lr must be in [0, lr={self.lr}], got {self.min_lr}")
+        require(self.warmup_steps >= 0, f"config.optim.warmup_steps must be >= 0, got {self.warmup_steps}")
+        require(self.schedule in schedules.SCHEDULES,
+                f"config.optim.schedule must be one of {', '.join(schedules.SCHEDULES)}, got {self.schedule!r}")
+        require(self.cooldown in schedules.COOLDOWNS,
+                f"config.optim.cooldown must be one of {', '.join(schedules.COOLDOWNS)}, got {self.cooldown!r}")
+        require(self.cooldown_steps >= 0, f"config.optim.cooldown_steps must be >= 0, got {self.cooldown_steps}")
+        require(self.schedule_steps >= 0,
+                f"config.optim.schedule_steps must be >= 0 (0: train.steps), got {self.schedule_steps}")
+        require(self.name != SCHEDULE_FREE or self.schedule == "constant",
+                f"config.optim.name={SCHEDULE_FREE} replaces the decay by averaging; set "
+                f"--config.optim.schedule=constant (its warmup stays warmup_steps), got {self.schedule!r}")
+        require(self.muon_lr >= 0, f"config.optim.muon_lr must be >= 0 (0: lr), got {self.muon_lr}")
+        require(0 < self.b1 < 1 and 0 < self.b2 < 1,
+                f"config.optim.b1 and b2 must be in (0, 1), got {self.b1}, {self.b2}")
+        require(self.weight_decay >= 0, f"config.optim.weight_decay must be >= 0, got {self.weight_decay}")
+        require(self.grad_clip >= 0, f"config.optim.grad_clip must be >= 0 (0 turns it off), got {self.grad_clip}")
+        if self.name not in ("muon", SCHEDULE_FREE):
+            takes = _arguments(self.name)
+            require("learning_rate" in takes, f"config.optim.name={self.name!r} is not an optax optimizer taking a "
+                    f"learning rate; use e.g. adamw, muon, {SCHEDULE_FREE}, lion, adam or sgd")
+            require(not self.weight_decay or {"weight_decay", "mask"} <= takes,
+                    f"optax.{self.name} takes no masked weight decay; set --config.optim.weight_decay=0")
+
+    def describe(self, total_steps: int) -> str:
+        """The optimizer and its schedule, in words, for a run's first lines."""
+        what = f"{self.name} on {self.muon_params} (AdamW for the rest)" if self.name == "muon" else self.name
+        clip = f", gradients clipped to norm {self.grad_clip:g}" if self.grad_clip else ""
+        return (f"optimizer: {what}, weight decay {self.weight_decay:g}{clip}; learning rate "
+                f"{schedules.describe(self, total_steps)}")
 
 
-def cooldown_steps(cfg: ml_collections.ConfigDict, total_steps: int) -> int:
-    """Warmup-stable-decay's cooldown: `cfg.cooldown_steps`, or 20% of the run if 0."""
-    return cfg.get("cooldown_steps", 0) or max(1, total_steps // 5)
-
-
-def schedule(cfg: ml_collections.ConfigDict, total_steps: int) -> optax.Schedule:
-    """Linear warmup from 0 to `lr` over `warmup_steps`, then by `cfg.schedule`: cosine decay to `min_lr` at
-    `total_steps`; linear decay to `min_lr` at `total_steps`; constant `lr`; or warmup-stable-decay (wsd): `lr`
-    until the last `cooldown_steps`, which decay to `min_lr` linearly or as 1 - sqrt(fraction of the cooldown).
-    A wsd run resumed from a checkpoint of its stable phase with a new length (or cooldown) has had the same
-    learning rates so far as a run started with them: that is how such a run is continued."""
-    name = cfg.get("schedule", "cosine")  # (configs saved before there was a choice)
-    if name == "cosine":
-        return optax.warmup_cosine_decay_schedule(init_value=0.0, peak_value=cfg.lr, warmup_steps=cfg.warmup_steps,
-                                                  decay_steps=max(total_steps, cfg.warmup_steps + 1),
-                                                  end_value=cfg.min_lr)
-    warmup = optax.linear_schedule(0.0, cfg.lr, cfg.warmup_steps)
-    if name == "constant":
-        return optax.join_schedules([warmup, optax.constant_schedule(cfg.lr)], [cfg.warmup_steps])
-    if name == "linear":
-        decay = optax.linear_schedule(cfg.lr, cfg.min_lr, max(1, total_steps - cfg.warmup_steps))
-        return optax.join_schedules([warmup, decay], [cfg.warmup_steps])
-    cooldown = cooldown_steps(cfg, total_steps)
-
-    def decay(step: jax.Array) -> jax.Array:
-        done = jnp.clip(step / cooldown, 0.0, 1.0)  # fraction of the cooldown behind
-        left = 1.0 - done if cfg.cooldown == "linear" else 1.0 - jnp.sqrt(done)
-        return cfg.min_lr + (cfg.lr - cfg.min_lr) * left
-
-    stable = optax.constant_schedule(cfg.lr)
-    return optax.join_schedules([warmup, stable, decay], [cfg.warmup_steps, total_steps - cooldown])
+def _arguments(name: str) -> set[str]:
+    """The parameters of `optax.<name>` (none if it is not a function of optax)."""
+    factory = getattr(optax, name, None)
+    return set(inspect.signature(factory).parameters) if callable(factory) else set()
 
 
 def decay_mask(params: optax.Params) -> optax.Params:
@@ -110,17 +135,17 @@ def muon_dimensions(params: optax.Params, patterns: str = "*kernel") -> optax.Pa
     return views
 
 
-def _muon(cfg: ml_collections.ConfigDict, lr: optax.Schedule) -> optax.GradientTransformation:
+def _muon(cfg: OptimConfig, lr: optax.Schedule) -> optax.GradientTransformation:
     """Muon for the parameters of `cfg.muon_params` (`muon_dimensions`), AdamW for the rest, both with masked
     decay; Muon's learning rate is `lr` scaled by `muon_lr / lr` (the same schedule)."""
     def views(params: optax.Params) -> optax.Params:
-        return muon_dimensions(params, cfg.get("muon_params", "*kernel"))
+        return muon_dimensions(params, cfg.muon_params)
 
     def labels(params: optax.Params) -> optax.Params:
         return jax.tree.map(lambda d: "adam" if d is None else "muon", views(params),
                             is_leaf=lambda d: d is None or isinstance(d, contrib.MuonDimensionNumbers))
 
-    ratio = (cfg.get("muon_lr", 0.0) or cfg.lr) / cfg.lr
+    ratio = (cfg.muon_lr or cfg.lr) / cfg.lr
     muon_lr = lr if ratio == 1 else lambda step: ratio * lr(step)
     return optax.partition({
         "muon": contrib.muon(learning_rate=muon_lr, beta=cfg.muon_beta,
@@ -129,7 +154,7 @@ def _muon(cfg: ml_collections.ConfigDict, lr: optax.Schedule) -> optax.GradientT
     }, labels)
 
 
-def _schedule_free(cfg: ml_collections.ConfigDict, lr: optax.Schedule) -> optax.GradientTransformation:
+def _schedule_free(cfg: OptimConfig, lr: optax.Schedule) -> optax.GradientTransformation:
     """Schedule-free AdamW (optax.contrib.schedule_free around Adam's scaling without momentum, as optax's
     schedule_free_adamw) with weight decay masked as everywhere; b1 is its interpolation, `lr` its warmup then
     constant rate."""
@@ -139,7 +164,7 @@ def _schedule_free(cfg: ml_collections.ConfigDict, lr: optax.Schedule) -> optax.
     return contrib.schedule_free(base, learning_rate=lr, b1=cfg.b1)
 
 
-def evaluated_apart(cfg: ml_collections.ConfigDict) -> bool:
+def evaluated_apart(cfg: OptimConfig) -> bool:
     """Whether the run evaluates other parameters than it takes gradients at (schedule-free)."""
     return cfg.name == SCHEDULE_FREE
 
@@ -154,38 +179,32 @@ def eval_params(opt_state: optax.OptState, params: optax.Params) -> optax.Params
     return params
 
 
-def evaluation(cfg: ml_collections.ConfigDict) -> Callable[[Any], optax.Params]:
+def evaluation(cfg: OptimConfig) -> Callable[[Any], optax.Params]:
     """state -> the parameters to evaluate (`eval_params`), jitted where they are computed."""
     if not evaluated_apart(cfg):
         return lambda state: state.params
     return jax.jit(lambda state: eval_params(state.opt_state, state.params))
 
 
-def _base(cfg: ml_collections.ConfigDict, lr: optax.Schedule) -> optax.GradientTransformation:
+def _base(cfg: OptimConfig, lr: optax.Schedule) -> optax.GradientTransformation:
     """`optax.<cfg.name>(learning_rate=lr, ...)` with the config's b1, b2 and weight decay where it takes them;
     'muon': `_muon`; 'schedule_free_adamw': `_schedule_free`."""
     if cfg.name == "muon":
         return _muon(cfg, lr)
     if cfg.name == SCHEDULE_FREE:
         return _schedule_free(cfg, lr)
-    factory = getattr(optax, cfg.name, None)
-    takes = inspect.signature(factory).parameters if callable(factory) else {}
-    if "learning_rate" not in takes:
-        raise UserError(f"config.optim.name={cfg.name!r} is not an optax optimizer taking a learning rate; use e.g. "
-                        f"adamw, muon, {SCHEDULE_FREE}, lion, adam or sgd")
-    kwargs: dict[str, Any] = {k: cfg[k] for k in ("b1", "b2") if k in takes}
+    takes = _arguments(cfg.name)
+    kwargs: dict[str, Any] = {k: getattr(cfg, k) for k in ("b1", "b2") if k in takes}
     if cfg.weight_decay:
-        if "weight_decay" not in takes or "mask" not in takes:
-            raise UserError(f"optax.{cfg.name} takes no masked weight decay; set --config.optim.weight_decay=0")
         kwargs.update(weight_decay=cfg.weight_decay, mask=decay_mask)
-    return factory(learning_rate=lr, **kwargs)
+    return getattr(optax, cfg.name)(learning_rate=lr, **kwargs)
 
 
-def optimizer(cfg: ml_collections.ConfigDict, total_steps: int) -> tuple[optax.GradientTransformation,
+def optimizer(cfg: OptimConfig, total_steps: int) -> tuple[optax.GradientTransformation,
                                                                          optax.Schedule]:
     """The optimizer of a run's `config.optim`, and its learning-rate schedule over `cfg.schedule_steps` (0: the
     run's `total_steps`)."""
-    lr = schedule(cfg, horizon(cfg, total_steps))
+    lr = schedules.schedule(cfg, schedules.horizon(cfg, total_steps))
     parts = [optax.clip_by_global_norm(cfg.grad_clip)] if cfg.grad_clip > 0 else []
     return optax.chain(*parts, _base(cfg, lr)), lr
 
@@ -204,8 +223,8 @@ def update_if_finite(tx: optax.GradientTransformation, grads: optax.Updates, opt
     return jax.lax.cond(finite, apply, lambda operands: operands, (params, opt_state))
 
 
-def state_format(cfg: ml_collections.ConfigDict) -> str:
+def state_format(cfg: OptimConfig) -> str:
     """What a checkpoint records of the optimizer state's structure; another cannot be resumed."""
     clip = "clip_by_global_norm, " if cfg.grad_clip > 0 else ""
-    name = f"muon on {cfg.get('muon_params', '*kernel')}" if cfg.name == "muon" else cfg.name  # its partition
+    name = f"muon on {cfg.muon_params}" if cfg.name == "muon" else cfg.name  # its partition
     return f"optax: chain({clip}{name})"

@@ -3,6 +3,7 @@ helpers that run the command-line tools as a user does, and a workdir's validati
 
 import atexit
 import compileall
+import dataclasses
 import hashlib
 import importlib.util
 import os
@@ -139,21 +140,22 @@ def tiny_run(tiny_config, tmp_path_factory):
 
 def char_tokenizer(cache_dir: str, **data):
     """The character tokenizer a fresh run of the default data settings (and `data`) takes, as lm.train makes it."""
-    from lm import config as config_lib
     from lm.data import corpus
+    from lm.data.config import DataConfig
+    from lm.tokenizer.config import TokenizerConfig
 
-    d = {**config_lib.defaults().data.to_dict(), "cache_dir": str(cache_dir), **data}
-    return corpus.fresh_tokenizer(d, {"type": "char", "vocab_size": 256, "sample_chars": 0, "path": ""})
+    d = DataConfig(cache_dir=str(cache_dir), **data)
+    return corpus.fresh_tokenizer(d, TokenizerConfig(type="char", sample_chars=0))
 
 
-def data_config(cache_dir, **overrides) -> dict:
+def data_config(cache_dir, **overrides):
     """config.data with the defaults, the dataset cache `cache_dir` and `overrides`."""
-    from lm import config as config_lib
+    from lm.data.config import DataConfig
 
-    return {**config_lib.defaults().data.to_dict(), "cache_dir": str(cache_dir), **overrides}
+    return DataConfig(cache_dir=str(cache_dir), **overrides)
 
 
-def prepared_documents(d: dict, split: str, tok) -> list[str]:
+def prepared_documents(d, split: str, tok) -> list[str]:
     """The text of every document of a split of the data `d` prepared with `tok`, decoded from its tokens (BOS and
     EOS around each)."""
     from lm.data import corpus
@@ -186,7 +188,7 @@ def wide_run(cache_dir, tmp_path_factory) -> str:
     """A workdir of wide-drawn weights (see `wide_params`) with a character tokenizer of the bundled corpus:
     checkpoints 1 and 2 (other weights), for the sampling command; read only (checked when the session ends)."""
     from lm.checkpoint import manager
-    from lm.config import ModelConfig
+    from lm.model.config import ModelConfig
     tok = char_tokenizer(cache_dir)
     cfg = ModelConfig(vocab_size=tok.vocab_size, max_len=32, num_layers=2, num_heads=4, embed_dim=32, mlp_dim=64,
                       num_kv_heads=2, position="rope", norm="rmsnorm", mlp="swiglu", use_bias=False,
@@ -203,17 +205,17 @@ def wide_run(cache_dir, tmp_path_factory) -> str:
 
 def final_state(workdir, step: int):
     """(train state on the host, data state) of a workdir's checkpoint `step`: parameters, optimizer moments, step."""
-    import ml_collections
 
     from lm import optim
     from lm.backends import select
     from lm.checkpoint import reader
     from lm.parallel import mesh as shd
+    from lm.parallel.config import MeshConfig
     from lm.train import state as state_lib
 
     ckpt, _, model_config, _, run_config = reader.open_run(str(workdir), step)
-    tx, _ = optim.optimizer(ml_collections.ConfigDict(run_config["optim"]), run_config["train"]["steps"])
-    layout = shd.make_layout({"data": -1, "fsdp": 1, "tensor": 1})
+    tx, _ = optim.optimizer(optim.OptimConfig(**run_config["optim"]), run_config["train"]["steps"])
+    layout = shd.make_layout(MeshConfig())
     state, data_state = ckpt.restore(step, state_lib.abstract(select.model(model_config), tx, layout))
     return jax.device_get(state), data_state
 
@@ -225,6 +227,7 @@ def score_by_hand(workdir: str, max_batches: int = 0, cache_dir: str | None = No
     a log-softmax of the model's logits at every target that continues its document, and the bytes of the text
     those targets decode to, run by run, each EOS standing for the separator."""
     from lm.checkpoint import reader
+    from lm.config import RunConfig
     from lm.data import corpus
     from lm.data.batches import eval_batches
     from lm.model.transformer import TransformerLM
@@ -233,12 +236,13 @@ def score_by_hand(workdir: str, max_batches: int = 0, cache_dir: str | None = No
 
     ckpt, step, c, tok, run = reader.open_run(workdir)
     model = TransformerLM(c)
-    layout = shd.make_layout({"data": 1, "fsdp": 1, "tensor": 1}, jax.devices()[:1])
+    layout = shd.tensor_layout(1)
     params = ckpt.params(step, placement.abstract_params(model, layout))
     forward = jax.jit(lambda t, p, s: model.apply({"params": params}, t, p, s))
     separator = len(run["data"]["separator"].encode("utf-8"))
     nll = count = nbytes = 0
-    data = dict(run["data"], cache_dir=cache_dir if cache_dir is not None else run["data"]["cache_dir"])
+    data = RunConfig.from_dict(run).data
+    data = dataclasses.replace(data, cache_dir=cache_dir if cache_dir is not None else data.cache_dir)
     rows = eval_batches(corpus.eval_splits(data, tok, c.max_len + 1), run["train"]["batch_size"],
                         max_batches=max_batches)
     for b in rows:

@@ -2,23 +2,25 @@
 
 import glob
 import json
+import math
 import os
 import re
 import shutil
+import subprocess
 
 import flax.linen as nn
 import jax
 import numpy as np
 import pytest
-from conftest import ROOT, TINY, contents, load_config, one_line_error, run_module, score_by_hand
+from conftest import ROOT, TINY, contents, load_config, one_line_error, run_module, score_by_hand, train_command
 
 from lm import config as config_lib
 from lm.backends import select
 from lm.bench import decode
 from lm.checkpoint import reader
-from lm.config import ModelConfig
 from lm.data import corpus
 from lm.errors import UserError
+from lm.model.config import ModelConfig
 from lm.parallel import mesh as shd
 from lm.parallel import placement
 from lm.parallel.placement import boxed_params
@@ -63,7 +65,7 @@ def test_bad_config_values_are_refused_by_the_check_every_command_runs(overrides
         section, name = key.split(".")
         cfg[section][name] = value
     with pytest.raises(UserError, match="^" + re.escape(message)):
-        config_lib.validate(cfg)
+        config_lib.build(cfg)
 
 
 def test_a_workdir_of_another_model_or_tokenizer_is_one_line(tiny_run, cache_dir, tmp_path):
@@ -204,7 +206,8 @@ def test_train_on_a_folder_of_text_and_on_jsonl_building_each_dataset_once(tmp_p
     def prepares(source) -> bool:  # opening the corpus as lm.train does
         cfg = load_config(TINY)
         cfg.data.update(path=str(source), cache_dir=str(cache))
-        corpus.open_data(cfg.data, corpus.fresh_tokenizer(cfg.data, cfg.tokenizer), 33)
+        run = config_lib.build(cfg)
+        corpus.open_data(run.data, corpus.fresh_tokenizer(run.data, run.tokenizer), 33)
         return "preparing" in capsys.readouterr().out
 
     for source, change in ((folder, lambda: (folder / "3.txt").write_text("A new file. " * 100)),
@@ -290,7 +293,7 @@ def test_sample_split_over_devices_or_from_int8_weights(wide_run):
 def _generated(workdir, step, fmt, **kw):
     """`generate()` in this process on the weights of checkpoint `step` in format `fmt`."""
     ckpt, step, c, tok, _ = reader.open_run(workdir, step)
-    layout = shd.make_layout({"data": 1, "fsdp": 1, "tensor": 1}, jax.devices()[:1])
+    layout = shd.tensor_layout(1)
     params = formats.convert(ckpt.params(step, placement.abstract_params(select.model(c), layout)), fmt)
     return generate(params, c, tok, ["ROMEO:", "KING:"], temperature=0.0, **kw)
 
@@ -321,7 +324,8 @@ def test_sample_reads_the_step_weight_format_and_stop_strings_it_is_given(wide_r
 def test_bench_prints_its_figures_and_profile():
     result = run_module("lm.bench", "--config", TINY, "--repeats", "1", "--depths", "1,2", "--profile")
     assert result.returncode == 0, result.stderr
-    for figure in ("tokens/s", "MFU", "float32 matmul measured now", "where the step's time goes", "ratio"):
+    for figure in ("tokens/s", "MFU", "float32 matmul, measured once on this machine", "where the step's time goes",
+                   "ratio"):
         assert figure in result.stdout, result.stdout
     shares = re.findall(r"^  (.+?)\s+([\d.]+)%  \(forward", result.stdout, re.M)
     parts = {part for part, _ in shares}
@@ -411,3 +415,20 @@ def test_commands_keep_compiled_programs_in_the_cache_under_home_and_a_second_ru
     first = train("a")
     assert len([f for f in first if f.startswith("jit_train_step")]) == 1, first
     assert train("b") == first
+
+def test_resuming_with_a_longer_run_says_the_learning_rate_jumps_and_points_to_wsd(tiny_run, cache_dir, tmp_path):
+    """configs/tiny.py: lr 3e-3 after 2 warmup steps, cosine to 3e-4 at the last step. Its 20-step run ends at 3e-4;
+    resumed to 40 steps, the cosine spans 40: the rate after step 20 is 3e-4 + 2.7e-3 * (1 + cos(pi * 18 / 38)) / 2."""
+    workdir = tmp_path / "run"
+    shutil.copytree(tiny_run[0], workdir)
+    longer = subprocess.run(train_command(workdir, cache_dir, "--config.train.steps=40"), capture_output=True,
+                            text=True)
+    assert longer.returncode == 0, longer.stderr
+    now = 3e-4 + 2.7e-3 * (1 + math.cos(math.pi * 18 / 38)) / 2
+    warning = (f"warning: the learning-rate schedule changed since checkpoint 20 (config.train.steps 20 -> 40): the "
+               f"next step's rate is {now:.3g}, not 0.0003; a warmup-stable-decay schedule "
+               "(--config.optim.schedule=wsd) continues a run to more steps without such a jump")
+    assert warning in longer.stderr.splitlines()
+    same = subprocess.run(train_command(workdir, cache_dir, "--config.train.steps=40"), capture_output=True,
+                          text=True)
+    assert same.returncode == 0 and "learning-rate schedule changed" not in same.stderr

@@ -17,8 +17,8 @@ from lm.checkpoint import reader
 from lm.convert import llama
 from lm.parallel import mesh as shd
 from lm.parallel import placement
+from lm.run_files import METRICS
 from lm.train.loop import train
-from lm.train.metrics import METRICS
 
 CONFIGS = os.path.join(os.path.dirname(__file__), "..", "configs")
 MODELS = ["gpt2_124m", "gpt2_350m", "llama_150m", "llama3_1b", "qwen3_150m", "qwen3_0_6b", "qwen2_0_5b",
@@ -63,7 +63,7 @@ def test_model_configs_train_on_a_cpu_with_the_override_their_docstring_gives(na
     cfg.model.sliding_window = min(cfg.model.sliding_window, 16)  # shorter than the context, where a family has one
     cfg.train.update(batch_size=8, steps=3, log_every=1, eval_every=3, eval_batches=2)
     result = train(cfg, str(tmp_path), devices=jax.devices()[:1])  # the configs, not the mesh, are under test
-    assert "mesh (data=1, fsdp=1, tensor=1) over 1 devices in 1 process(es)" in capsys.readouterr().out
+    assert "mesh (data=1, fsdp=1, tensor=1) over 1 device in 1 process(es)" in capsys.readouterr().out
     with open(tmp_path / METRICS) as f:
         first = json.loads(f.readline())
     vocab = reader.open_run(str(tmp_path))[2].vocab_size
@@ -85,9 +85,9 @@ PUBLISHED = {"llama3_1b": (1_235_814_400, "llama"), "qwen3_0_6b": (596_049_920, 
 @pytest.mark.parametrize("name", sorted(PUBLISHED))
 def test_family_configs_have_the_parameters_of_the_released_models(name):
     cfg = load_config(os.path.join(CONFIGS, f"{name}.py"))
-    c = config_lib.model_config(cfg, cfg.tokenizer.vocab_size)
+    c = config_lib.model_config(config_lib.build(cfg), cfg.tokenizer.vocab_size)
     scanned = dataclasses.replace(c, scan_layers=True)  # the same parameters, traced once instead of per layer
-    layout = shd.make_layout({"data": 1, "fsdp": 1, "tensor": 1}, jax.devices()[:1])
+    layout = shd.tensor_layout(1)
     count = sum(x.size for x in jax.tree.leaves(placement.abstract_params(select.model(scanned), layout)))
     want, family = PUBLISHED[name]
     if name == "gpt2_124m":

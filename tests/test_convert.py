@@ -25,6 +25,7 @@ from lm.errors import UserError
 from lm.model.transformer import init_cache
 from lm.parallel import mesh as shd
 from lm.parallel import placement
+from lm.parallel.config import MeshConfig
 from lm.sample.generate import decode, model_apply
 from lm.tokenizer import sentencepiece
 from lm.tokenizer.huggingface import HFTokenizer
@@ -39,7 +40,7 @@ def _logits(workdir, tokens):
     ckpt, step, c, tokenizer, _ = open_run(workdir)
     assert tokenizer is None and step == 0
     model = select.model(c)
-    params = ckpt.params(step, placement.abstract_params(model, shd.make_layout({"data": -1, "fsdp": 1, "tensor": 1})))
+    params = ckpt.params(step, placement.abstract_params(model, shd.make_layout(MeshConfig())))
     positions = np.tile(np.arange(tokens.shape[1]), (tokens.shape[0], 1))
     return np.asarray(jax.jit(model.apply)({"params": params}, tokens, positions, np.ones_like(tokens)))
 
@@ -104,8 +105,7 @@ def test_greedy_decoding_gives_the_tokens_of_transformers_generate(fixture, tmp_
     folder = os.path.join(os.path.dirname(__file__), "fixtures", fixture)
     import_hf(folder, str(tmp_path / "w"))
     ckpt, step, c, _, _ = open_run(str(tmp_path / "w"))
-    params = ckpt.params(step, placement.abstract_params(select.model(c), shd.make_layout(
-        {"data": 1, "fsdp": 1, "tensor": 1}, jax.devices()[:1])))
+    params = ckpt.params(step, placement.abstract_params(select.model(c), shd.tensor_layout(1)))
     if fixture == "gpt2_tiny":
         greedy = np.load(os.path.join(folder, "greedy.npy"))
         prompt, want = greedy[:, :6], greedy[:, 6:]
@@ -124,7 +124,7 @@ def test_convert_cli_and_its_errors(tmp_path):
     assert ok.returncode == 0 and "imported a 2-layer model" in ok.stdout, ok.stderr
     ckpt, step, c, _, _ = open_run(str(tmp_path / "w"))
     assert not c.scan_layers and {"block_0", "block_1"} <= set(ckpt.params(step, placement.abstract_params(
-        select.model(c), shd.make_layout({"data": 1, "fsdp": 1, "tensor": 1}, jax.devices()[:1]))))  # unrolled
+        select.model(c), shd.tensor_layout(1))))  # unrolled
     again = run("--hf_dir", FIXTURE, "--workdir", str(tmp_path / "w"))
     assert again.returncode == 2 and again.stderr.strip().splitlines() == [again.stderr.strip()]
     assert "already holds checkpoints" in again.stderr

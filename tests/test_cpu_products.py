@@ -11,8 +11,8 @@ import numpy as np
 import pytest
 
 from lm.backends import cpu_attention, cpu_matmul, select
-from lm.config import ModelConfig
 from lm.model.attention import attention_mask, reference_attention
+from lm.model.config import ModelConfig
 from lm.parallel.placement import boxed_params
 from lm.train.step import loss_and_grads
 

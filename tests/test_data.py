@@ -1,6 +1,7 @@
 """The data pipeline: sources, the split, preparation into token shards, packed rows, sharding across processes,
 mixtures and exact resume of the batches."""
 
+import dataclasses
 import gzip
 import json
 
@@ -12,16 +13,18 @@ from conftest import data_config as data
 
 from lm.data import corpus, sources
 from lm.data.batches import Component, TrainBatches, eval_batches
+from lm.data.config import DataConfig
 from lm.data.documents import SPLITS, split_documents
 from lm.data.shards import Split
 from lm.errors import UserError
 from lm.tokenizer import sentencepiece
+from lm.tokenizer.config import TokenizerConfig
 
 SHAKESPEARE = sources.bundled_corpus()
 
 
-def char_tokenizer(d: dict):
-    return corpus.fresh_tokenizer(d, {"type": "char", "vocab_size": 256, "sample_chars": 0, "path": ""})
+def char_tokenizer(d: DataConfig):
+    return corpus.fresh_tokenizer(d, TokenizerConfig(type="char", sample_chars=0))
 
 
 def test_split_is_by_characters_and_keeps_all_text():
@@ -288,7 +291,7 @@ def test_a_tfds_dataset_prepared_as_array_record_trains_by_name(tmp_path, cache_
     d = data(cache_dir, tfds_name="lm_test_quotes", tfds_data_dir=data_dir, text_key="sentence")
     with pytest.raises(UserError, match=f"^TFDS dataset lm_test_quotes is not prepared in {data_dir}; prepare it"):
         corpus.resolve(d)
-    corpus.resolve({**d, "tfds_download": True})  # prepared from its code (a catalog dataset: downloaded first)
+    corpus.resolve(dataclasses.replace(d, tfds_download=True))  # prepared from its code (downloaded first)
     assert LmTestQuotes(data_dir=data_dir, file_format="array_record").is_prepared()
     train = ("lm.train", "--config", TINY, "--config.train.steps=2", f"--config.data.tfds_data_dir={data_dir}",
              f"--config.data.cache_dir={cache_dir}")
@@ -297,10 +300,10 @@ def test_a_tfds_dataset_prepared_as_array_record_trains_by_name(tmp_path, cache_
     assert result.returncode == 0 and "val loss" in result.stdout, result.stderr
     quotes = [f"Quote {i}: to be or not to be, that is the question." for i in range(330)]
     assert sorted(documents(d, "validation")) == sorted(quotes[300:])  # the test split
-    d = {**d, "tfds_validation_split": "train"}  # config.data.tfds_validation_split names another
+    d = dataclasses.replace(d, tfds_validation_split="train")  # config.data.tfds_validation_split names another
     assert sorted(documents(d, "validation")) == sorted(quotes[:300])
     with pytest.raises(UserError, match="^TFDS dataset lm_test_quotes has no split 'dev' .it has train, test.; set"):
-        corpus.resolve({**d, "tfds_validation_split": "dev"})
+        corpus.resolve(dataclasses.replace(d, tfds_validation_split="dev"))
     one_line_error(run_module(*train, "--workdir", str(tmp_path / "w"), "--config.data.tfds_name=lm_test_quotes"),
                    "TFDS dataset lm_test_quotes has no feature 'text' (it has id, sentence); set config.data.text_key")
     one_line_error(run_module(*train, "--workdir", str(tmp_path / "w"), "--config.data.tfds_name=lm1bb"),

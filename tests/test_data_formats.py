@@ -21,6 +21,7 @@ from lm.data import corpus, prepare, sources
 from lm.data.batches import TrainBatches
 from lm.data.shards import Split
 from lm.errors import UserError
+from lm.tokenizer.config import TokenizerConfig
 from lm.train.loop import train
 
 FIXTURES = os.path.join(os.path.dirname(__file__), "fixtures", "tokenizers")
@@ -28,9 +29,9 @@ TEXT = open(sources.bundled_corpus(), encoding="utf-8").read()
 ROWS = [f"row {'i' * (i + 1)}: " + "to be or not to be " * (1 + i % 3) for i in range(10)]  # 9 train, 1 validation
 
 
-def tokenizer_config(path: str = "") -> dict:
+def tokenizer_config(path: str = "") -> TokenizerConfig:
     """config.tokenizer: the default character tokenizer trained on the corpus, or the one at `path`."""
-    return {"type": "char", "vocab_size": 256, "sample_chars": 0, "path": path}
+    return TokenizerConfig(type="char", sample_chars=0, path=path)
 
 
 @pytest.fixture(scope="module")
@@ -47,7 +48,7 @@ def llama3(tmp_path_factory, cache_dir):
     return str(folder), corpus.fresh_tokenizer(data(cache_dir), tokenizer_config(str(folder))), expected
 
 
-def documents(d: dict, split: str, tok=None) -> list[str]:
+def documents(d, split: str, tok=None) -> list[str]:
     return prepared_documents(d, split, tok or corpus.fresh_tokenizer(d, tokenizer_config()))
 
 

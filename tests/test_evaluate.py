@@ -10,12 +10,12 @@ import numpy as np
 import pytest
 from conftest import char_tokenizer, run_module, score_by_hand
 
-from lm import config as config_lib
 from lm.backends import select
-from lm.config import ModelConfig
 from lm.data import corpus
 from lm.data.batches import eval_batches
+from lm.data.config import DataConfig
 from lm.evaluate.scoring import evaluate, make_eval_step
+from lm.model.config import ModelConfig
 from lm.parallel import mesh as shd
 from lm.parallel import placement
 
@@ -33,8 +33,8 @@ def test_bits_per_byte_of_a_text_counted_by_hand(tmp_path, cache_dir):
     model = select.model(c)
     zeros = jax.tree.map(lambda x: np.zeros(x.shape, x.dtype),
                          jax.eval_shape(lambda: nn.unbox(placement.boxed_params(model, 0))))
-    layout = shd.make_layout({"data": 1, "fsdp": 1, "tensor": 1}, jax.devices()[:1])
-    data = {**config_lib.defaults().data.to_dict(), "cache_dir": cache_dir, **d}
+    layout = shd.tensor_layout(1)
+    data = DataConfig(cache_dir=cache_dir, **d)
     batches = list(eval_batches(corpus.eval_splits(data, tok, c.max_len + 1, "train"), 1))
     assert len(batches) == 1  # 11 tokens in one row of 16
     result = evaluate(make_eval_step(model, tok.token_bytes(len("\n\n")), layout), zeros, batches, layout)

@@ -37,7 +37,7 @@ def _open(workdir, attention="auto"):
     ckpt, step, c, tok, _ = reader.open_run(workdir)
     c = type(c).from_dict({**c.to_dict(), "attention": attention})
     model = select.model(c)
-    layout = shd.make_layout({"data": 1, "fsdp": 1, "tensor": 1}, jax.devices()[:1])
+    layout = shd.tensor_layout(1)
     return c, model, ckpt.params(step, placement.abstract_params(model, layout)), tok
 
 

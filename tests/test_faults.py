@@ -12,7 +12,6 @@ import sys
 import threading
 
 import jax
-import ml_collections
 import numpy as np
 import pytest
 from conftest import (
@@ -36,7 +35,7 @@ from lm.tokenizer import sentencepiece
 from lm.train import state as state_lib
 from lm.train.loop import train
 
-ONE_DEVICE = lambda run: shd.make_layout({"data": 1, "fsdp": 1, "tensor": 1}, jax.devices()[:1])  # noqa: E731
+ONE_DEVICE = lambda run: shd.tensor_layout(1)  # noqa: E731
 
 
 def _copy(tiny_run, tmp_path, name="run") -> str:
@@ -86,7 +85,7 @@ def _edit_meta(workdir: str, step: int, edit) -> None:
 
 def _abstract_state(workdir: str, step: int):
     ckpt, _, model_config, _, run = reader.open_run(workdir, step)
-    tx, _ = optim.optimizer(ml_collections.ConfigDict(run["optim"]), run["train"]["steps"])
+    tx, _ = optim.optimizer(optim.OptimConfig(**run["optim"]), run["train"]["steps"])
     return ckpt, state_lib.abstract(select.model(model_config), tx, ONE_DEVICE(run))
 
 
@@ -147,8 +146,8 @@ def test_train_sample_and_evaluate_take_the_checkpoint_before_one_with_a_flipped
     capsys.readouterr()
     train(tiny_config, workdir)  # resumes from 10 and ends bitwise where the uninterrupted run ended
     lines = _stderr_lines(capsys)
-    assert len(lines) == 1 and lines[0].startswith("warning: checkpoint 20 (") and lines[0].endswith(
-        "is damaged and was moved aside as damaged-STEP; resuming from checkpoint 10 instead"), lines
+    assert len(lines) == 1 and lines[0].startswith("warning: damaged checkpoint 20 (") and lines[0].endswith(
+        "), moved aside to checkpoints/damaged-20; resuming from checkpoint 10 instead"), lines
     assert os.path.isdir(os.path.join(workdir, "checkpoints", "damaged-20"))
     a = jax.device_get(_abstract_state(tiny_run[0], 20)[0].restore(20, abstract)[0])
     b = jax.device_get(_abstract_state(workdir, 20)[0].restore(20, abstract)[0])
@@ -185,6 +184,7 @@ def test_a_torn_metrics_line_is_dropped_on_resume_with_one_warning(tiny_run, tin
         f.write('{"step": 20, "loss": 3.4')  # a write cut short
     cfg = tiny_config.copy_and_resolve_references()
     cfg.train.steps = 30
+    cfg.optim.schedule_steps = 20  # the schedule the run had: no warning of a changed learning rate
     capsys.readouterr()
     train(cfg, workdir)
     assert _stderr_lines(capsys) == [f"warning: dropped 1 torn line(s) of {metrics} (a write cut short)"]
@@ -198,9 +198,10 @@ def test_a_full_disk_during_a_metrics_write_is_one_line_and_the_run_resumes(tmp_
     """A real full disk: a tmpfs in a private mount namespace, filled up to 32 KiB before a run that logs every
     step (over 300 bytes each) and saves only at its end."""
     disk, run = tmp_path / "disk", tmp_path / "disk" / "run"
-    first = " ".join(train_command(run, cache_dir, "--config.train.steps=10", "--config.train.log_every=1"))
+    first = " ".join(train_command(run, cache_dir, "--config.train.steps=10", "--config.train.log_every=1",
+                                   "--config.optim.schedule_steps=200"))  # (one schedule: no warning it changed)
     long = " ".join(train_command(run, cache_dir, "--config.train.steps=200", "--config.train.log_every=1",
-                                  "--config.checkpoint.every=1000"))
+                                  "--config.checkpoint.every=1000", "--config.optim.schedule_steps=200"))
     script = tmp_path / "full_disk.sh"
     script.write_text(f"""set -u
 mkdir -p {disk}
@@ -234,12 +235,13 @@ cp {run}/metrics.jsonl $O/metrics
 def test_a_newest_checkpoint_without_its_meta_is_set_aside_and_the_run_resumes(tiny_run, tmp_path, cache_dir):
     workdir = _copy(tiny_run, tmp_path)
     shutil.rmtree(os.path.join(workdir, "checkpoints", "20", "meta"))
-    result = subprocess.run(train_command(workdir, cache_dir, "--config.train.steps=25"), cwd=ROOT, env=USER_ENV,
-                            capture_output=True, text=True, timeout=300)
+    result = subprocess.run(train_command(workdir, cache_dir, "--config.train.steps=25",
+                                          "--config.optim.schedule_steps=20"),  # the run's schedule, unchanged
+                            cwd=ROOT, env=USER_ENV, capture_output=True, text=True, timeout=300)
     assert result.returncode == 0, result.stderr
     lines = result.stderr.strip().splitlines()
-    assert len(lines) == 1 and lines[0].startswith("warning: checkpoint 20 (") and lines[0].endswith(
-        "is damaged and was moved aside as damaged-STEP; resuming from checkpoint 10 instead"), lines
+    assert len(lines) == 1 and lines[0].startswith("warning: damaged checkpoint 20 (") and lines[0].endswith(
+        "), moved aside to checkpoints/damaged-20; resuming from checkpoint 10 instead"), lines
     assert "resuming at step 10" in result.stdout and "step     25/25" in result.stdout
 
 
@@ -249,7 +251,8 @@ def test_a_truncated_newest_meta_is_set_aside(tiny_run, tmp_path):
         f.truncate(100)
     ckpt = manager.Checkpointer(workdir)
     step, meta, damaged = ckpt.newest_meta()
-    assert step == 10 and meta["model"]["num_layers"] == 2 and len(damaged) == 1 and damaged[0].startswith("20 (")
+    assert step == 10 and meta["model"]["num_layers"] == 2 and len(damaged) == 1
+    assert damaged[0].startswith("20 (") and damaged[0].endswith("), moved aside to checkpoints/damaged-20")
     assert ckpt.all_steps() == [10] and os.path.isdir(os.path.join(workdir, "checkpoints", "damaged-20"))
 
 
@@ -344,7 +347,7 @@ def test_readers_read_the_newest_good_checkpoint_past_every_kind_of_damage(tiny_
     # completions would land on a closed event loop, their errors be logged as never retrieved), in a program
     # that hides nothing, as a user's own script calling the reader.
     script = ("import jax, sys; from lm.checkpoint import reader; from lm.parallel import mesh; "
-              "layout = lambda run: mesh.make_layout({'data': 1, 'fsdp': 1, 'tensor': 1}, jax.devices()[:1]); "
+              "layout = lambda run: mesh.tensor_layout(1); "
               "print(reader.read(sys.argv[1], None, layout).step)")
     read = subprocess.run([sys.executable, "-c", script, str(tmp_path / "missing_array_file")], cwd=ROOT,
                           env=USER_ENV, capture_output=True, text=True, timeout=300)

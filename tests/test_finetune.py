@@ -19,8 +19,8 @@ from lm.errors import UserError
 from lm.model import objective
 from lm.parallel import mesh as shd
 from lm.parallel import placement
+from lm.run_files import METRICS
 from lm.train.loop import train
-from lm.train.metrics import METRICS
 
 GPT2_BPE = os.path.join(os.path.dirname(__file__), "fixtures", "gpt2_bpe")
 ONE = jax.devices()[:1]  # the fine-tunes train on one device: the conversions, not the mesh, are under test

@@ -8,7 +8,7 @@ import pytest
 
 from lm import flops
 from lm.backends import select
-from lm.config import ModelConfig
+from lm.model.config import ModelConfig
 from lm.parallel.placement import boxed_params
 
 GPT2 = ModelConfig(vocab_size=60, max_len=16, num_layers=2, num_heads=4, embed_dim=32, mlp_dim=128, vocab_multiple=64)

@@ -10,8 +10,8 @@ import numpy as np
 import pytest
 
 from lm.backends import select
-from lm.config import ModelConfig
 from lm.model import objective
+from lm.model.config import ModelConfig
 from lm.model.transformer import init_cache
 from lm.parallel.placement import boxed_params
 

@@ -12,9 +12,9 @@ import pytest
 from conftest import wide_params
 
 from lm.backends import cpu_attention, select
-from lm.config import ModelConfig
 from lm.model import layers
 from lm.model.attention import attention_mask, reference_attention
+from lm.model.config import ModelConfig
 from lm.model.transformer import init_cache
 from lm.parallel.placement import boxed_params
 from lm.train.step import loss_and_grads

@@ -16,8 +16,8 @@ import numpy as np
 import pytest
 from conftest import ROOT, TINY, USER_ENV, char_tokenizer, contents, one_line_error
 
-from lm import config as config_lib
 from lm.data import corpus, documents, encoding, prepare, sources
+from lm.data.config import DataConfig
 from lm.data.shards import Split
 from lm.errors import UserError
 from lm.tokenizer import sentencepiece
@@ -40,7 +40,7 @@ def checksums(folder) -> dict[str, str]:
 def test_preparation_in_parallel_writes_what_one_process_writes(tmp_path, monkeypatch):
     monkeypatch.setattr(sources, "UNIT_BYTES", 4096)  # many tasks from one small file
     (tmp_path / "c.txt").write_text(TEXT[:60_000])
-    source = sources.FileSource((str(tmp_path / "c.txt"),), documents.Settings())
+    source = sources.FileSource((str(tmp_path / "c.txt"),), documents.Settings.of(DataConfig()))
     assert len(source.tasks()) > 10
     tok = sentencepiece.train([TEXT[:60_000]], "char", 256)
     one = prepare.prepare(source, tok, str(tmp_path / "one"), workers=1)
@@ -83,10 +83,10 @@ def test_a_preparation_killed_and_run_again_writes_the_same_shards(tmp_path, cac
 def test_damaged_or_another_tokenizers_shards_are_one_line(tmp_path, cache_dir):
     (tmp_path / "c.txt").write_text(TEXT[:100_000])
     tok = char_tokenizer(cache_dir, path=str(tmp_path / "c.txt"))
-    source = sources.FileSource((str(tmp_path / "c.txt"),), documents.Settings())
+    source = sources.FileSource((str(tmp_path / "c.txt"),), documents.Settings.of(DataConfig()))
     out = tmp_path / "prepared"
     prepare.prepare(source, tok, str(out), workers=1)
-    d = {**config_lib.defaults().data.to_dict(), "path": str(out)}
+    d = DataConfig(path=str(out))
 
     def first_rows(tokenizer=tok):
         components, _, _ = corpus.open_data(d, tokenizer, 33)
@@ -289,7 +289,7 @@ def test_a_text_without_separators_is_cut_into_tasks_and_tokenized_in_pieces_of_
     text = TEXT[:40_000].replace("\n", " ")
     path = tmp_path / "one_line.txt"
     path.write_text(text)
-    source = sources.FileSource((str(path),), documents.Settings())
+    source = sources.FileSource((str(path),), documents.Settings.of(DataConfig()))
     tasks = source.tasks()
     assert len(tasks) == 10 and all(4096 <= t.end - t.start <= 4096 + 20 for t in tasks[:-1]), tasks  # 40,000 B
     assert all(text[t.start] == " " for t in tasks[1:])  # each cut before a space
@@ -298,7 +298,7 @@ def test_a_text_without_separators_is_cut_into_tasks_and_tokenized_in_pieces_of_
     tok = char_tokenizer(cache_dir)
     out = tmp_path / "prepared"
     prepare.prepare(source, tok, str(out), workers=1)
-    d = {**config_lib.defaults().data.to_dict(), "path": str(out)}
+    d = DataConfig(path=str(out))
     pieces = corpus.open_splits(corpus.resolve(d)[0], tok, d)
     got = [p.tokens()[a:b] for split in documents.SPLITS for p in pieces[split]
            for (a, _), b in zip(p.docs(), [*p.docs()[1:, 0], len(p.tokens())], strict=True)]

@@ -9,7 +9,7 @@ import pytest
 
 from lm.backends import select
 from lm.checkpoint import reader
-from lm.config import ModelConfig
+from lm.model.config import ModelConfig
 from lm.parallel import mesh as shd
 from lm.parallel import placement
 from lm.sample import weights as formats
@@ -18,7 +18,7 @@ from lm.sample.generate import model_for
 
 def _trained(workdir):
     ckpt, step, c, tok, _ = reader.open_run(workdir)
-    layout = shd.make_layout({"data": 1, "fsdp": 1, "tensor": 1}, jax.devices()[:1])
+    layout = shd.tensor_layout(1)
     return c, ckpt.params(step, placement.abstract_params(select.model(c), layout)), tok
 
 

@@ -14,18 +14,22 @@ from conftest import TINY, final_state, run_module, score_by_hand
 from jax.sharding import PartitionSpec
 
 from lm import config as config_lib
+from lm import optim
 from lm.axes import DEFAULT_RULES
 from lm.backends import select
 from lm.checkpoint import reader
 from lm.data import corpus
 from lm.data.batches import TrainBatches, eval_batches
+from lm.data.config import DataConfig
 from lm.data.sources import bundled_corpus
 from lm.errors import UserError
 from lm.parallel import mesh as shd
 from lm.parallel import placement
+from lm.parallel.config import MeshConfig
+from lm.run_files import METRICS, SUMMARY
+from lm.tokenizer.config import TokenizerConfig
 from lm.train import loop, startup
 from lm.train.loop import train
-from lm.train.metrics import METRICS
 
 
 def _records(workdir):
@@ -57,7 +61,7 @@ def test_a_runs_step_counts_decide_when_it_logs_evaluates_saves_and_keeps_checkp
     last = records[-1]
     assert last["step"] == 20 and last["val_tokens"] == count <= 8 * 32
     assert last["val_loss"] == pytest.approx(nll / count, rel=1e-5)
-    with open(os.path.join(workdir, loop.SUMMARY)) as f:
+    with open(os.path.join(workdir, SUMMARY)) as f:
         assert json.load(f)["steps"] == 20
 
 
@@ -86,7 +90,8 @@ def test_the_train_step_takes_the_seed_z_loss_and_microbatches_of_the_config(tin
     cfg.train.update(batch_size=16, microbatches=2, z_loss=0.1)
     cfg.mesh.update(data=2, fsdp=4)
     layout = shd.make_layout(cfg.mesh)
-    start = startup.start(cfg, str(tmp_path / "run"), layout)
+    run = config_lib.build(cfg)
+    start = startup.start(run, str(tmp_path / "run"), layout, *optim.optimizer(run.optim, run.train.steps))
     start.checkpointer.close()
     batch = next(start.batches)
     single = cfg.copy_and_resolve_references()
@@ -100,7 +105,7 @@ def test_the_train_step_takes_the_seed_z_loss_and_microbatches_of_the_config(tin
 
     model = start.model
     components, _, _ = corpus.open_data(cfg.data, start.tokenizer, model.config.max_len + 1)
-    one = shd.make_layout({"data": 1, "fsdp": 1, "tensor": 1}, jax.devices()[:1])
+    one = shd.tensor_layout(1)
     params = {seed: jax.device_get(placement.init_params(model, one, seed)) for seed in (0, 5)}
     batches = {seed: next(TrainBatches(components, 16, seed)) for seed in (0, 5)}
 
@@ -130,7 +135,8 @@ def test_microbatches_that_do_not_divide_each_devices_rows_are_one_line_before_a
         train(cfg, str(tmp_path / "run"))
     assert not os.path.exists(tmp_path / "run" / "tokenizer.json")
     cfg.train.batch_size = 16
-    startup.check_fits(cfg, shd.make_layout(cfg.mesh))
+    run = config_lib.build(cfg)
+    startup.check_batch(run, shd.make_layout(run.mesh))
 
 
 def test_the_mesh_rules_of_a_config_decide_where_each_parameter_lives(tiny_config):
@@ -138,12 +144,12 @@ def test_the_mesh_rules_of_a_config_decide_where_each_parameter_lives(tiny_confi
     embedding [vocabulary, embed] is split over `tensor` alone, where the default rules split its embed axis over
     `fsdp` as well."""
     cfg = tiny_config.copy_and_resolve_references()
-    model = select.model(config_lib.model_config(cfg, vocab_size=128))
+    model = select.model(config_lib.model_config(config_lib.build(cfg), vocab_size=128))
     rules = [[name, None if name == "embed" else (list(axes) if isinstance(axes, tuple) else axes)]
              for name, axes in DEFAULT_RULES]
     specs = {}
-    for which, mesh in (("default", {"data": 2, "fsdp": 2, "tensor": 2}),
-                        ("given", {"data": 2, "fsdp": 2, "tensor": 2, "rules": rules})):
+    for which, mesh in (("default", MeshConfig(data=2, fsdp=2, tensor=2)),
+                        ("given", MeshConfig(data=2, fsdp=2, tensor=2, rules=rules))):
         layout = shd.make_layout(mesh)
         specs[which] = placement.abstract_params(model, layout)["token_embedding"].sharding.spec
     assert specs["default"] == PartitionSpec("tensor", "fsdp")
@@ -157,10 +163,9 @@ def test_a_fresh_runs_tokenizer_is_trained_on_its_first_sample_chars_characters(
     <s> and </s>, and reads 'xyz' as unknown; trained on all of them, it has 'x', 'y' and 'z' as well."""
     text = "\n\n".join(["abc cab bca " * 10] * 40 + ["xyz zyx yzx " * 10] * 40)
     (tmp_path / "c.txt").write_text(text)
-    d = {**config_lib.defaults().data.to_dict(), "path": str(tmp_path / "c.txt"), "cache_dir": str(tmp_path)}
-    settings = {"type": "char", "vocab_size": 256, "sample_chars": 2000, "path": ""}
-    sampled = corpus.fresh_tokenizer(d, settings)
-    whole = corpus.fresh_tokenizer(d, {**settings, "sample_chars": 0})
+    d = DataConfig(path=str(tmp_path / "c.txt"), cache_dir=str(tmp_path))
+    sampled = corpus.fresh_tokenizer(d, TokenizerConfig(type="char", sample_chars=2000))
+    whole = corpus.fresh_tokenizer(d, TokenizerConfig(type="char", sample_chars=0))
     pieces = lambda tok: {tok.decode([i]) for i in range(3, tok.vocab_size)}  # noqa: E731 (after the specials)
     assert sampled.vocab_size == 3 + 5 and pieces(sampled) == set("abc \n")
     assert whole.vocab_size == 3 + 8 and pieces(whole) == set("abcxyz \n")
@@ -177,7 +182,7 @@ def _scored_by_hand(workdir, step, data, split):
     model's logits with a log-softmax written out here."""
     ckpt, step, c, tok, _ = reader.open_run(workdir, step)
     model = select.model(c)
-    layout = shd.make_layout({"data": 1, "fsdp": 1, "tensor": 1}, jax.devices()[:1])
+    layout = shd.tensor_layout(1)
     params = ckpt.params(step, placement.abstract_params(model, layout))
     ckpt.close()
     nll = count = 0
@@ -206,7 +211,7 @@ def test_evaluate_scores_the_step_split_and_data_it_is_given(tiny_run, tmp_path)
     assert result.returncode == 0, result.stderr
     assert os.path.isdir(cache) and os.listdir(cache)  # prepared there by the command (before the scoring below)
     got = json.loads(result.stdout)
-    data = {**config_lib.defaults().data.to_dict(), "path": str(tmp_path / "other.txt"), "cache_dir": str(cache)}
+    data = DataConfig(path=str(tmp_path / "other.txt"), cache_dir=str(cache))
     nll, count = _scored_by_hand(workdir, 10, data, "train")
     assert got["step"] == 10 and got["split"] == "train" and got["tokens"] == count
     assert got["loss"] == pytest.approx(nll / count, rel=1e-5)

@@ -15,7 +15,7 @@ from conftest import ROOT, char_tokenizer, run_module, wide_params
 
 from lm.backends import select
 from lm.checkpoint import reader
-from lm.config import ModelConfig
+from lm.model.config import ModelConfig
 from lm.model.transformer import init_cache
 from lm.parallel import mesh as shd
 from lm.parallel import placement
@@ -174,7 +174,7 @@ def test_tensor_parallel_sampling_gives_the_tokens_of_one_device():
     cfg = ModelConfig(vocab_size=30, max_len=32, num_layers=2, num_heads=4, num_kv_heads=4, embed_dim=32, mlp_dim=64,
                       vocab_multiple=8)
     params = nn.unbox(boxed_params(select.model(cfg), 1))
-    layout = shd.make_layout({"data": 1, "fsdp": 1, "tensor": 4}, jax.devices()[:4])
+    layout = shd.tensor_layout(4)
     target = placement.abstract_params(select.model(cfg), layout)
     split = jax.device_put(params, jax.tree.map(lambda a: a.sharding, target))
     kernel = split["blocks"]["mlp"]["fc"]["kernel"]
@@ -196,7 +196,7 @@ def test_the_sample_command_samples_with_the_settings_its_flags_give(wide_run):
     assert done.returncode == 0, done.stderr
     ckpt, step, c, tok, _ = reader.open_run(wide_run)
     assert step == 2
-    layout = shd.make_layout({"data": 1, "fsdp": 1, "tensor": 1}, jax.devices()[:1])
+    layout = shd.tensor_layout(1)
     params = ckpt.params(step, placement.abstract_params(select.model(c), layout))
 
     def drawn(**changes):

@@ -6,7 +6,6 @@ schedule's steps) decays linearly or as 1 - sqrt of the fraction done."""
 
 import math
 
-import ml_collections
 import pytest
 
 from lm import optim
@@ -45,7 +44,7 @@ CASES = {
 @pytest.mark.parametrize("case", list(CASES))
 def test_the_learning_rate_at_chosen_steps_is_the_documented_formula_worked_out_by_hand(case):
     settings, steps, want = CASES[case]
-    cfg = ml_collections.ConfigDict({**BASE, **settings})
+    cfg = optim.OptimConfig(**{**BASE, **settings})
     _, lr = optim.optimizer(cfg, total_steps=steps)
     got = {step: float(lr(step)) for step in want}
     assert got == pytest.approx(want, rel=1e-6, abs=1e-9)

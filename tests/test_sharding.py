@@ -21,9 +21,10 @@ from lm.checkpoint import reader
 from lm.errors import UserError
 from lm.parallel import mesh as shd
 from lm.parallel import placement
+from lm.parallel.config import MeshConfig
+from lm.run_files import METRICS
 from lm.train import state as state_lib
 from lm.train.loop import train
-from lm.train.metrics import METRICS
 from lm.train.step import loss_and_grads
 
 MESHES = [(8, 1, 1), (1, 8, 1), (1, 1, 8), (2, 2, 2)]  # data, FSDP, tensor parallel, all three
@@ -45,7 +46,7 @@ def _divisible_tiny(tiny_config, mesh=(8, 1, 1), steps=5, optimizer="adamw"):
 
 def _params(workdir):
     ckpt, step, model_config, _, _ = reader.open_run(workdir)
-    layout = shd.make_layout({"data": 1, "fsdp": 1, "tensor": 1}, jax.devices()[:1])
+    layout = shd.tensor_layout(1)
     leaves = jax.tree_util.tree_leaves_with_path(ckpt.params(step, placement.abstract_params(
         select.model(model_config), layout)))
     return {jax.tree_util.keystr(path): x for path, x in leaves}
@@ -86,7 +87,7 @@ def test_same_losses_and_parameters_on_every_mesh(optimizer, tiny_config, tmp_pa
 
 def test_fsdp_shards_parameters_and_optimizer_state_evenly(tiny_config):
     cfg = _divisible_tiny(tiny_config, (1, 8, 1))
-    model = select.model(config_lib.model_config(cfg, vocab_size=512))
+    model = select.model(config_lib.model_config(config_lib.build(cfg), vocab_size=512))
     tx = optax.adamw(1e-3, mask=lambda p: jax.tree.map(lambda x: x.ndim > 1, p))
     state = state_lib.create(model, tx, shd.make_layout(cfg.mesh), seed=0)
     total = sum(x.nbytes for x in jax.tree.leaves(state))
@@ -100,8 +101,8 @@ def test_fsdp_shards_parameters_and_optimizer_state_evenly(tiny_config):
 @pytest.mark.parametrize("path", CONFIGS, ids=os.path.basename)
 def test_every_shipped_config_names_every_parameter_dimension(path):
     cfg = load_config(path)
-    config_lib.validate(cfg)
-    c = config_lib.model_config(cfg, vocab_size=cfg.tokenizer.vocab_size)
+    config_lib.build(cfg)
+    c = config_lib.model_config(config_lib.build(cfg), vocab_size=cfg.tokenizer.vocab_size)
     model = select.model(dataclasses.replace(c, num_layers=min(c.num_layers, 2)))  # every layer is named alike
     boxed = jax.eval_shape(lambda: placement.boxed_params(model, 0))
     leaves = jax.tree.leaves(boxed, is_leaf=lambda x: isinstance(x, nn.Partitioned))
@@ -129,19 +130,19 @@ def test_bad_meshes_stop_with_one_line_naming_the_sizes(tiny_config, tmp_path):
 
 
 def test_cpu_devices_zero_means_one_per_core_as_the_mesh_and_batch_allow():
-    mesh = {"data": -1, "fsdp": 1, "tensor": 1}
-    assert cpu_devices.cpu_device_count({**mesh, "cpu_devices": 0}, batch_size=12, cores=2) == 2
-    assert cpu_devices.cpu_device_count({**mesh, "cpu_devices": 0}, batch_size=12, cores=8) == 6  # 8 does not divide 12
-    assert cpu_devices.cpu_device_count({**mesh, "cpu_devices": 0}, batch_size=7, cores=4) == 1
-    assert cpu_devices.cpu_device_count({**mesh, "tensor": 2, "cpu_devices": 0}, batch_size=12, cores=5) == 4
-    assert cpu_devices.cpu_device_count({"data": 1, "fsdp": 2, "tensor": 1, "cpu_devices": 0}, 12, cores=16) == 2
-    assert cpu_devices.cpu_device_count({**mesh, "cpu_devices": 3}, batch_size=12, cores=2) == 3
-    assert cpu_devices.cpu_device_count(mesh, batch_size=12, cores=2) == 1  # older configs without the key
+    per_core = MeshConfig(cpu_devices=0)
+    assert cpu_devices.cpu_device_count(per_core, batch_size=12, cores=2) == 2
+    assert cpu_devices.cpu_device_count(per_core, batch_size=12, cores=8) == 6  # 8 does not divide 12
+    assert cpu_devices.cpu_device_count(per_core, batch_size=7, cores=4) == 1
+    assert cpu_devices.cpu_device_count(MeshConfig(tensor=2, cpu_devices=0), batch_size=12, cores=5) == 4
+    assert cpu_devices.cpu_device_count(MeshConfig(data=1, fsdp=2, cpu_devices=0), 12, cores=16) == 2
+    assert cpu_devices.cpu_device_count(MeshConfig(cpu_devices=3), batch_size=12, cores=2) == 3
+    assert cpu_devices.cpu_device_count(MeshConfig(), batch_size=12, cores=2) == 1  # the default
 
 
 def test_a_data_parallel_cpu_step_reduces_its_gradients_in_one_buffer_with_the_same_result(tiny_config):
     cfg = _divisible_tiny(tiny_config, (8, 1, 1))
-    model = select.model(config_lib.model_config(cfg, vocab_size=512))
+    model = select.model(config_lib.model_config(config_lib.build(cfg), vocab_size=512))
     tx, _ = optim.optimizer(cfg.optim, cfg.train.steps)
     layout = shd.make_layout(cfg.mesh)
     state = state_lib.create(model, tx, layout, seed=0)

@@ -20,6 +20,7 @@ from conftest import ROOT, TEST_XLA_FLAGS, TINY, USER_ENV, final_state, one_line
 
 from lm.errors import UserError
 from lm.sweep import command, experiment
+from lm.sweep import options as sweep_flags  # noqa: F401 (defines the flags command.main reads)
 from lm.train.loop import train
 
 EVENTS = os.path.join(ROOT, "tests", "events")

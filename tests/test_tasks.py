@@ -34,7 +34,7 @@ def gpt2(tmp_path_factory):
     workdir = str(tmp_path_factory.mktemp("gpt2"))
     import_hf(os.path.join(FIXTURES, "gpt2_bpe"), workdir)
     ckpt, step, c, tok, _ = reader.open_run(workdir)
-    layout = shd.make_layout({"data": 1, "fsdp": 1, "tensor": 1}, jax.devices()[:1])
+    layout = shd.tensor_layout(1)
     model = select.model(c)
     params = ckpt.params(step, placement.abstract_params(model, layout))
     return workdir, c, tok, layout, make_token_scores(model, layout), params
@@ -214,7 +214,7 @@ def _accuracies_by_hand(workdir, step: int, first: int) -> dict[str, float]:
     the continuation's log-likelihood summed from a log-softmax of the model's logits, and each rule applied
     (acc_token: per character, a character being a token)."""
     ckpt, _, c, tok, _ = reader.open_run(str(workdir), step)
-    layout = shd.make_layout({"data": 1, "fsdp": 1, "tensor": 1}, jax.devices()[:1])
+    layout = shd.tensor_layout(1)
     model = select.model(c)
     params = ckpt.params(step, placement.abstract_params(model, layout))
     ckpt.close()

@@ -1,5 +1,6 @@
 """Tokenizers round-trip any text exactly, and their byte counts add up to the text's."""
 
+import dataclasses
 import gzip
 import json
 import os
@@ -8,10 +9,11 @@ import shutil
 import pytest
 import sentencepiece as spm
 
-from lm import config as config_lib
 from lm.data import corpus, sources
+from lm.data.config import DataConfig
 from lm.errors import UserError
 from lm.tokenizer import sentencepiece
+from lm.tokenizer.config import TokenizerConfig
 from lm.tokenizer.huggingface import HFTokenizer
 
 TEXT = open(sources.bundled_corpus(), encoding="utf-8").read()[:200_000]
@@ -41,16 +43,16 @@ def test_char_vocabulary_is_the_characters():
 
 
 def test_a_fresh_run_trains_its_tokenizer_once_per_corpus_and_settings(tmp_path):
-    d = {**config_lib.defaults().data.to_dict(), "path": str(tmp_path / "c.txt"), "cache_dir": str(tmp_path)}
+    d = DataConfig(path=str(tmp_path / "c.txt"), cache_dir=str(tmp_path))
     (tmp_path / "c.txt").write_text(TEXT[:50_000])
-    settings = {"type": "bpe", "vocab_size": 400, "sample_chars": 0, "path": ""}
+    settings = TokenizerConfig(type="bpe", vocab_size=400, sample_chars=0)
     first = corpus.fresh_tokenizer(d, settings)
     train_documents = [doc for doc in TEXT[:45_000].split("\n\n") if doc]  # the first 90%, cut at blank lines
     assert first.proto == sentencepiece.train(train_documents, "bpe", 400).proto  # trained on the training text
     assert corpus.fresh_tokenizer(d, settings) is not first  # read back from the cache ...
     assert corpus.fresh_tokenizer(d, settings).proto == first.proto  # ... as it was
     assert len(os.listdir(tmp_path / "tokenizers")) == 1
-    assert corpus.fresh_tokenizer(d, {**settings, "vocab_size": 350}).vocab_size == 350
+    assert corpus.fresh_tokenizer(d, dataclasses.replace(settings, vocab_size=350)).vocab_size == 350
 
 
 def test_trained_on_a_sample_or_loaded_from_a_model_file(tmp_path):
@@ -59,14 +61,12 @@ def test_trained_on_a_sample_or_loaded_from_a_model_file(tmp_path):
     assert sampled.vocab_size == whole.vocab_size - 3  # x, y and z are past the sample
     bpe = sentencepiece.train([TEXT], "bpe", 400)
     bpe.save(str(tmp_path / "bpe.model"))
-    d = {**config_lib.defaults().data.to_dict(), "cache_dir": str(tmp_path)}
-    given = corpus.fresh_tokenizer(d, {"type": "char", "vocab_size": 256, "sample_chars": 0,
-                                       "path": str(tmp_path / "bpe.model")})
+    d = DataConfig(cache_dir=str(tmp_path))
+    given = corpus.fresh_tokenizer(d, TokenizerConfig(sample_chars=0, path=str(tmp_path / "bpe.model")))
     assert given.proto == bpe.proto  # the BPE model file, not a char model trained anew
     (tmp_path / "broken.model").write_bytes(b"not a model")
     with pytest.raises(UserError, match=r"broken.model is not a SentencePiece model file; set config.tokenizer.path"):
-        corpus.fresh_tokenizer(d, {"type": "char", "vocab_size": 256, "sample_chars": 0,
-                                   "path": str(tmp_path / "broken.model")})
+        corpus.fresh_tokenizer(d, TokenizerConfig(sample_chars=0, path=str(tmp_path / "broken.model")))
 
 
 def test_the_char_tokenizer_reads_a_character_it_never_saw_as_unknown():

@@ -21,9 +21,10 @@ from lm.errors import UserError
 from lm.model import objective
 from lm.parallel import mesh as shd
 from lm.parallel import placement
+from lm.parallel.config import MeshConfig
+from lm.run_files import METRICS
 from lm.train import state as state_lib
 from lm.train.loop import train
-from lm.train.metrics import METRICS
 from lm.train.step import loss_and_grads
 
 
@@ -44,7 +45,7 @@ def test_loss_falls_within_a_few_steps(tiny_run):
 def _restored_params(workdir, step):
     ckpt, step, model_config, _, _ = reader.open_run(workdir, step)
     model = select.model(model_config)
-    layout = shd.make_layout({"data": -1, "fsdp": 1, "tensor": 1})
+    layout = shd.make_layout(MeshConfig())
     return ckpt.params(step, placement.abstract_params(model, layout))
 
 
@@ -74,7 +75,8 @@ def test_a_damaged_latest_checkpoint_is_set_aside_and_the_previous_one_resumes(t
             f.truncate(os.path.getsize(path) // 2)
     again = train(tiny_config, damaged)
     err = capsys.readouterr().err
-    assert "warning: checkpoint 20 (" in err and "resuming from checkpoint 10 instead" in err, err
+    assert "warning: damaged checkpoint 20 (" in err, err
+    assert "moved aside to checkpoints/damaged-20; resuming from checkpoint 10 instead" in err, err
     assert os.path.isdir(os.path.join(damaged, "checkpoints", "damaged-20"))
     assert again == final  # steps 11-20 ran again, exactly as the first time
     a, b = _restored_params(workdir, 20), _restored_params(damaged, 20)
@@ -86,10 +88,10 @@ def test_checkpoint_round_trip_restores_the_saved_state(tiny_config, tmp_path, c
     cfg = tiny_config
     tok = char_tokenizer(cache_dir)
     components, _, _ = corpus.open_data(cfg.data, tok, 33)
-    model_config = config_lib.model_config(cfg, tok.vocab_size)
+    model_config = config_lib.model_config(config_lib.build(cfg), tok.vocab_size)
     model = select.model(model_config)
     tx, _ = optim.optimizer(cfg.optim, 10)
-    layout = shd.make_layout({"data": 2, "fsdp": 2, "tensor": 2})
+    layout = shd.make_layout(MeshConfig(data=2, fsdp=2, tensor=2))
     state = state_lib.create(model, tx, layout, seed=4)
     state = state.replace(step=state.step + 7)
     it = TrainBatches(components, 8, seed=0)
@@ -99,7 +101,7 @@ def test_checkpoint_round_trip_restores_the_saved_state(tiny_config, tmp_path, c
     ckpt.wait()
     want_batch = next(it)["tokens"]
 
-    for sizes in ({"data": 2, "fsdp": 2, "tensor": 2}, {"data": 1, "fsdp": 8, "tensor": 1}):  # same and other mesh
+    for sizes in (MeshConfig(data=2, fsdp=2, tensor=2), MeshConfig(data=1, fsdp=8)):  # same and other mesh
         template = state_lib.abstract(model, tx, shd.make_layout(sizes))
         restored, data_state = ckpt.restore(7, template)
         assert int(restored.step) == 7
@@ -117,7 +119,7 @@ def test_unknown_key_in_a_config_file_is_named(tiny_config):
     cfg = tiny_config.copy_and_resolve_references()
     cfg.model.num_layer = 3
     with pytest.raises(UserError, match=r"config\.model\.num_layer \(did you mean 'num_layers'\?\)"):
-        config_lib.validate(cfg)
+        config_lib.build(cfg)
 
 
 def test_prompt_targets_add_nothing_to_the_loss_or_the_gradients():

@@ -11,9 +11,9 @@ from typing import Any
 import jax
 
 from lm.backends import cpu_attention, cpu_data_parallel, cpu_matmul
-from lm.config import ModelConfig
 from lm.model import ops
 from lm.model.attention import reference_attention
+from lm.model.config import ModelConfig
 from lm.model.transformer import TransformerLM
 from lm.parallel.mesh import Layout
 

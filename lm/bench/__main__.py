@@ -1,11 +1,6 @@
-"""`python -m lm.bench --config configs/NAME.py`: compile time, step time, tokens/s, FLOPs and MFU of the train
-step; `--decode` sampling, `--data` the input pipeline."""
+"""`python -m lm.bench`: see options.py, or run it with --help."""
 
-from lm.cli import process
+from lm.bench import options
+from lm.cli import runner
 
-process.start()
-
-from lm.bench import command  # noqa: E402  (JAX is imported from here on, in the process set up above)
-from lm.cli import runner  # noqa: E402
-
-runner.run(command.main)
+runner.run(options, "lm.bench.command")

@@ -1,6 +1,4 @@
-"""`python -m lm.bench --config configs/NAME.py [--profile] [--depths 12,48] [--decode] [--data] [--tasks FILES]`:
-figures of the train step (compile time, step time, tokens/s, MFU, where the time goes), or of decoding, of the
-input pipeline, or of downstream-task scoring, printed for the config's model with random weights."""
+"""The work of `python -m lm.bench` (its usage and flags: options.py)."""
 
 import dataclasses
 from collections.abc import Sequence
@@ -8,39 +6,24 @@ from typing import Any
 
 import jax
 from absl import flags
-from ml_collections import config_flags
 
 from lm import config as config_lib
 from lm.backends import cpu_devices
 from lm.bench import decode
 from lm.bench import tasks as task_bench
 from lm.bench.step import bench, compile_seconds, data_speed
+from lm.config import RunConfig
 from lm.errors import UserError
 from lm.model.transformer import TransformerLM
 from lm.parallel import placement
 from lm.parallel.mesh import make_layout, tensor_layout
-
-config_flags.DEFINE_config_file("config", None, "Run config file, e.g. configs/gpt2_124m.py.")
-flags.DEFINE_integer("repeats", 5, "Timed steps (after one warm-up).")
-flags.DEFINE_bool("profile", False, "Also trace the step and print its op time by model part.")
-flags.DEFINE_bool("decode", False, "Measure sampling (decode) speed instead of the train step.")
-flags.DEFINE_bool("data", False, "Measure the input pipeline's speed against the train step's.")
-flags.DEFINE_string("decode_batches", "1,8", "Decode: batch sizes.")
-flags.DEFINE_integer("decode_tensor", 1, "Decode: devices to split the model over, as lm.sample --tensor "
-                     "(a CPU host is made into that many devices).")
-flags.DEFINE_string("decode_formats", "none,bfloat16,int8,int8_dynamic",
-                    "Decode: weight formats (see lm.sample --quantize).")
-flags.DEFINE_integer("prompt_len", 16, "Decode: prompt tokens.")
-flags.DEFINE_integer("new_tokens", 128, "Decode: tokens generated per row.")
-flags.DEFINE_string("tasks", "", "Measure downstream-task scoring (lm.evaluate --tasks) on these task files.")
-flags.DEFINE_integer("task_examples", 100, "Tasks: examples of each task scored (0: all).")
-flags.DEFINE_string("depths", "", "Also compare the step's compile time at these depths, e.g. 12,48.")
+from lm.train.metrics import count
 
 
-def _decode(cfg: Any, f: Any) -> None:
+def _decode(cfg: RunConfig, f: Any) -> None:
     """Decode speed, the model split over --decode_tensor devices as `lm.sample --tensor` splits it."""
     if f.decode_tensor >= 1:
-        cpu_devices.split_cpu({"cpu_devices": f.decode_tensor}, 1)
+        cpu_devices.split_cpu(f.decode_tensor)
     layout = tensor_layout(f.decode_tensor, "--decode_tensor")
     c = config_lib.model_config(cfg, cfg.tokenizer.vocab_size)
     params = placement.init_params(TransformerLM(c), layout, cfg.seed)
@@ -50,9 +33,9 @@ def _decode(cfg: Any, f: Any) -> None:
     decode.report(rows, f.prompt_len, f.new_tokens, f.decode_tensor)
 
 
-def _report(r: dict[str, Any], cfg: Any) -> None:
+def _report(r: dict[str, Any], cfg: RunConfig) -> None:
     b, t = cfg.train.batch_size, cfg.model.max_len
-    print(f"train step of {r['parameters'] / 1e6:.1f}M parameters, batch {b} x {t} tokens, "
+    print(f"train step of {count(r['parameters'])} parameters, batch {b} x {t} tokens, "
           f"{jax.device_count()} {jax.devices()[0].platform} device(s)")
     print(f"compile {r['compile_s']:.1f} s | step {r['step_s'] * 1e3:.1f} ms | {r['tokens_per_s']:,.0f} tokens/s")
     print(f"model FLOPs {r['flops_per_token'] / 1e6:.1f} M/token | {r['flops_per_s'] / 1e9:.1f} GFLOP/s | "
@@ -71,7 +54,7 @@ def _report(r: dict[str, Any], cfg: Any) -> None:
             print(f"  {part:36s} {(fw + bw) / total:6.1%}  (forward {fw * 1e3:6.2f} ms, backward {bw * 1e3:6.2f} ms)")
 
 
-def _depths(cfg: Any, depths: list[int]) -> None:
+def _depths(cfg: RunConfig, depths: list[int]) -> None:
     layout = make_layout(cfg.mesh)
     base = config_lib.model_config(cfg, cfg.tokenizer.vocab_size)
     times = {d: compile_seconds(cfg, dataclasses.replace(base, num_layers=d), layout) for d in depths}
@@ -85,12 +68,11 @@ def main(argv: Sequence[str]) -> None:
     f = flags.FLAGS
     if f.config is None:
         raise UserError("usage: python -m lm.bench --config configs/NAME.py [--depths 12,48]")
-    cfg = f.config
-    config_lib.validate(cfg)
+    cfg = config_lib.build(f.config)
     if f.decode:
         _decode(cfg, f)
         return
-    cpu_devices.split_cpu(cfg.mesh, cfg.train.batch_size)
+    cpu_devices.split_cpu(cpu_devices.cpu_device_count(cfg.mesh, cfg.train.batch_size, cpu_devices.cores()))
     if f.tasks:
         task_bench.report(task_bench.measure(cfg, f.tasks, f.task_examples))
         return

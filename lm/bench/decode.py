@@ -16,9 +16,9 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from lm.config import ModelConfig
 from lm.convert.gpt2 import hf_config, hf_from_params
 from lm.errors import UserError
+from lm.model.config import ModelConfig
 from lm.model.transformer import init_cache
 from lm.sample import weights as weight_formats
 from lm.sample.generate import cache_slots, decode, model_apply, model_for

@@ -10,6 +10,7 @@ splits it by model part from a profiler trace. `--depths 12,48` compares the ste
 `--decode` times sampling instead (decode.py), `--data` the input pipeline (data.py).
 """
 
+import dataclasses
 import time
 from collections.abc import Callable
 from typing import Any
@@ -23,8 +24,10 @@ from lm import flops, optim
 from lm.backends import select
 from lm.bench import data as data_bench
 from lm.bench import profile as step_profile
+from lm.config import RunConfig
 from lm.data import corpus
 from lm.model import objective
+from lm.model.config import ModelConfig
 from lm.parallel.mesh import Layout, make_layout
 from lm.train import state as state_lib
 from lm.train.step import loss_and_grads, make_train_step
@@ -49,7 +52,7 @@ def synthetic_batch(layout: Layout, batch: int, length: int, vocab: int) -> dict
     return layout.global_batch(local)
 
 
-def compile_seconds(cfg: Any, model_config: config_lib.ModelConfig, layout: Layout) -> float:
+def compile_seconds(cfg: RunConfig, model_config: ModelConfig, layout: Layout) -> float:
     """Seconds to lower and compile the train step, from abstract shapes (no parameters are allocated)."""
     model = select.model(model_config)
     tx, lr = optim.optimizer(cfg.optim, cfg.train.steps)
@@ -65,9 +68,8 @@ def compile_seconds(cfg: Any, model_config: config_lib.ModelConfig, layout: Layo
     return time.perf_counter() - start
 
 
-def bench(cfg: Any, repeats: int = 5, profile: bool = False) -> dict[str, Any]:
+def bench(cfg: RunConfig, repeats: int = 5, profile: bool = False) -> dict[str, Any]:
     """Figures of the train step of `cfg` on synthetic tokens (vocabulary: config.tokenizer.vocab_size)."""
-    config_lib.validate(cfg)
     layout = make_layout(cfg.mesh)
     c = config_lib.model_config(cfg, cfg.tokenizer.vocab_size)
     model = select.model(c)
@@ -102,14 +104,13 @@ def bench(cfg: Any, repeats: int = 5, profile: bool = False) -> dict[str, Any]:
     return out
 
 
-def data_speed(cfg: Any, repeats: int) -> None:
+def data_speed(cfg: RunConfig, repeats: int) -> None:
     """Prints the training batches' tokens/s from prepared shards against the train step's."""
     tok = corpus.fresh_tokenizer(cfg.data, cfg.tokenizer)
     row_len, batch = cfg.model.max_len + 1, cfg.train.batch_size
     loader = data_bench.loader_speed(cfg.data, tok, row_len, batch)
-    cfg = cfg.copy_and_resolve_references()
-    cfg.tokenizer.vocab_size = tok.vocab_size
-    step = bench(cfg, repeats)
+    step = bench(dataclasses.replace(cfg, tokenizer=dataclasses.replace(cfg.tokenizer, vocab_size=tok.vocab_size)),
+                 repeats)
     print(f"training batches from prepared shards (one process, batch {batch} x {row_len} tokens, "
           f"{loader['tokens']:,.0f} tokens), and the train step:")
     print(f"  batches          {loader['tokens_per_s']:>14,.0f} tokens/s ({loader['batches_per_s']:,.1f} batches/s)")

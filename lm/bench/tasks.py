@@ -5,10 +5,9 @@ the same model and tokens both ways; the compile of each batch shape is left out
 import time
 from typing import Any
 
-import ml_collections
-
 from lm import config as config_lib
 from lm.backends import select
+from lm.config import RunConfig
 from lm.data import corpus
 from lm.evaluate import tasks as tasks_lib
 from lm.evaluate.loglikelihood import make_token_scores, score_encoded
@@ -16,7 +15,7 @@ from lm.parallel import placement
 from lm.parallel.mesh import make_layout
 
 
-def measure(cfg: ml_collections.ConfigDict, spec: str, examples: int) -> dict[str, Any]:
+def measure(cfg: RunConfig, spec: str, examples: int) -> dict[str, Any]:
     """Both speeds for the config's model (random weights, the run's tokenizer) on the first `examples` of each
     task `spec` names."""
     tokenizer = corpus.fresh_tokenizer(cfg.data, cfg.tokenizer)

@@ -11,9 +11,9 @@ import jax.numpy as jnp
 from lm.checkpoint.integrity import Damaged
 from lm.checkpoint.manager import Checkpointer
 from lm.checkpoint.reader import open_run, require_tokenizer
-from lm.config import ModelConfig
 from lm.errors import UserError
 from lm.model import tree
+from lm.model.config import ModelConfig
 from lm.model.transformer import TransformerLM
 from lm.parallel.mesh import Layout
 from lm.parallel.placement import abstract_params

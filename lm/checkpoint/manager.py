@@ -22,13 +22,13 @@ from lm.checkpoint import integrity
 from lm.checkpoint.integrity import Damaged, fingerprint
 from lm.checkpoint.settled import settled_reads
 from lm.cli import interrupt
-from lm.config import ModelConfig
 from lm.errors import DiskFull, UserError
+from lm.model.config import ModelConfig
 from lm.parallel.processes import global_max, sync
+from lm.run_files import CHECKPOINTS
 from lm.tokenizer import kinds
 from lm.tokenizer.kinds import AnyTokenizer
 
-CHECKPOINTS = "checkpoints"
 # A train state: anything with `step`, `params` and `opt_state` and a `replace` of them (lm/train/state.py's).
 TrainState = Any
 
@@ -166,20 +166,24 @@ class Checkpointer:
                                        opt_state=out.opt_state["opt_state"])
         return state, out.data
 
-    def set_aside(self, steps: list[int]) -> None:
-        """Moves damaged checkpoints out of the way, as damaged-STEP (process 0; every process calls it)."""
-        if jax.process_index() == 0:
-            for step in steps:
-                target = os.path.join(self.path, f"damaged-{step}")
-                if os.path.exists(target):
-                    target += f".{time.time_ns()}"
+    def set_aside(self, damaged: list[tuple[int, str]]) -> list[str]:
+        """Moves damaged checkpoints ((step, what failed)) out of the way, as damaged-STEP (process 0; every
+        process calls it); each as 'STEP (what failed), moved aside to checkpoints/damaged-STEP'."""
+        said = []
+        for step, why in damaged:
+            target = os.path.join(self.path, f"damaged-{step}")
+            if os.path.exists(target):
+                target += f".{time.time_ns()}"
+            if jax.process_index() == 0:
                 os.replace(os.path.join(self.path, str(step)), target)
+            said.append(f"{step} ({why}), moved aside to {os.path.join(CHECKPOINTS, os.path.basename(target))}")
         sync("checkpoint.damaged")
         self.manager.reload()
+        return said
 
     def newest_meta(self) -> tuple[int | None, dict[str, Any] | None, list[str]]:
-        """(step, meta) of the newest checkpoint whose meta reads, and the damaged ones newer than it, each
-        'STEP (what failed)', moved aside. (None, None, damaged) when no checkpoint has a readable meta."""
+        """(step, meta) of the newest checkpoint whose meta reads, and the damaged ones newer than it, moved aside
+        (`set_aside`). (None, None, damaged) when no checkpoint has a readable meta."""
         damaged: list[tuple[int, str]] = []
         found = (None, None)
         for step in sorted(self.all_steps(), reverse=True):
@@ -188,14 +192,12 @@ class Checkpointer:
                 break
             except Exception as e:  # noqa: BLE001 (a missing, truncated or edited meta)
                 damaged.append((step, first_line(e.__cause__ or e)))
-        if damaged:
-            self.set_aside([bad for bad, _ in damaged])
-        return *found, [f"{bad} ({why})" for bad, why in damaged]
+        return *found, self.set_aside(damaged)
 
     def restore_newest_good(self, newest: int, abstract_state: TrainState, apart: bool = False
                             ) -> tuple[int, TrainState, dict[str, Any], list[str]]:
         """The newest checkpoint at or before `newest` that restores whole: (step, state, data state, the
-        damaged ones skipped, each 'STEP (what failed)'). Damaged checkpoints are moved aside as damaged-STEP."""
+        damaged ones skipped and moved aside: `set_aside`)."""
         damaged = []
         for step in sorted((s for s in self.all_steps() if s <= newest), reverse=True):
             try:
@@ -203,9 +205,7 @@ class Checkpointer:
             except Damaged as e:
                 damaged.append((step, str(e)))
                 continue
-            if damaged:
-                self.set_aside([bad for bad, _ in damaged])
-            return step, state, data_state, [f"{bad} ({why})" for bad, why in damaged]
+            return step, state, data_state, self.set_aside(damaged)
         raise UserError(f"no checkpoint in {self.path} restores ({'; '.join(f'{b}: {w}' for b, w in damaged)}); "
                         "start a new --workdir")
 

@@ -10,12 +10,13 @@ from typing import Any, NamedTuple
 import jax
 
 from lm.checkpoint.integrity import Damaged
-from lm.checkpoint.manager import CHECKPOINTS, Checkpointer, checked_meta, first_line
-from lm.config import ModelConfig
+from lm.checkpoint.manager import Checkpointer, checked_meta, first_line
 from lm.errors import UserError
+from lm.model.config import ModelConfig
 from lm.model.transformer import TransformerLM
 from lm.parallel.mesh import Layout
 from lm.parallel.placement import abstract_params
+from lm.run_files import CHECKPOINTS
 from lm.tokenizer import kinds
 from lm.tokenizer.kinds import AnyTokenizer
 

@@ -4,8 +4,6 @@ instead of compiled again. The cache lives in ~/.cache/lm/jax, or where JAX_COMP
 
 import os
 
-import jax
-
 DEFAULT_DIR = "~/.cache/lm/jax"
 
 
@@ -14,6 +12,8 @@ def enable() -> None:
     those over a second), unless JAX_COMPILATION_CACHE_DIR is set: then JAX's settings stand as given."""
     if "JAX_COMPILATION_CACHE_DIR" in os.environ:
         return
+    import jax  # here, not above: commands that never compile (sweeps, plots) never load JAX
+
     jax.config.update("jax_compilation_cache_dir", os.path.expanduser(DEFAULT_DIR))
     jax.config.update("jax_persistent_cache_min_compile_time_secs", 0.0)
     jax.config.update("jax_persistent_cache_min_entry_size_bytes", 0)

@@ -1,18 +1,21 @@
-"""Runs a command's absl `main`: chatty libraries quietened, JAX's compilation cache on (compile_cache.py), and
-every way it can end (a user error, a full disk, a stop on purpose, Ctrl-C) turned into one line and its
+"""Runs a command: `--help` answered before anything is imported (usage.py), the process set up (process.py),
+then the command's absl `main` with chatty libraries quietened, JAX's compilation cache on (compile_cache.py),
+and every way it can end (a user error, a full disk, a stop on purpose, Ctrl-C) turned into one line and its
 documented exit status."""
 
 import atexit
+import importlib
 import logging as std_logging
 import os
 import sys
 import threading
 from collections.abc import Callable, Sequence
+from types import ModuleType
 from typing import Any, NoReturn
 
 from absl import app, flags, logging
 
-from lm.cli import compile_cache, interrupt
+from lm.cli import compile_cache, interrupt, process, usage
 from lm.cli.flags import die, parse
 from lm.errors import EXIT_USER_ERROR, DiskFull, Stopped, UserError
 
@@ -38,16 +41,23 @@ def _without_closed_loop(hook: Callable) -> Callable:
     return unraisablehook
 
 
-def run(main: Callable[[Sequence[str]], None]) -> None:
-    """Runs an absl `main`; a UserError anywhere in it ends the program with one line and status 2, an
-    interrupt (Ctrl-C) with one line and status 130."""
+def run(options: ModuleType, command: str, huge_page_memory: bool = True, uses_jax: bool = True) -> None:
+    """Runs the `main` of module `command`, whose flags module `options` defines: `--help` first; a UserError
+    anywhere in it ends the program with one line and status 2, an interrupt (Ctrl-C) with one line and status
+    130. `huge_page_memory`: see process.start; `uses_jax`: whether the command compiles (the cache is set up)."""
+    if usage.asked(sys.argv):
+        usage.show(options)
+        sys.exit(0)
+    process.start(huge_page_memory)
+    main: Callable[[Sequence[str]], None] = importlib.import_module(command).main  # JAX is imported from here on
 
     def guarded(argv: Sequence[str]) -> None:
         if not flags.FLAGS["verbosity"].present:  # orbax and TFDS are chatty; --verbosity=0 shows it all
             logging.set_verbosity(logging.ERROR)
             logging.get_absl_handler().addFilter(_not_handled)
             sys.unraisablehook = _without_closed_loop(sys.unraisablehook)
-        compile_cache.enable()
+        if uses_jax:
+            compile_cache.enable()
         try:
             main(argv)
         except DiskFull as e:  # exit at once: the failing writer threads would print tracebacks at shutdown

@@ -1,10 +1,6 @@
-"""`python -m lm.convert`: Hugging Face models in and out of `lm` workdirs (command.py)."""
+"""`python -m lm.convert`: see options.py, or run it with --help."""
 
-from lm.cli import process
+from lm.cli import runner
+from lm.convert import options
 
-process.start(huge_page_memory=False)
-
-from lm.cli import runner  # noqa: E402  (JAX is imported from here on, in the process set up above)
-from lm.convert import command  # noqa: E402
-
-runner.run(command.main)
+runner.run(options, "lm.convert.command", huge_page_memory=False)

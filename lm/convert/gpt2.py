@@ -9,9 +9,9 @@ from typing import Any
 import jax
 import numpy as np
 
-from lm.config import ModelConfig
 from lm.errors import UserError
 from lm.model import tree
+from lm.model.config import ModelConfig
 
 GELU_TANH = ("gelu_new", "gelu_pytorch_tanh", "gelu_fast")
 

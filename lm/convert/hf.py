@@ -21,11 +21,12 @@ from safetensors.numpy import load_file, save_file
 from lm import folders
 from lm.checkpoint.manager import Checkpointer, make_meta
 from lm.checkpoint.reader import read
-from lm.config import ModelConfig
 from lm.convert import gpt2, llama
 from lm.errors import UserError
+from lm.model.config import ModelConfig
 from lm.model.transformer import TransformerLM
-from lm.parallel.mesh import make_layout
+from lm.parallel.config import MeshConfig
+from lm.parallel.mesh import make_layout, tensor_layout
 from lm.parallel.placement import abstract_params
 from lm.tokenizer.huggingface import HFTokenizer
 from lm.train.workdir import hold
@@ -138,7 +139,7 @@ def _check_shapes(family: ModuleType, shapes: dict[str, tuple[int, ...]], c: Mod
 
 
 def _abstract(c: ModelConfig) -> Any:
-    return abstract_params(TransformerLM(c), make_layout({"data": -1, "fsdp": 1, "tensor": 1}))
+    return abstract_params(TransformerLM(c), make_layout(MeshConfig()))
 
 
 def import_hf(hf_dir: str, workdir: str, scan_layers: bool = True) -> ModelConfig:
@@ -192,7 +193,7 @@ def export_hf(workdir: str, out_dir: str, step: int | None = None, overwrite: bo
     """Writes config.json, model.safetensors and the tokenizer of a workdir's checkpoint into `out_dir` (each file
     whole, under a fresh name first); returns the family."""
     _export_folder(out_dir, overwrite)
-    layout = make_layout({"data": 1, "fsdp": 1, "tensor": 1}, jax.devices()[:1])
+    layout = tensor_layout(1)
     step, params, c, tokenizer, _ = read(workdir, step, lambda run: layout)
     name = "gpt2" if gpt2.is_gpt2_style(c) else llama.family_of(c)
     family = FAMILIES[name]
@@ -203,7 +204,7 @@ def export_hf(workdir: str, out_dir: str, step: int | None = None, overwrite: bo
     try:
         with folders.replacing(os.path.join(out_dir, "model.safetensors")) as tmp:
             save_file(family.hf_from_params(params, c), tmp, metadata={"format": "pt"})
-        folders.write_atomic(os.path.join(out_dir, "config.json"), json.dumps(config, indent=2))
+        folders.write_json(os.path.join(out_dir, "config.json"), config, indent=2)
         if isinstance(tokenizer, HFTokenizer):
             tokenizer.save(out_dir)
     except OSError as e:

@@ -12,9 +12,9 @@ from typing import Any
 import jax
 import numpy as np
 
-from lm.config import ModelConfig
 from lm.errors import UserError
 from lm.model import tree
+from lm.model.config import ModelConfig
 
 ARCHITECTURES = {"llama": "LlamaForCausalLM", "qwen2": "Qwen2ForCausalLM", "qwen3": "Qwen3ForCausalLM",
                  "mistral": "MistralForCausalLM"}

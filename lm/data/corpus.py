@@ -20,11 +20,13 @@ from lm import folders
 from lm.data import prepare, shards
 from lm.data.batches import Component
 from lm.data.catalog import CatalogSource
+from lm.data.config import DataConfig
 from lm.data.documents import SPLITS, Settings
 from lm.data.shards import Split
 from lm.data.sources import FileSource, corpus_files
 from lm.errors import UserError, disk_full_is
 from lm.tokenizer import huggingface, sentencepiece
+from lm.tokenizer.config import TokenizerConfig
 from lm.tokenizer.kinds import AnyTokenizer
 
 
@@ -44,7 +46,7 @@ def _key(value: Any) -> str:
     return hashlib.sha256(json.dumps(value, sort_keys=True).encode()).hexdigest()[:16]
 
 
-def _one(path: str, weight: float, d: Any) -> Data:
+def _one(path: str, weight: float, d: DataConfig) -> Data:
     """The corpus at one path."""
     name = path or "tinyshakespeare"
     if path and os.path.isfile(os.path.join(path, prepare.MANIFEST)):
@@ -72,19 +74,19 @@ def mixture(text: str) -> list[tuple[str, float]]:
     return out
 
 
-def resolve(d: Any) -> list[Data]:
+def resolve(d: DataConfig) -> list[Data]:
     """The corpora `config.data` names (several for a mixture)."""
-    if d.get("tfds_name"):
-        source = CatalogSource.open(d["tfds_name"], d.get("tfds_data_dir", ""), d.get("text_key", "text"),
-                                    d.get("tfds_validation_split", ""), d.get("tfds_download", False))
-        return [Data(d["tfds_name"], 1.0, source=source)]
-    if d.get("mixture"):
-        return [_one(path, w, d) for path, w in mixture(d["mixture"])]
-    return [_one(d.get("path", ""), 1.0, d)]
+    if d.tfds_name:
+        source = CatalogSource.open(d.tfds_name, d.tfds_data_dir, d.text_key, d.tfds_validation_split,
+                                    d.tfds_download)
+        return [Data(d.tfds_name, 1.0, source=source)]
+    if d.mixture:
+        return [_one(path, w, d) for path, w in mixture(d.mixture)]
+    return [_one(d.path, 1.0, d)]
 
 
-def cache_root(d: Any) -> str:
-    return os.path.expanduser(d.get("cache_dir") or "~/.cache/lm/data")
+def cache_root(d: DataConfig) -> str:
+    return os.path.expanduser(d.cache_dir or "~/.cache/lm/data")
 
 
 def _load_tokenizer_file(path: str) -> AnyTokenizer:
@@ -96,18 +98,18 @@ def _load_tokenizer_file(path: str) -> AnyTokenizer:
                                               "or a folder with a Hugging Face tokenizer.json")
 
 
-def fresh_tokenizer(d: Any, t: Any) -> AnyTokenizer:
+def fresh_tokenizer(d: DataConfig, t: TokenizerConfig) -> AnyTokenizer:
     """The tokenizer a fresh run on `config.data` takes (config.tokenizer `t`), trained if it has to be."""
     corpora = resolve(d)
-    if t.get("path"):
-        return _load_tokenizer_file(t["path"])
+    if t.path:
+        return _load_tokenizer_file(t.path)
     prepared = [c for c in corpora if c.prepared]
     if prepared:
         return shards.Prepared.open(prepared[0].prepared, None).tokenizer()
     if any(c.token_files for c in corpora):
         raise UserError("token files (.bin) need the tokenizer they were made with: set config.tokenizer.path to its "
                         "SentencePiece .model file or Hugging Face folder (tokenizer.json)")
-    settings = {k: t[k] for k in ("type", "vocab_size", "sample_chars")}
+    settings = {k: getattr(t, k) for k in ("type", "vocab_size", "sample_chars")}
     path = os.path.join(cache_root(d), "tokenizers",
                         _key([settings, [(c.source.identity(), c.weight) for c in corpora]]) + ".model")
     if os.path.exists(path):
@@ -119,9 +121,9 @@ def fresh_tokenizer(d: Any, t: Any) -> AnyTokenizer:
 
     def texts() -> Any:
         for c in corpora:  # each corpus's share of the characters, by weight
-            yield from c.source.train_texts(int(t["sample_chars"] * c.weight / total) if t["sample_chars"] else 0)
+            yield from c.source.train_texts(int(t.sample_chars * c.weight / total) if t.sample_chars else 0)
 
-    tok = sentencepiece.train(texts(), t["type"], t["vocab_size"])
+    tok = sentencepiece.train(texts(), t.type, t.vocab_size)
     with disk_full_is(f"the disk filled up while saving the tokenizer in {os.path.dirname(path)}; free some space "
                       "and rerun the same command"):
         os.makedirs(folders.not_a_link(os.path.dirname(path)), exist_ok=True)
@@ -129,7 +131,7 @@ def fresh_tokenizer(d: Any, t: Any) -> AnyTokenizer:
     return tok
 
 
-def prepared_folder(c: Data, tokenizer: AnyTokenizer, d: Any) -> str:
+def prepared_folder(c: Data, tokenizer: AnyTokenizer, d: DataConfig) -> str:
     """Where corpus `c` is prepared for `tokenizer` under the cache: keyed by what it is read from and how (not
     the files' sizes and times: a changed file is found there and prepared again)."""
     identity = c.source.identity()
@@ -149,7 +151,7 @@ def identity(c: Data) -> str:
                  or [c.token_files]])
 
 
-def check_unchanged(corpora: list[Data], saved: dict[str, str], tokenizer: AnyTokenizer, d: Any) -> None:
+def check_unchanged(corpora: list[Data], saved: dict[str, str], tokenizer: AnyTokenizer, d: DataConfig) -> None:
     """One line if a corpus changed since the run that saved `saved` ({name: identity}) was prepared from it."""
     for c in corpora:
         if c.name in saved and saved[c.name] != identity(c):
@@ -162,25 +164,25 @@ def check_unchanged(corpora: list[Data], saved: dict[str, str], tokenizer: AnyTo
                             "restore it to resume this run, or train a new run (another --workdir) on it")
 
 
-def open_splits(c: Data, tokenizer: AnyTokenizer, d: Any, workers: int = 0) -> dict[str, list[shards.Piece]]:
+def open_splits(c: Data, tokenizer: AnyTokenizer, d: DataConfig, workers: int = 0) -> dict[str, list[shards.Piece]]:
     """{split: pieces} of corpus `c`, prepared first if it has to be."""
     if c.token_files:
-        dtype = d.get("token_dtype", "auto")
+        dtype = d.token_dtype
         if dtype == "auto":
             dtype = prepare.token_dtype(tokenizer.vocab_size).name
         return shards.token_files(c.token_files, dtype, tokenizer.eos_id, tokenizer.vocab_size,
-                                  d.get("validation_fraction", 0.1))
+                                  d.validation_fraction)
     folder = c.prepared
     if not folder:
         folder = folders.not_a_link(prepared_folder(c, tokenizer, d))
         if not os.path.exists(os.path.join(folder, prepare.MANIFEST)) or \
                 prepare.read_json(os.path.join(folder, prepare.MANIFEST))["source"] != c.source.identity():
-            prepare.prepare(c.source, tokenizer, folder, workers or d.get("workers", 0), "the cache folder")
+            prepare.prepare(c.source, tokenizer, folder, workers or d.workers, "the cache folder")
     data = shards.Prepared.open(folder, tokenizer)
     return {split: data.pieces(split) for split in SPLITS}
 
 
-def open_data(d: Any, tokenizer: AnyTokenizer, row_len: int, saved: dict[str, str] | None = None,
+def open_data(d: DataConfig, tokenizer: AnyTokenizer, row_len: int, saved: dict[str, str] | None = None,
               workers: int = 0) -> tuple[list[Any], list[Split], dict[str, str]]:
     """(training components, validation splits, {corpus: identity}) of `config.data` for rows of `row_len`;
     `saved`: the identities a resumed run saved (a corpus changed since is one line)."""
@@ -195,7 +197,7 @@ def open_data(d: Any, tokenizer: AnyTokenizer, row_len: int, saved: dict[str, st
     return components, validation, {c.name: identity(c) for c in corpora}
 
 
-def eval_splits(d: Any, tokenizer: AnyTokenizer, row_len: int, split: str = "validation") -> list[Split]:
+def eval_splits(d: DataConfig, tokenizer: AnyTokenizer, row_len: int, split: str = "validation") -> list[Split]:
     """Every row of `split` of each corpus `config.data` names, in order, for evaluation (prepared first if it
     has to be)."""
     return [Split(open_splits(c, tokenizer, d)[split], row_len, whole=False) for c in resolve(d)]

@@ -15,23 +15,24 @@ from lm.errors import UserError
 SPLITS = ("train", "validation")
 UNIT_BYTES = 16 << 20  # a task's (or a compressed file's part's) bytes of source text
 Document = tuple[str, str]  # (prompt, text); the prompt is '' unless config.data.prompt_key reads one
+DECODE_ERRORS = ("strict", "replace")  # bytes that are not UTF-8: stop, naming file and offset | U+FFFD
 
 
 @dataclasses.dataclass(frozen=True)
 class Settings:
-    """How files become documents: config.data's keys of the same names."""
+    """How files become documents: config.data's keys of the same names (lm/data/config.py)."""
 
-    separator: str = "\n\n"
-    validation_fraction: float = 0.1
-    decode_errors: str = "strict"
-    format: str = "auto"
-    text_key: str = "text"
-    prompt_key: str = ""
+    separator: str
+    validation_fraction: float
+    decode_errors: str
+    format: str
+    text_key: str
+    prompt_key: str
 
     @classmethod
     def of(cls, d: Any) -> "Settings":
-        """The settings of a `config.data` (or a saved run's dict of it)."""
-        return cls(**{f.name: d.get(f.name, f.default) for f in dataclasses.fields(cls)})
+        """The settings of a DataConfig."""
+        return cls(**{f.name: getattr(d, f.name) for f in dataclasses.fields(cls)})
 
 
 @dataclasses.dataclass(frozen=True)

@@ -61,11 +61,6 @@ def token_dtype(vocab_size: int) -> np.dtype:
     return np.dtype(np.uint16 if vocab_size <= 1 << 16 else np.uint32)
 
 
-def _write_json(path: str, value: Any) -> None:
-    """`value` as JSON at `path`, atomically."""
-    folders.write_atomic(path, json.dumps(value, indent=1, sort_keys=True))
-
-
 def read_json(path: str) -> Any:
     """The JSON at `path`; one line if it is damaged."""
     try:
@@ -97,7 +92,7 @@ def _write_shard(out: str, name: str, part: dict[str, list[Document]], tok: AnyT
             record[split]["unknown"] = int(np.count_nonzero(tokens == tok.unk_id))
         record["sha256"][f"{split}.tokens.npy"] = _save(tmp, f"{split}.tokens.npy", tokens)
         record["sha256"][f"{split}.docs.npy"] = _save(tmp, f"{split}.docs.npy", docs)
-    _write_json(os.path.join(tmp, "shard.json"), record)
+    folders.write_json(os.path.join(tmp, "shard.json"), record, indent=1)
     try:
         os.rename(tmp, os.path.join(out, name))
     except OSError:  # written meanwhile by a worker of a killed preparation: the same bytes
@@ -121,7 +116,7 @@ def _run_task(item: tuple[int, Task]) -> tuple[int, list[dict[str, Any]], int]:
         done = os.path.join(w["out"], name, "shard.json")
         records.append(read_json(done) if os.path.exists(done) else
                        _write_shard(w["out"], name, part, w["tok"], w["dtype"]))
-    _write_json(os.path.join(w["out"], "tasks", f"{index:05d}.json"), records)
+    folders.write_json(os.path.join(w["out"], "tasks", f"{index:05d}.json"), records, indent=1)
     return index, records, w["source"].task_bytes(task)
 
 
@@ -178,10 +173,10 @@ def _prepare(source: Any, tokenizer: AnyTokenizer, out: str, workers: int, flag:
                   file=sys.stderr, flush=True)
             folders.remove_own(out, lambda name: _is_own(name) and name != ".lock")
         os.makedirs(folders.not_a_link(os.path.join(out, "tasks")), exist_ok=True)
-        _write_json(started, {"source": identity, "tokenizer": sha})
-        _write_json(os.path.join(out, "tokenizer.json"), tokenizer.to_json())
+        folders.write_json(started, {"source": identity, "tokenizer": sha}, indent=1)
+        folders.write_json(os.path.join(out, "tokenizer.json"), tokenizer.to_json(), indent=1)
         manifest = _prepare_tasks(source, tokenizer, out, workers, sha, identity, checksums)
-        _write_json(os.path.join(out, MANIFEST), manifest)
+        folders.write_json(os.path.join(out, MANIFEST), manifest, indent=1)
         return manifest
 
 

@@ -1,10 +1,6 @@
-"""`python -m lm.evaluate --workdir DIR`: loss, perplexity and bits per byte of a checkpoint on a split."""
+"""`python -m lm.evaluate`: see options.py, or run it with --help."""
 
-from lm.cli import process
+from lm.cli import runner
+from lm.evaluate import options
 
-process.start()
-
-from lm.cli import runner  # noqa: E402  (JAX is imported from here on, in the process set up above)
-from lm.evaluate import command  # noqa: E402
-
-runner.run(command.main)
+runner.run(options, "lm.evaluate.command")

@@ -1,54 +1,37 @@
-"""`python -m lm.evaluate --workdir DIR [--step N] [--split validation|train] [--data_path P] [--cache_dir D]`:
-one JSON line of the checkpoint's loss, perplexity and bits per byte (which data it scores goes to stderr).
-`--tasks FILES` scores downstream tasks instead (tasks.py: minimal pairs, multiple choice, cloze), each file read
-a part at a time with progress on stderr: one JSON line of each task's metrics and the mean accuracy.
-`--harness TASKS` runs lm-evaluation-harness tasks (harness.py): one JSON line of the harness's results."""
+"""The work of `python -m lm.evaluate` (its usage and flags: options.py)."""
 
 import contextlib
+import dataclasses
 import functools
 import json
 import sys
 from collections.abc import Sequence
-from typing import Any
 
 import jax
 import numpy as np
 from absl import flags
 
-from lm import config as config_lib
 from lm.backends import select
 from lm.checkpoint.reader import read, require_tokenizer
+from lm.config import RunConfig
 from lm.data import batches, corpus
-from lm.data.documents import SPLITS
+from lm.data.config import DataConfig
 from lm.errors import UserError
 from lm.evaluate import tasks as tasks_lib
 from lm.evaluate.loglikelihood import make_token_scores, score_encoded
 from lm.evaluate.scoring import evaluate, make_eval_step
 from lm.parallel.mesh import run_layout
 
-flags.DEFINE_string("workdir", None, "Run directory holding checkpoints.", required=True)
-flags.DEFINE_integer("step", None, "Checkpoint step (default: the latest).")
-flags.DEFINE_enum("split", "validation", SPLITS, "Split to evaluate.")
-flags.DEFINE_string("data_path", "", "Text to evaluate on, as config.data.path takes it (default: the run's data).")
-flags.DEFINE_enum("decode_errors", None, ["strict", "replace"], "Bytes of --data_path that are not UTF-8: strict "
-                  "(stop, naming the file and byte) or replace (read as U+FFFD); default: the run's setting.")
-flags.DEFINE_string("cache_dir", "", "Folder for the prepared data (default: ~/.cache/lm/data).")
-flags.DEFINE_string("tasks", "", "Downstream tasks to score: comma-separated JSONL files, folders of them or globs.")
-flags.DEFINE_integer("batch_size", 0, "Rows per scoring batch (default: the run's training batch size).")
-flags.DEFINE_string("harness", "", "lm-evaluation-harness tasks to run, comma-separated (pip install -e '.[eval]').")
-flags.DEFINE_string("harness_include", "", "A folder of harness task YAML files (local tasks) to add to its own.")
-flags.DEFINE_integer("limit", None, "With --harness: at most this many examples per task.")
 
-
-def _data_settings(saved: dict[str, Any], data_path: str, cache_dir: str, decode_errors: str | None) -> dict[str, Any]:
+def _data_settings(saved: DataConfig, data_path: str, cache_dir: str, decode_errors: str | None) -> DataConfig:
     """The run's data settings with the reader's own cache folder (never one a workdir names: it would choose
     where this command writes) and no downloads; `data_path` and `decode_errors` (if given) in place of the
     run's."""
-    d = dict(saved, cache_dir=cache_dir, tfds_download=False)
+    d = dataclasses.replace(saved, cache_dir=cache_dir, tfds_download=False)
     if data_path:
-        d.update(path=data_path, tfds_name="", mixture="")
+        d = dataclasses.replace(d, path=data_path, tfds_name="", mixture="")
     if decode_errors:
-        d.update(decode_errors=decode_errors)
+        d = dataclasses.replace(d, decode_errors=decode_errors)
     return d
 
 
@@ -66,7 +49,8 @@ def main(argv: Sequence[str]) -> None:
     tokenizer = require_tokenizer(tokenizer, f.workdir)
     layout = run_layout(run)
     model = select.model(model_config)
-    batch_size = f.batch_size or run.get("train", {}).get("batch_size", 8)  # imported weights: 8
+    saved = RunConfig.from_dict(run) if "train" in run else None  # None: imported weights
+    batch_size = f.batch_size or (saved.train.batch_size if saved else 8)
     if f.tasks:
         files = tasks_lib.task_files(f.tasks)
         print(f"scoring {len(files)} task(s): {', '.join(map(tasks_lib.task_name, files))}", file=sys.stderr,
@@ -82,18 +66,16 @@ def main(argv: Sequence[str]) -> None:
         mean_acc = float(np.mean([m["acc"] for m in results.values()]))
         print(json.dumps({"step": step, "tasks": results, "mean_acc": mean_acc}))
         return
-    if "data" not in run and not f.data_path:
+    if saved is None and not f.data_path:
         raise UserError(f"{f.workdir} holds imported weights and no data of its own; give --data_path (text to "
                         "score) or --tasks")
-    d = _data_settings(run.get("data", config_lib.defaults().data.to_dict()), f.data_path, f.cache_dir,
-                       f.decode_errors)
-    what = (f"TFDS dataset {d['tfds_name']}" if d.get("tfds_name")
-            else d.get("mixture") or d["path"] or "the bundled corpus")
+    d = _data_settings(saved.data if saved else DataConfig(), f.data_path, f.cache_dir, f.decode_errors)
+    what = f"TFDS dataset {d.tfds_name}" if d.tfds_name else d.mixture or d.path or "the bundled corpus"
     whose = "the given --data_path" if f.data_path else "the run's data; --data_path chooses other data"
     print(f"evaluating the {f.split} split of {what} ({whose})", file=sys.stderr, flush=True)
     with contextlib.redirect_stdout(sys.stderr):  # stdout holds the result alone
         splits = corpus.eval_splits(d, tokenizer, model_config.max_len + 1, f.split)
-    eval_step = make_eval_step(model, tokenizer.token_bytes(len(d["separator"].encode())), layout)
+    eval_step = make_eval_step(model, tokenizer.token_bytes(len(d.separator.encode())), layout)
     rows = batches.eval_batches(splits, batch_size, jax.process_index(), jax.process_count())
     result = {"step": step, "split": f.split, **evaluate(eval_step, params, rows, layout)}
     print(json.dumps(result))

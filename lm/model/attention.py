@@ -16,7 +16,7 @@ import jax
 import jax.numpy as jnp
 
 from lm import axes
-from lm.config import ModelConfig
+from lm.model.config import ModelConfig
 from lm.model.layers import Projection, norm, rope, rope_frequencies
 from lm.model.ops import Ops
 

@@ -17,19 +17,14 @@ import jax
 import jax.numpy as jnp
 
 from lm import axes
-from lm.config import ModelConfig
 from lm.model import tree
 from lm.model.attention import SelfAttention
+from lm.model.config import REMATS, ModelConfig
 from lm.model.layers import Projection, norm
 from lm.model.ops import Ops
 
 Cache = dict[str, Any]  # {'index': [], 'segment_ids': [B, S], 'k' and 'v': [L, B, K, S, H] or L x [B, K, S, H]}
 
-REMAT_POLICIES = {
-    "full": jax.checkpoint_policies.nothing_saveable,
-    "dots": jax.checkpoint_policies.checkpoint_dots,
-    "dots_no_batch": jax.checkpoint_policies.checkpoint_dots_with_no_batch_dims,
-}
 
 
 class Mlp(nn.Module):
@@ -109,7 +104,8 @@ class TransformerLM(nn.Module):
             layer_caches = {"k": cache["k"], "v": cache["v"]}  # [L, B, K, S, H], or L x [B, K, S, H] unrolled
         block = Block
         if c.remat != "none":
-            block = nn.remat(Block, policy=REMAT_POLICIES[c.remat], prevent_cse=not c.scan_layers)
+            policy = getattr(jax.checkpoint_policies, REMATS[c.remat])
+            block = nn.remat(Block, policy=policy, prevent_cse=not c.scan_layers)
         if c.scan_layers:
             blocks = nn.scan(
                 block, variable_axes={"params": 0}, split_rngs={"params": True}, length=c.num_layers,

@@ -17,8 +17,10 @@ import jax
 import numpy as np
 from jax.sharding import NamedSharding, PartitionSpec
 
-from lm.axes import BATCH, DEFAULT_RULES, LENGTH, MESH_AXES, Rules
+from lm import section
+from lm.axes import BATCH, LENGTH, MESH_AXES, Rules
 from lm.errors import UserError
+from lm.parallel.config import MeshConfig
 
 
 def as_rules(rules: Sequence[Sequence[Any]]) -> Rules:
@@ -32,21 +34,17 @@ def as_rules(rules: Sequence[Sequence[Any]]) -> Rules:
         raise UserError(f"config.mesh.rules must be pairs (logical name, mesh axis or axes or None): {e}") from e
 
 
-def mesh_shape(sizes: dict[str, int], num_devices: int) -> tuple[int, ...]:
-    """Mesh axis sizes in MESH_AXES order; one size may be -1, meaning the rest of the devices."""
-    shape = [int(sizes[a]) for a in MESH_AXES]
-    named = lambda: ", ".join(f"{a}={s}" for a, s in zip(MESH_AXES, shape, strict=True))  # noqa: E731
-    free = [i for i, s in enumerate(shape) if s == -1]
-    if len(free) > 1 or any(s == 0 or s < -1 for s in shape):
-        raise UserError(f"config.mesh sizes ({named()}) must be positive, with at most one -1")
+def mesh_shape(sizes: MeshConfig, num_devices: int) -> tuple[int, ...]:
+    """Mesh axis sizes in MESH_AXES order, a -1 replaced by the rest of the devices."""
+    shape = [getattr(sizes, a) for a in MESH_AXES]
     fixed = int(np.prod([s for s in shape if s != -1]))
-    if free:
+    if -1 in shape:
         if num_devices % fixed:
-            raise UserError(f"config.mesh ({named()}) does not divide the {num_devices} devices")
-        shape[free[0]] = num_devices // fixed
+            raise UserError(f"config.mesh ({sizes.describe()}) does not divide the {num_devices} devices")
+        shape[shape.index(-1)] = num_devices // fixed
     if int(np.prod(shape)) != num_devices:
-        raise UserError(f"config.mesh ({named()}) needs {int(np.prod(shape))} devices but {num_devices} are present; "
-                        "make the product of the sizes equal the device count (or set one size to -1)")
+        raise UserError(f"config.mesh ({sizes.describe()}) needs {int(np.prod(shape))} devices but {num_devices} are "
+                        "present; make the product of the sizes equal the device count (or set one size to -1)")
     return tuple(shape)
 
 
@@ -86,7 +84,9 @@ class Layout:
     def describe(self) -> str:
         sizes = ", ".join(f"{a}={n}" for a, n in self.mesh.shape.items())
         rules = ", ".join(f"{name}->{axes}" for name, axes in self.rules if axes is not None)
-        return f"mesh ({sizes}) over {self.mesh.size} devices in {jax.process_count()} process(es); rules: {rules}"
+        n = self.mesh.size
+        return (f"mesh ({sizes}) over {n} device{'s' * (n != 1)} in {jax.process_count()} process(es); "
+                f"rules: {rules}")
 
     def check_divisible(self, boxed: Any, names: dict[str, str] | None = None) -> None:
         """Stops with one line when a parameter dimension does not divide over the mesh axes the rules give it."""
@@ -107,20 +107,20 @@ class Layout:
             raise UserError("; ".join(sorted(set(problems))) + "; change the model or the mesh (config.mesh)")
 
 
-def make_layout(sizes: dict[str, Any], devices: Sequence[jax.Device] | None = None) -> Layout:
+def make_layout(sizes: MeshConfig, devices: Sequence[jax.Device] | None = None) -> Layout:
     """The layout of `config.mesh` (axis sizes and rules) over all devices, or over `devices`."""
     devices = list(devices if devices is not None else jax.devices())
     shape = mesh_shape(sizes, len(devices))
     auto = (jax.sharding.AxisType.Auto,) * len(MESH_AXES)
     mesh = jax.make_mesh(shape, MESH_AXES, axis_types=auto, devices=devices)
-    return Layout(mesh, as_rules(sizes.get("rules", DEFAULT_RULES)))
+    return Layout(mesh, as_rules(sizes.rules))
 
 
 def run_layout(run: dict[str, Any]) -> Layout:
     """The layout of a saved run config's `mesh`; one device for a workdir without one (imported weights)."""
     if "mesh" in run:
-        return make_layout(run["mesh"])
-    return make_layout({"data": 1, "fsdp": 1, "tensor": 1}, jax.devices()[:1])
+        return make_layout(section.from_dict(MeshConfig, run["mesh"]))
+    return tensor_layout(1)
 
 
 def tensor_layout(tensor: int, flag: str = "--tensor") -> Layout:
@@ -130,7 +130,7 @@ def tensor_layout(tensor: int, flag: str = "--tensor") -> Layout:
         raise UserError(f"{flag} must be >= 1 (devices to split the model over), got {tensor}")
     if tensor > jax.device_count():
         raise UserError(f"{flag} {tensor} needs that many devices; this host has {jax.device_count()}")
-    return make_layout({"data": 1, "fsdp": 1, "tensor": tensor}, jax.devices()[:tensor])
+    return make_layout(MeshConfig(data=1, tensor=tensor), jax.devices()[:tensor])
 
 
 def bytes_per_device(tree: Any) -> dict[jax.Device, int]:

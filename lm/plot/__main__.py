@@ -1,10 +1,6 @@
-"""`python -m lm.plot WORKDIR...`: the loss curves of runs in one PNG."""
+"""`python -m lm.plot`: see options.py, or run it with --help."""
 
-from lm.cli import process
+from lm.cli import runner
+from lm.plot import options
 
-process.start(huge_page_memory=False)
-
-from lm.cli import runner  # noqa: E402  (imported after the process is set up, as in every command)
-from lm.plot import command  # noqa: E402
-
-runner.run(command.main)
+runner.run(options, "lm.plot.command", huge_page_memory=False, uses_jax=False)

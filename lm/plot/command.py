@@ -1,5 +1,4 @@
-"""`python -m lm.plot WORKDIR... [--x steps|tokens|flops] [--out loss.png]`: the loss curves of runs in one PNG
-(figure.py)."""
+"""The work of `python -m lm.plot` (its usage and flags: options.py)."""
 
 from collections.abc import Sequence
 
@@ -7,9 +6,6 @@ from absl import flags
 
 from lm.errors import UserError
 from lm.plot import figure
-
-flags.DEFINE_enum("x", "steps", list(figure.AXES), "The horizontal axis: steps, training tokens or training FLOPs.")
-flags.DEFINE_string("out", "loss.png", "The PNG to write.")
 
 
 def main(argv: Sequence[str]) -> None:

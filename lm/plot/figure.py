@@ -14,6 +14,7 @@ import numpy as np
 
 from lm import folders
 from lm.errors import UserError
+from lm.run_files import METRICS
 
 AXES = {"steps": ("step", "step"), "tokens": ("train_tokens", "training tokens"),
         "flops": ("train_flops", "training FLOPs")}
@@ -21,7 +22,7 @@ AXES = {"steps": ("step", "step"), "tokens": ("train_tokens", "training tokens")
 
 def read_metrics(workdir: str) -> list[dict]:
     """The records of `workdir`'s metrics.jsonl; a UserError if it has none."""
-    path = os.path.join(workdir, "metrics.jsonl")
+    path = os.path.join(workdir, METRICS)
     if not os.path.isfile(path):
         raise UserError(f"{workdir} has no metrics.jsonl; pass the workdir of a run (its --workdir)")
     with open(path) as f:

@@ -1,10 +1,6 @@
-"""`python -m lm.prepare --config configs/NAME.py [--config.KEY=VALUE ...] [--out DIR]`: prepares the corpus."""
+"""`python -m lm.prepare`: see options.py, or run it with --help."""
 
-from lm.cli import process
+from lm.cli import runner
+from lm.prepare import options
 
-process.start(huge_page_memory=False)
-
-from lm.cli import runner  # noqa: E402  (imported after the process is set up, as in every command)
-from lm.prepare import command  # noqa: E402
-
-runner.run(command.main)
+runner.run(options, "lm.prepare.command", huge_page_memory=False)

@@ -1,22 +1,12 @@
-"""`python -m lm.prepare --config configs/NAME.py [--config.KEY=VALUE ...] [--out DIR] [--workers N]`: the
-corpus of `config.data`, tokenized with the tokenizer a fresh run of the config would take, into token shards:
-where `lm.train` looks for them (its cache folder), or in `--out` (then train on it with
-`--config.data.path=DIR`). Training prepares on first use as well; this command does it ahead, on a machine of
-its own if need be, with a progress line. A folder prepared before is checked, every shard's bytes against
-its checksum, and a damaged shard is prepared again."""
+"""The work of `python -m lm.prepare` (its usage and flags: options.py)."""
 
 from collections.abc import Sequence
 
 from absl import flags
-from ml_collections import config_flags
 
 from lm import config as config_lib
 from lm.data import corpus, prepare
 from lm.errors import UserError
-
-config_flags.DEFINE_config_file("config", None, "Run config file, e.g. configs/shakespeare_char.py.")
-flags.DEFINE_string("out", "", "Folder to prepare into (default: the cache folder lm.train reads).")
-flags.DEFINE_integer("workers", 0, "Processes that tokenize (default: config.data.workers; 0: one per core).")
 
 
 def main(argv: Sequence[str]) -> None:
@@ -24,9 +14,9 @@ def main(argv: Sequence[str]) -> None:
     f = flags.FLAGS
     if f.config is None:
         raise UserError("usage: python -m lm.prepare --config configs/NAME.py [--out DIR]")
-    config_lib.validate(f.config)
-    d = f.config.data
-    tokenizer = corpus.fresh_tokenizer(d, f.config.tokenizer)
+    run = config_lib.build(f.config)
+    d = run.data
+    tokenizer = corpus.fresh_tokenizer(d, run.tokenizer)
     corpora = corpus.resolve(d)
     if f.out and len(corpora) > 1:
         raise UserError("--out takes one corpus; prepare a mixture's corpora one by one, or into the cache")

@@ -1,10 +1,6 @@
-"""`python -m lm.sample --workdir DIR --prompt "ROMEO:"`: text from a checkpoint, with a KV cache."""
+"""`python -m lm.sample`: see options.py, or run it with --help."""
 
-from lm.cli import process
+from lm.cli import runner
+from lm.sample import options
 
-process.start()
-
-from lm.cli import runner  # noqa: E402  (JAX is imported from here on, in the process set up above)
-from lm.sample import command  # noqa: E402
-
-runner.run(command.main)
+runner.run(options, "lm.sample.command")

@@ -1,6 +1,4 @@
-"""`python -m lm.sample --workdir DIR --prompt "ROMEO:" [...]`: samples from a checkpoint. The model is rebuilt
-from the workdir alone (config and tokenizer travel in the checkpoint) and only its parameters are restored,
-onto a mesh of `--tensor` devices, in the weight format `--quantize` names."""
+"""The work of `python -m lm.sample` (its usage and flags: options.py)."""
 
 import json
 import os
@@ -14,23 +12,6 @@ from lm.errors import UserError
 from lm.parallel.mesh import tensor_layout
 from lm.sample import weights
 from lm.sample.generate import generate
-
-flags.DEFINE_string("workdir", None, "Run directory holding checkpoints.", required=True)
-flags.DEFINE_integer("step", None, "Checkpoint step (default: the latest).")
-flags.DEFINE_multi_string("prompt", None, "Text to continue (repeat the flag for several prompts).")
-flags.DEFINE_string("prompt_file", "", "Prompts, one per line: plain text or JSON objects with a 'prompt'.")
-flags.DEFINE_integer("max_new_tokens", 200, "Tokens to generate per sample.")
-flags.DEFINE_float("temperature", 0.8, "Softmax temperature; 0 is greedy.")
-flags.DEFINE_integer("top_k", 50, "Sample among the k most likely tokens; 0 turns it off.")
-flags.DEFINE_float("top_p", 1.0, "Sample among the most likely tokens whose mass reaches p; 1 turns it off.")
-flags.DEFINE_integer("num_samples", 1, "Samples per prompt.")
-flags.DEFINE_multi_string("stop", None, "Stop a sample at this text (repeatable); the end-of-text id always stops.")
-flags.DEFINE_enum("format", "text", ["text", "jsonl"], "Output: text, or one JSON object per sample.")
-flags.DEFINE_integer("seed", 0, "Random seed; the same seed gives the same samples.")
-flags.DEFINE_enum("quantize", "none", list(weights.FORMATS),
-                  "Weights for sampling: as saved, bfloat16, int8 (weight-only, a scale per output channel), "
-                  "or int8_dynamic (int8 weights and per-token int8 activations: faster on a CPU).")
-flags.DEFINE_integer("tensor", 1, "Devices to split the model over (tensor parallel: heads, MLP, vocabulary).")
 
 
 def _text(value: str, where: str) -> str:
@@ -77,7 +58,7 @@ def main(argv: Sequence[str]) -> None:
     del argv
     f = flags.FLAGS
     if f.tensor >= 1:
-        cpu_devices.split_cpu({"cpu_devices": f.tensor}, 1)  # on a CPU host: one JAX device per model slice
+        cpu_devices.split_cpu(f.tensor)  # on a CPU host: one JAX device per model slice
     layout = tensor_layout(f.tensor)
     prompts = _read_prompts(f.prompt or [], f.prompt_file)
     stop = [_text(s, "--stop") for s in f.stop or []]

@@ -17,8 +17,8 @@ import jax.numpy as jnp
 import numpy as np
 
 from lm.backends import select
-from lm.config import ModelConfig
 from lm.errors import UserError
+from lm.model.config import ModelConfig
 from lm.model.transformer import Cache, TransformerLM, init_cache
 from lm.sample import weights
 from lm.tokenizer.kinds import AnyTokenizer

@@ -22,8 +22,7 @@ import jax.numpy as jnp
 
 from lm.model import tree
 from lm.model.ops import Ops
-
-FORMATS = ("none", "bfloat16", "int8", "int8_dynamic")  # none: as saved (float32 unless param_dtype says otherwise)
+from lm.sample.formats import WEIGHT_FORMATS
 
 
 @flax.struct.dataclass
@@ -58,13 +57,13 @@ def _to_int8(x: jax.Array, axes: tuple[int, ...]) -> tuple[jax.Array, jax.Array]
 
 
 def convert(params: Any, fmt: str) -> Any:
-    """The parameters in weight format `fmt` (one of FORMATS)."""
+    """The parameters in weight format `fmt` (one of WEIGHT_FORMATS)."""
     if fmt == "none":
         return params
     if fmt == "bfloat16":
         return jax.tree.map(lambda x: x.astype(jnp.bfloat16), params)
     if fmt not in ("int8", "int8_dynamic"):
-        raise ValueError(f"unknown weight format {fmt!r}; use one of {FORMATS}")
+        raise ValueError(f"unknown weight format {fmt!r}; use one of {WEIGHT_FORMATS}")
 
     def one(path: tuple[Any, ...], x: jax.Array) -> Any:
         axes = _input_axes(path, x)

@@ -1,10 +1,6 @@
-"""`python -m lm.sweep experiments/NAME.py`: the runs of an experiment, then their table and plot."""
+"""`python -m lm.sweep`: see options.py, or run it with --help."""
 
-from lm.cli import process
+from lm.cli import runner
+from lm.sweep import options
 
-process.start(huge_page_memory=False)
-
-from lm.cli import runner  # noqa: E402  (imported after the process is set up, as in every command)
-from lm.sweep import command  # noqa: E402
-
-runner.run(command.main)
+runner.run(options, "lm.sweep.command", huge_page_memory=False, uses_jax=False)

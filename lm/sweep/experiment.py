@@ -38,8 +38,8 @@ from typing import Any, NamedTuple
 from lm import folders
 from lm.errors import Stopped, UserError
 from lm.plot import figure
+from lm.run_files import SUMMARY
 from lm.sweep import seeds, slurm
-from lm.train.loop import SUMMARY
 
 COLUMNS = ("run", "parameters", "tokens", "flops", "train_loss", "val_loss", "val_bits_per_byte", "wall_s",
            "tokens_per_sec")
@@ -118,7 +118,8 @@ def result_row(name: str, workdir: str) -> dict[str, Any]:
             "flops": train[-1]["train_flops"], "train_loss": train[-1]["loss"],
             "val_loss": val[-1]["val_loss"] if val else float("nan"),
             "val_bits_per_byte": val[-1]["val_bits_per_byte"] if val else float("nan"), "wall_s": wall + previous,
-            "tokens_per_sec": statistics.median(r["tokens_per_sec"] for r in train)}
+            "tokens_per_sec": statistics.median([r["tokens_per_sec"] for r in train if "tokens_per_sec" in r]
+                                                or [float("nan")])}
 
 
 def write_tables(rows: list[dict[str, Any]], out_dir: str, more: Sequence[str] = ()) -> None:

@@ -7,8 +7,6 @@ import math
 import statistics
 from typing import Any
 
-from scipy import stats
-
 from lm.errors import UserError
 
 
@@ -20,6 +18,8 @@ def arm_rows(values: dict[str, list[float]], baseline: str | None) -> list[dict[
     for arm, xs in values.items():
         p = float("nan")
         if baseline is not None and arm != baseline and len(xs) > 1 and len(values[baseline]) > 1:
+            from scipy import stats  # here: it takes a second and more to import, and few sweeps compare seeds
+
             p = float(stats.ttest_ind(xs, values[baseline], equal_var=False).pvalue)
         out.append({"arm": arm, "seeds": len(xs), "val_loss_mean": statistics.fmean(xs),
                     "val_loss_std": statistics.stdev(xs) if len(xs) > 1 else float("nan"), "p_vs_baseline": p})

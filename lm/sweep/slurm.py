@@ -106,7 +106,7 @@ def submit_array(out_dir: str, runs: list[tuple[str, list[str]]], res: dict[str,
     jobs = recorded(out_dir)
     for i, (run, _) in enumerate(runs):
         jobs[run] = {"task": f"{job}_{i}", "log": os.path.join(folder, f"{job}_{i}.log")}
-    folders.write_atomic(os.path.join(folder, JOBS), json.dumps(jobs, indent=1))  # whole, for whoever reads it
+    folders.write_json(os.path.join(folder, JOBS), jobs, indent=1)  # whole, for whoever reads it
     return job
 
 

@@ -1,10 +1,6 @@
-"""`python -m lm.train --config configs/NAME.py --workdir DIR`: train, evaluate and checkpoint; rerun to resume."""
+"""`python -m lm.train`: see options.py, or run it with --help."""
 
-from lm.cli import process
+from lm.cli import runner
+from lm.train import options
 
-process.start()
-
-from lm.cli import runner  # noqa: E402  (JAX is imported from here on, in the process set up above)
-from lm.train import command  # noqa: E402
-
-runner.run(command.main)
+runner.run(options, "lm.train.command")

@@ -2,9 +2,9 @@
 split, and checkpoints (never one after a step that was not finite)."""
 
 import jax
-import ml_collections
 
 from lm import optim
+from lm.config import RunConfig
 from lm.data import batches as batches_lib
 from lm.evaluate import tasks as tasks_lib
 from lm.evaluate.loglikelihood import make_token_scores
@@ -21,14 +21,14 @@ class Evaluations:
     Each is logged in the record of its step, written before that step's checkpoint: a resumed run neither loses
     nor repeats one."""
 
-    def __init__(self, cfg: ml_collections.ConfigDict, start: Start, layout: Layout, log: MetricsLog):
-        self.every, self.last_step, self.limit = cfg.train.eval_every, cfg.train.steps, cfg.train.eval_batches
-        self.cfg, self.start, self.layout, self.log = cfg, start, layout, log
-        separator_bytes = len(cfg.data.separator.encode())
+    def __init__(self, run: RunConfig, start: Start, layout: Layout, log: MetricsLog):
+        self.every, self.last_step, self.limit = run.train.eval_every, run.train.steps, run.train.eval_batches
+        self.batch_size, self.start, self.layout, self.log = run.train.batch_size, start, layout, log
+        separator_bytes = len(run.data.separator.encode())
         self.step_fn = make_eval_step(start.model, start.tokenizer.token_bytes(separator_bytes), layout)
-        self.evaluated = optim.evaluation(cfg.optim)
-        self.tasks = tasks_lib.read_tasks(cfg.eval.tasks, cfg.eval.examples) if cfg.eval.tasks else []
-        self.tasks_every = cfg.eval.every or self.every
+        self.evaluated = optim.evaluation(run.optim)
+        self.tasks = tasks_lib.read_tasks(run.eval.tasks, run.eval.examples) if run.eval.tasks else []
+        self.tasks_every = run.eval.every or self.every
         self.token_scores = make_token_scores(start.model, layout) if self.tasks else None
         self.encoded = tasks_lib.encode_tasks(start.tokenizer, self.tasks, start.model.config.max_len)
 
@@ -42,13 +42,13 @@ class Evaluations:
         """Evaluates the state's parameters to evaluate (lm.optim.eval_params), logs the result (recorded
         unless not `record`) and returns it."""
         params = self.evaluated(state)
-        rows = batches_lib.eval_batches(self.start.validation, self.cfg.train.batch_size, jax.process_index(),
+        rows = batches_lib.eval_batches(self.start.validation, self.batch_size, jax.process_index(),
                                         jax.process_count(), max_batches=self.limit)  # read as evaluated
         result = evaluate(self.step_fn, params, rows, self.layout)
         tasks = None
         if self._tasks_due(step):
             tasks = tasks_lib.score_tasks(self.token_scores, params, self.tasks, self.encoded,
-                                          self.start.model.config.max_len, self.cfg.train.batch_size, self.layout)
+                                          self.start.model.config.max_len, self.batch_size, self.layout)
         self.log.evaluation(step, result, record, tasks)
         return {**result, **tasks_lib.flat(tasks)} if tasks else result
 
@@ -57,9 +57,9 @@ class Checkpoints:
     """Saves every `config.checkpoint.every` steps and at the end, after the step's finiteness is known; `close`
     waits for the last save to commit."""
 
-    def __init__(self, cfg: ml_collections.ConfigDict, start: Start):
-        self.ckpt, self.last_step, self.start = start.checkpointer, cfg.train.steps, start
-        self.evaluated = optim.evaluation(cfg.optim) if optim.evaluated_apart(cfg.optim) else None
+    def __init__(self, run: RunConfig, start: Start):
+        self.ckpt, self.last_step, self.start = start.checkpointer, run.train.steps, start
+        self.evaluated = optim.evaluation(run.optim) if optim.evaluated_apart(run.optim) else None
         self.saved = start.step
 
     def due(self, step: int) -> bool:

@@ -7,6 +7,7 @@ import json
 import os
 import sys
 import time
+from collections.abc import Iterator
 from typing import Any
 
 import jax
@@ -16,14 +17,18 @@ from tensorboardX.proto import event_pb2, summary_pb2
 from lm import folders
 from lm.errors import DiskFull, UserError, disk_full_is
 from lm.evaluate.tasks import flat
-
-METRICS = "metrics.jsonl"
+from lm.run_files import EVENTS, METRICS
 
 
 def duration(seconds: float) -> str:
     """3h05m, 4m07s or 12s."""
     s = round(seconds)
     return f"{s // 3600}h{s % 3600 // 60:02d}m" if s >= 3600 else f"{s // 60}m{s % 60:02d}s" if s >= 60 else f"{s}s"
+
+
+def count(n: int) -> str:
+    """27,712 or 124.4M or 1.24B: a number of parameters, never rounded to 0."""
+    return f"{n / 1e9:.2f}B" if n >= 1e9 else f"{n / 1e6:.1f}M" if n >= 1e6 else f"{n:,}"
 
 
 def _disk_full_is_one_line(workdir: str) -> contextlib.AbstractContextManager:
@@ -57,7 +62,9 @@ def _kept_records(path: str, resume_step: int) -> list[str]:
 
 class MetricsLog:
     """Console lines and records of one run, from `resume_step` on; `due(step)` says when a step is logged. Every
-    record carries the training tokens and model FLOPs so far; MFU divides model FLOP/s by `peak_flops`."""
+    record carries the training tokens and model FLOPs so far. Tokens/s and MFU (model FLOP/s over `peak_flops`)
+    time the train steps alone: from the end of a start's first step (its compilation is said apart), and without
+    the evaluations and checkpoints in between (`paused`)."""
 
     def __init__(self, workdir: str, resume_step: int, every: int, last_step: int, tokens_per_step: int,
                  flops_per_token: float, peak_flops: float):
@@ -66,7 +73,7 @@ class MetricsLog:
         self.active = jax.process_index() == 0
         self.path = os.path.join(workdir, METRICS)
         self.start = self.last_time = time.time()
-        self.last_logged = resume_step
+        self.last_logged, self.excluded, self.first_s = resume_step, 0.0, 0.0
         if not self.active:
             return
         with _disk_full_is_one_line(workdir):
@@ -76,7 +83,7 @@ class MetricsLog:
             if os.path.exists(self.path):  # rewritten whole: a kill during the rewrite loses no records
                 folders.write_atomic(self.path, "".join(_kept_records(self.path, resume_step)))
             suffix = f".{os.getpid()}.{time.time_ns()}"  # a new file each start, never one an earlier start wrote
-            self.events = EventsWriter(os.path.join(workdir, "events"), suffix)
+            self.events = EventsWriter(os.path.join(workdir, EVENTS), suffix)
             if resume_step:  # TensorBoard hides what an interrupted run wrote past the resumed step
                 start = event_pb2.SessionLog(status=event_pb2.SessionLog.START)
                 self.events.write_event(event_pb2.Event(wall_time=time.time(), step=resume_step + 1, session_log=start))
@@ -106,19 +113,37 @@ class MetricsLog:
         tokens = step * self.tokens_per_step
         return {"train_tokens": tokens, "train_flops": tokens * self.flops_per_token}
 
-    def step(self, step: int, metrics: dict[str, float], skipped: int) -> None:
-        """The record and line of a training step: its metrics, tokens/s and MFU since the last one logged."""
+    def first_step(self, step: int) -> None:
+        """The start's first step (`step`) has run, its compilation with it: tokens/s are timed from now."""
         now = time.time()
-        step_s = (now - self.last_time) / (step - self.last_logged)
-        self.last_time, self.last_logged = now, step
-        tps = self.tokens_per_step / step_s
-        mfu = self.flops_per_token * tps / self.peak_flops
+        self.first_s, self.last_time, self.last_logged, self.excluded = now - self.last_time, now, step, 0.0
+
+    @contextlib.contextmanager
+    def paused(self) -> Iterator[None]:
+        """Time in the block (an evaluation, a checkpoint) is not train steps' time."""
+        begun = time.time()
+        try:
+            yield
+        finally:
+            self.excluded += time.time() - begun
+
+    def step(self, step: int, metrics: dict[str, float], skipped: int) -> None:
+        """The record and line of a training step: its metrics, and tokens/s and MFU of the steps since the last
+        one logged (none for a start's first step alone: its time is mostly compilation)."""
+        now = time.time()
+        record = {"step": step, **self.amount(step), **metrics, "skipped": skipped, "wall_time": now - self.start}
+        if step > self.last_logged:
+            step_s = (now - self.last_time - self.excluded) / (step - self.last_logged)
+            tps = self.tokens_per_step / step_s
+            record.update(tokens_per_sec=tps, mfu=self.flops_per_token * tps / self.peak_flops)
+            speed = f"{tps:,.0f} tok/s | MFU {record['mfu']:.1%}"
+            eta = f" | eta {duration(step_s * (self.last_step - step))}"
+        else:
+            speed, eta = f"first step with its compilation {self.first_s:.1f}s", ""
+        self.last_time, self.last_logged, self.excluded = now, step, 0.0
         note = f" | skipped {skipped}" if skipped else ""
-        self.write({"step": step, **self.amount(step), **metrics, "skipped": skipped, "tokens_per_sec": tps, "mfu": mfu,
-                    "wall_time": now - self.start},
-                   f"step {step:>6}/{self.last_step} | loss {metrics['loss']:.4f} | lr {metrics['lr']:.2e} | "
-                   f"grad norm {metrics['grad_norm']:.3f} | {tps:,.0f} tok/s | MFU {mfu:.1%} | "
-                   f"{now - self.start:.1f}s | eta {duration(step_s * (self.last_step - step))}{note}")
+        self.write(record, f"step {step:>6}/{self.last_step} | loss {metrics['loss']:.4f} | lr {metrics['lr']:.2e} | "
+                           f"grad norm {metrics['grad_norm']:.3f} | {speed} | {now - self.start:.1f}s{eta}{note}")
 
     def evaluation(self, step: int, result: dict[str, float], record: bool = True,
                    tasks: dict[str, Any] | None = None) -> None:

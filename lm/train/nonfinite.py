@@ -9,6 +9,7 @@
 """
 
 EXIT_NONFINITE = 3
+POLICIES = ("stop", "skip")
 
 
 class NonFinite(Exception):

@@ -16,11 +16,9 @@ from typing import TextIO
 import jax
 
 from lm import folders
-from lm.checkpoint.manager import CHECKPOINTS
 from lm.errors import UserError
 from lm.parallel.processes import global_max
-
-LOCK = "lock"
+from lm.run_files import CHECKPOINTS, LOCK
 
 
 def _take(workdir: str) -> TextIO:

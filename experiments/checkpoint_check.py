@@ -44,7 +44,7 @@ def main() -> None:
     cfg = _load(args.config)
     layout = shd.tensor_layout(1)
     model = select.model(config_lib.model_config(config_lib.build(cfg), vocab_size=cfg.tokenizer.vocab_size))
-    tx, _ = optim.optimizer(cfg.optim, cfg.train.steps)
+    tx, *_ = optim.optimizer(cfg.optim, cfg.train.steps)
     state = state_lib.create(model, tx, layout, seed=0)
     nbytes = sum(x.nbytes for x in jax.tree.leaves(state))
     abstract = state_lib.abstract(model, tx, layout)

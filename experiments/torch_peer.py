@@ -72,7 +72,7 @@ def lm_step(cfg):
     layout = shd.make_layout(cfg.mesh, jax.devices()[:count])  # the devices lm.train would split the host into
     c = config_lib.model_config(cfg, _vocab(cfg))
     model = select.model(c)
-    tx, lr = optim.optimizer(cfg.optim, cfg.train.steps)
+    tx, lr, *_ = optim.optimizer(cfg.optim, cfg.train.steps)
     holder = [state_lib.create(model, tx, layout, 0)]
     batch = synthetic_batch(layout, cfg.train.batch_size, c.max_len, c.vocab_size)
     step = jax.jit(make_train_step(model, tx, lr, sums=select.gradient_sums(layout, holder[0].params)),

@@ -8,7 +8,7 @@ import dataclasses
 import fnmatch
 import inspect
 from collections.abc import Callable
-from typing import Any
+from typing import Any, NamedTuple
 
 import jax
 import optax
@@ -164,11 +164,6 @@ def _schedule_free(cfg: OptimConfig, lr: optax.Schedule) -> optax.GradientTransf
     return contrib.schedule_free(base, learning_rate=lr, b1=cfg.b1)
 
 
-def evaluated_apart(cfg: OptimConfig) -> bool:
-    """Whether the run evaluates other parameters than it takes gradients at (schedule-free)."""
-    return cfg.name == SCHEDULE_FREE
-
-
 def eval_params(opt_state: optax.OptState, params: optax.Params) -> optax.Params:
     """The parameters to evaluate, sample from and export: schedule-free's average x, from its state and the
     gradient point `params`; `params` themselves for every other optimizer."""
@@ -177,13 +172,6 @@ def eval_params(opt_state: optax.OptState, params: optax.Params) -> optax.Params
         if is_sf(part):
             return contrib.schedule_free_eval_params(part, params)
     return params
-
-
-def evaluation(cfg: OptimConfig) -> Callable[[Any], optax.Params]:
-    """state -> the parameters to evaluate (`eval_params`), jitted where they are computed."""
-    if not evaluated_apart(cfg):
-        return lambda state: state.params
-    return jax.jit(lambda state: eval_params(state.opt_state, state.params))
 
 
 def _base(cfg: OptimConfig, lr: optax.Schedule) -> optax.GradientTransformation:
@@ -200,13 +188,25 @@ def _base(cfg: OptimConfig, lr: optax.Schedule) -> optax.GradientTransformation:
     return getattr(optax, cfg.name)(learning_rate=lr, **kwargs)
 
 
-def optimizer(cfg: OptimConfig, total_steps: int) -> tuple[optax.GradientTransformation,
-                                                                         optax.Schedule]:
-    """The optimizer of a run's `config.optim`, and its learning-rate schedule over `cfg.schedule_steps` (0: the
+class Optimizer(NamedTuple):
+    """A run's optimizer, built once per start and handed down."""
+
+    tx: optax.GradientTransformation  # the update
+    lr: optax.Schedule  # its learning rate by step
+    state_format: str  # what a checkpoint records of the state's structure; another cannot be resumed
+    apart: bool  # whether the run evaluates other parameters than it takes gradients at (schedule-free)
+    evaluated: Callable[[Any], optax.Params]  # state -> the parameters to evaluate (`eval_params`), jitted
+
+
+def optimizer(cfg: OptimConfig, total_steps: int) -> Optimizer:
+    """The optimizer of a run's `config.optim`, with its learning-rate schedule over `cfg.schedule_steps` (0: the
     run's `total_steps`)."""
     lr = schedules.schedule(cfg, schedules.horizon(cfg, total_steps))
     parts = [optax.clip_by_global_norm(cfg.grad_clip)] if cfg.grad_clip > 0 else []
-    return optax.chain(*parts, _base(cfg, lr)), lr
+    apart = cfg.name == SCHEDULE_FREE
+    evaluated = jax.jit(lambda state: eval_params(state.opt_state, state.params)) if apart else \
+        (lambda state: state.params)
+    return Optimizer(optax.chain(*parts, _base(cfg, lr)), lr, _state_format(cfg), apart, evaluated)
 
 
 def update_if_finite(tx: optax.GradientTransformation, grads: optax.Updates, opt_state: optax.OptState,
@@ -223,8 +223,7 @@ def update_if_finite(tx: optax.GradientTransformation, grads: optax.Updates, opt
     return jax.lax.cond(finite, apply, lambda operands: operands, (params, opt_state))
 
 
-def state_format(cfg: OptimConfig) -> str:
-    """What a checkpoint records of the optimizer state's structure; another cannot be resumed."""
+def _state_format(cfg: OptimConfig) -> str:
     clip = "clip_by_global_norm, " if cfg.grad_clip > 0 else ""
     name = f"muon on {cfg.muon_params}" if cfg.name == "muon" else cfg.name  # its partition
     return f"optax: chain({clip}{name})"

@@ -214,7 +214,7 @@ def final_state(workdir, step: int):
     from lm.train import state as state_lib
 
     ckpt, _, model_config, _, run_config = reader.open_run(str(workdir), step)
-    tx, _ = optim.optimizer(optim.OptimConfig(**run_config["optim"]), run_config["train"]["steps"])
+    tx, *_ = optim.optimizer(optim.OptimConfig(**run_config["optim"]), run_config["train"]["steps"])
     layout = shd.make_layout(MeshConfig())
     state, data_state = ckpt.restore(step, state_lib.abstract(select.model(model_config), tx, layout))
     return jax.device_get(state), data_state

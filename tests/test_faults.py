@@ -85,7 +85,7 @@ def _edit_meta(workdir: str, step: int, edit) -> None:
 
 def _abstract_state(workdir: str, step: int):
     ckpt, _, model_config, _, run = reader.open_run(workdir, step)
-    tx, _ = optim.optimizer(optim.OptimConfig(**run["optim"]), run["train"]["steps"])
+    tx, *_ = optim.optimizer(optim.OptimConfig(**run["optim"]), run["train"]["steps"])
     return ckpt, state_lib.abstract(select.model(model_config), tx, ONE_DEVICE(run))
 
 

@@ -63,7 +63,7 @@ def test_the_optimizer_is_the_optax_chain_its_config_names_and_drops_non_finite_
     rng = np.random.default_rng(0)
     params = _params(rng)
     cfg = dataclasses.replace(CONFIG, name=name)
-    tx, _ = optim.optimizer(cfg, total_steps=10)
+    tx, *_ = optim.optimizer(cfg, total_steps=10)
     make = {"adamw": optax.adamw, "lion": optax.lion}[name]
     reference = optax.chain(optax.clip_by_global_norm(cfg.grad_clip),
                             make(_reference_schedule(), b1=cfg.b1, b2=cfg.b2, weight_decay=cfg.weight_decay, mask=MASK))
@@ -86,7 +86,7 @@ def test_the_optimizer_is_the_optax_chain_its_config_names_and_drops_non_finite_
 def test_an_optimizer_that_cannot_take_the_config_is_one_line():
     with pytest.raises(UserError, match=r"optax.sgd takes no masked weight decay; set --config.optim.weight_decay=0"):
         dataclasses.replace(CONFIG, name="sgd")  # takes no weight decay
-    tx, _ = optim.optimizer(dataclasses.replace(CONFIG, name="sgd", weight_decay=0.0), 10)
+    tx, *_ = optim.optimizer(dataclasses.replace(CONFIG, name="sgd", weight_decay=0.0), 10)
     assert tx.init({"w": jnp.zeros(3)}) is not None
     with pytest.raises(UserError, match=r"config.optim.name='no_such_optimizer' is not an optax optimizer"):
         dataclasses.replace(CONFIG, name="no_such_optimizer", weight_decay=0.0)
@@ -219,7 +219,7 @@ def test_muon_orthogonalizes_each_hidden_matrix_in_its_matrix_view_and_adamw_tak
     grads = [jax.tree.map(lambda x: jnp.asarray(rng.normal(size=x.shape), jnp.float32), params) for _ in range(3)]
     cfg = dataclasses.replace(CONFIG, name="muon", warmup_steps=0, muon_beta=0.7, grad_clip=0.0, schedule="constant",
                               muon_lr=muon_lr)
-    tx, _ = optim.optimizer(cfg, 10)
+    tx, *_ = optim.optimizer(cfg, 10)
     got, _ = _run(tx, params, grads)
 
     def muon_by_hand(path, inputs, beta=0.7):  # each layer's kernel as a matrix [prod(inputs), prod(outputs)]
@@ -291,10 +291,10 @@ def test_a_run_stopped_and_resumed_ends_bitwise_equal_to_one_never_stopped(name,
             cfg.optim.schedule = "constant"
         train(cfg, str(workdir), devices=jax.devices()[:1])  # the optimizer, not the mesh, is under test
         ckpt, step, model_config, _, run_config = reader.open_run(str(workdir))
-        tx, _ = optim.optimizer(optim.OptimConfig(**run_config["optim"]), run_config["train"]["steps"])
+        tx, *_ = optim.optimizer(optim.OptimConfig(**run_config["optim"]), run_config["train"]["steps"])
         layout = shd.make_layout(MeshConfig())
         model = select.model(model_config)
-        restored = ckpt.restore(step, state_lib.abstract(model, tx, layout), optim.evaluated_apart(cfg.optim))
+        restored = ckpt.restore(step, state_lib.abstract(model, tx, layout), optim.optimizer(cfg.optim, 1).apart)
         read = ckpt.params(step, abstract_params(model, layout))  # what the sampler and evaluator take
         return step, jax.device_get(restored), jax.device_get(read)
 
@@ -329,7 +329,7 @@ def test_schedule_free_adamw_is_optax_with_decay_masked_and_evaluates_the_weight
     rng = np.random.default_rng(0)
     params = _params(rng)
     cfg = dataclasses.replace(CONFIG, name="schedule_free_adamw", schedule="constant", grad_clip=0.0)
-    tx, _ = optim.optimizer(cfg, 10)
+    tx, *_ = optim.optimizer(cfg, 10)
     grads = [jax.tree.map(lambda x: jnp.asarray(rng.normal(size=x.shape), jnp.float32), params) for _ in range(5)]
     got, state = _run(tx, params, grads)
     for path, decayed in (("blocks/kernel", True), ("head/kernel", True), ("blocks/bias", False),

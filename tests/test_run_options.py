@@ -91,7 +91,7 @@ def test_the_train_step_takes_the_seed_z_loss_and_microbatches_of_the_config(tin
     cfg.mesh.update(data=2, fsdp=4)
     layout = shd.make_layout(cfg.mesh)
     run = config_lib.build(cfg)
-    start = startup.start(run, str(tmp_path / "run"), layout, *optim.optimizer(run.optim, run.train.steps))
+    start = startup.start(run, str(tmp_path / "run"), layout, optim.optimizer(run.optim, run.train.steps))
     start.checkpointer.close()
     batch = next(start.batches)
     single = cfg.copy_and_resolve_references()

@@ -45,6 +45,6 @@ CASES = {
 def test_the_learning_rate_at_chosen_steps_is_the_documented_formula_worked_out_by_hand(case):
     settings, steps, want = CASES[case]
     cfg = optim.OptimConfig(**{**BASE, **settings})
-    _, lr = optim.optimizer(cfg, total_steps=steps)
+    lr = optim.optimizer(cfg, total_steps=steps).lr
     got = {step: float(lr(step)) for step in want}
     assert got == pytest.approx(want, rel=1e-6, abs=1e-9)

@@ -143,7 +143,7 @@ def test_cpu_devices_zero_means_one_per_core_as_the_mesh_and_batch_allow():
 def test_a_data_parallel_cpu_step_reduces_its_gradients_in_one_buffer_with_the_same_result(tiny_config):
     cfg = _divisible_tiny(tiny_config, (8, 1, 1))
     model = select.model(config_lib.model_config(config_lib.build(cfg), vocab_size=512))
-    tx, _ = optim.optimizer(cfg.optim, cfg.train.steps)
+    tx, *_ = optim.optimizer(cfg.optim, cfg.train.steps)
     layout = shd.make_layout(cfg.mesh)
     state = state_lib.create(model, tx, layout, seed=0)
     assert cpu_data_parallel.batch_axes(layout, state.params) == ("data",)

@@ -90,7 +90,7 @@ def test_checkpoint_round_trip_restores_the_saved_state(tiny_config, tmp_path, c
     components, _, _ = corpus.open_data(cfg.data, tok, 33)
     model_config = config_lib.model_config(config_lib.build(cfg), tok.vocab_size)
     model = select.model(model_config)
-    tx, _ = optim.optimizer(cfg.optim, 10)
+    tx, *_ = optim.optimizer(cfg.optim, 10)
     layout = shd.make_layout(MeshConfig(data=2, fsdp=2, tensor=2))
     state = state_lib.create(model, tx, layout, seed=4)
     state = state.replace(step=state.step + 7)

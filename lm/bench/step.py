@@ -55,7 +55,7 @@ def synthetic_batch(layout: Layout, batch: int, length: int, vocab: int) -> dict
 def compile_seconds(cfg: RunConfig, model_config: ModelConfig, layout: Layout) -> float:
     """Seconds to lower and compile the train step, from abstract shapes (no parameters are allocated)."""
     model = select.model(model_config)
-    tx, lr = optim.optimizer(cfg.optim, cfg.train.steps)
+    tx, lr, *_ = optim.optimizer(cfg.optim, cfg.train.steps)
     abstract = state_lib.abstract(model, tx, layout)
     b, t = cfg.train.batch_size, model_config.max_len + 1
     batch = {k: jax.ShapeDtypeStruct((b, t), jnp.int32, sharding=layout.batch_sharding())
@@ -73,7 +73,7 @@ def bench(cfg: RunConfig, repeats: int = 5, profile: bool = False) -> dict[str, 
     layout = make_layout(cfg.mesh)
     c = config_lib.model_config(cfg, cfg.tokenizer.vocab_size)
     model = select.model(c)
-    tx, lr = optim.optimizer(cfg.optim, cfg.train.steps)
+    tx, lr, *_ = optim.optimizer(cfg.optim, cfg.train.steps)
     state = state_lib.create(model, tx, layout, cfg.seed)
     batch = synthetic_batch(layout, cfg.train.batch_size, c.max_len, c.vocab_size)
     tokens = cfg.train.batch_size * c.max_len

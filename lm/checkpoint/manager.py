@@ -42,7 +42,7 @@ def first_line(e: BaseException) -> str:
 def make_meta(model_config: ModelConfig, tokenizer: AnyTokenizer | None, run_config: dict[str, Any],
               optimizer_state: str = "") -> dict[str, Any]:
     """The JSON part of a checkpoint: model config, tokenizer (if any), run config, the optimizer state's format
-    (lm.optim.state_format; '' for parameters alone) and that the checkpoint holds checksums (its `integrity`
+    (lm.optim.Optimizer.state_format; '' for parameters alone) and that the checkpoint holds checksums (its `integrity`
     item; one written before they were has none, and is read without them)."""
     return {"model": model_config.to_dict(), "tokenizer": tokenizer.to_json() if tokenizer else None,
             "config": run_config, "optimizer_state": optimizer_state, "checksums": True}

@@ -6,7 +6,7 @@ from lm.data import sources
 from lm.data.documents import DECODE_ERRORS
 from lm.section import key, require
 
-FORMATS = ("auto", *dict.fromkeys(sources.FORMATS.values()))  # auto: by each file's extension
+FORMATS = ("auto", *dict.fromkeys(sources.EXTENSIONS.values()))  # auto: by each file's extension
 TOKEN_DTYPES = ("auto", "uint16", "uint32")
 
 

@@ -22,7 +22,7 @@ from lm.data.documents import UNIT_BYTES, Document, Settings, Task, parquet_byte
 from lm.errors import UserError
 
 BUNDLED = "tinyshakespeare.txt"
-FORMATS = {".txt": "text", ".jsonl": "jsonl", ".jsonl.gz": "jsonl.gz", ".json.gz": "jsonl.gz",
+EXTENSIONS = {".txt": "text", ".jsonl": "jsonl", ".jsonl.gz": "jsonl.gz", ".json.gz": "jsonl.gz",
            ".parquet": "parquet"}  # file name ending -> format
 
 
@@ -35,7 +35,7 @@ def file_format(path: str, data_format: str = "auto") -> str:
     """`data_format`, or if 'auto', what the file's name ends with (text if nothing known)."""
     if data_format != "auto":
         return data_format
-    return next((f for end, f in FORMATS.items() if path.endswith(end)), "text")
+    return next((f for end, f in EXTENSIONS.items() if path.endswith(end)), "text")
 
 
 def corpus_files(path: str, data_format: str = "auto") -> list[str]:
@@ -55,11 +55,11 @@ def corpus_files(path: str, data_format: str = "auto") -> list[str]:
         os.path.join(root, name)
         for root, _, names in os.walk(path)
         for name in names
-        if not name.startswith(".") and any(name.endswith(e) for e in FORMATS)
+        if not name.startswith(".") and any(name.endswith(e) for e in EXTENSIONS)
         and data_format in ("auto", file_format(name))
     )
     if not files:
-        raise UserError(f"data folder {path} holds no {', '.join(FORMATS)} files; add some or point "
+        raise UserError(f"data folder {path} holds no {', '.join(EXTENSIONS)} files; add some or point "
                         "--config.data.path elsewhere")
     return files
 

@@ -32,7 +32,7 @@ from lm.evaluate.loglikelihood import Piece, TokenScores, encode_pairs, score_en
 from lm.parallel.mesh import Layout
 from lm.tokenizer.kinds import AnyTokenizer
 
-FORMATS = {"minimal_pair": ("sentence_good", "sentence_bad"), "multiple_choice": ("context", "choices", "answer"),
+TASK_FIELDS = {"minimal_pair": ("sentence_good", "sentence_bad"), "multiple_choice": ("context", "choices", "answer"),
            "cloze": ("context", "target")}
 # One request's score: (summed log-likelihood of the continuation, whether greedy decoding gives it, its tokens).
 Score = tuple[float, bool, int]
@@ -107,10 +107,10 @@ class Tally:
 def _format_of(example: Any, where: str) -> str:
     if not isinstance(example, dict):
         raise UserError(f"{where}: an example is a JSON object, got {type(example).__name__}")
-    for name, fields in FORMATS.items():
+    for name, fields in TASK_FIELDS.items():
         if all(f in example for f in fields):
             return name
-    wanted = "; ".join(f"{name.replace('_', ' ')}: {', '.join(fields)}" for name, fields in FORMATS.items())
+    wanted = "; ".join(f"{name.replace('_', ' ')}: {', '.join(fields)}" for name, fields in TASK_FIELDS.items())
     raise UserError(f"{where}: fields {sorted(example)} match no task format ({wanted})")
 
 

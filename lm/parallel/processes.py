@@ -21,17 +21,6 @@ def global_max(value: int) -> int:
     return int(np.max(multihost_utils.process_allgather(np.asarray(value, np.int64))))
 
 
-def allgather_bytes(payload: bytes) -> list[bytes]:
-    """Every process's `payload`, in process order."""
-    if jax.process_count() == 1:
-        return [payload]
-    length = global_max(len(payload))
-    buf = np.zeros(length, np.uint8)
-    buf[: len(payload)] = np.frombuffer(payload, np.uint8)
-    lengths = multihost_utils.process_allgather(np.asarray(len(payload), np.int64))
-    bufs = multihost_utils.process_allgather(buf)
-    return [bytes(b[:n]) for b, n in zip(np.asarray(bufs), np.asarray(lengths).ravel(), strict=True)]
-
 
 def initialize_distributed(coordinator_address: str, num_processes: int, process_id: int, auto: bool) -> None:
     """`jax.distributed.initialize`, explicitly (address, count, id) or auto-detected (SLURM, TPU, MPI)."""

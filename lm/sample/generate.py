@@ -10,7 +10,7 @@ Temperature 0 is greedy; the same seed gives the same text.
 
 import functools
 from collections.abc import Callable, Sequence
-from typing import Any
+from typing import Any, NamedTuple
 
 import jax
 import jax.numpy as jnp
@@ -25,6 +25,18 @@ from lm.tokenizer.kinds import AnyTokenizer
 
 # (params, tokens [B, T], positions [B, T], segment_ids [B, T], cache) -> (logits [B, T, V], cache)
 ApplyFn = Callable[[Any, jax.Array, jax.Array, jax.Array, Cache], tuple[jax.Array, Cache]]
+
+
+class Decoding(NamedTuple):
+    """What the decode loop carries from one token to the next."""
+
+    i: jax.Array | int  # tokens sampled so far
+    buf: jax.Array  # [B, context + P + max_new_tokens]: every token, after `context` empty slots
+    last: jax.Array  # [B, V]: the logits of each row's newest token
+    cache: Cache
+    done: jax.Array  # [B]: rows that met the end-of-text id
+    lengths: jax.Array  # [B]: each row's tokens before it
+    start: jax.Array  # [B]: buffer index of each row's first token of context
 
 
 def filter_logits(logits: jax.Array, temperature: jax.Array, top_k: jax.Array, top_p: jax.Array) -> jax.Array:
@@ -86,19 +98,17 @@ def decode(
     buf = jnp.zeros((b, context + p + max_new_tokens), jnp.int32).at[:, context:context + p].set(prompt)
     start = context + pad  # [B] buffer index of each row's first token of context
     done = jnp.zeros((b,), bool)
-    carry = (0, buf, logits[:, -1], cache, done, jnp.zeros((b,), jnp.int32), start)
+    carry = Decoding(0, buf, logits[:, -1], cache, done, jnp.zeros((b,), jnp.int32), start)
 
-    def advance(carry, feed):
+    def advance(c: Decoding, feed: Callable) -> Decoding:
         """Samples token i from the last logits, records it, and `feed`s it to the model (extend or refill)."""
-        i, buf, last, cache, done, lengths, start = carry
-        token = sample_token(last, jax.random.fold_in(key, i), temperature, top_k, top_p)  # [B]
-        token = jnp.where(done, eos_id, token)
-        end = context + p + i  # the token's buffer index
-        buf = buf.at[:, end].set(token)
-        lengths = jnp.where(done | (token == eos_id), lengths, i + 1)
-        done = done | (token == eos_id)
-        last, cache, start = feed(token, end, buf, cache, start)
-        return i + 1, buf, last, cache, done, lengths, start
+        token = sample_token(c.last, jax.random.fold_in(key, c.i), temperature, top_k, top_p)  # [B]
+        token = jnp.where(c.done, eos_id, token)
+        end = context + p + c.i  # the token's buffer index
+        buf = c.buf.at[:, end].set(token)
+        lengths = jnp.where(c.done | (token == eos_id), c.lengths, c.i + 1)
+        last, cache, start = feed(token, end, buf, c.cache, c.start)
+        return Decoding(c.i + 1, buf, last, cache, c.done | (token == eos_id), lengths, start)
 
     def extend(token, end, buf, cache, start):
         out, cache = apply_fn(params, token[:, None], (end - start)[:, None], jnp.ones((b, 1), jnp.int32), cache)
@@ -115,23 +125,22 @@ def decode(
         out, cache = apply_fn(params, window, jnp.maximum(slot - start[:, None], 0), segs, empty)
         return out[:, -1], cache, start
 
-    def running(carry) -> jax.Array:
-        return (carry[0] < max_new_tokens) & ~jnp.all(carry[4])
+    def running(c: Decoding) -> jax.Array:
+        return (c.i < max_new_tokens) & ~jnp.all(c.done)
 
-    def needs_refill(carry) -> jax.Array:
+    def needs_refill(c: Decoding) -> jax.Array:
         """The cache is full, or the next token makes some row's context longer than `context`."""
-        i, cache, start = carry[0], carry[3], carry[6]
-        return (cache["index"] >= slots) | jnp.any(context + p + i + 1 - start > context)
+        return (c.cache["index"] >= slots) | jnp.any(context + p + c.i + 1 - c.start > context)
 
-    def chunk(carry):
+    def chunk(carry: Decoding) -> Decoding:
         """A refill if one is needed, then one token per step until the next is (or all rows stop): the inner
         loop has no branch, so its cache is updated in place."""
         carry = jax.lax.cond(needs_refill(carry), lambda c: advance(c, refill), lambda c: c, carry)
         return jax.lax.while_loop(lambda c: running(c) & ~needs_refill(c), lambda c: advance(c, extend), carry)
 
-    _, buf, _, _, _, lengths, _ = jax.lax.while_loop(running, chunk, carry)
-    kept = jnp.arange(max_new_tokens)[None, :] < lengths[:, None]  # a row that never stopped keeps all
-    return jnp.where(kept, buf[:, context + p:], eos_id), lengths
+    out = jax.lax.while_loop(running, chunk, carry)
+    kept = jnp.arange(max_new_tokens)[None, :] < out.lengths[:, None]  # a row that never stopped keeps all
+    return jnp.where(kept, out.buf[:, context + p:], eos_id), out.lengths
 
 
 def model_for(config: ModelConfig, params: Any) -> TransformerLM:

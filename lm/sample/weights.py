@@ -1,5 +1,5 @@
 """Weight formats for sampling (`--quantize`): as saved, bfloat16, or int8 with a float32 scale per output channel.
-Training never sees them: the sampler hands the model `ops(format, ops)`, whose products and look-ups take
+Training never sees them: the sampler hands the model `ops_for(params, ops)`, whose products and look-ups take
 int8 weights as they are.
 
 int8 stores every matrix (projection kernels, embedding tables, output head) as round(w / scale) with

@@ -3,7 +3,6 @@ split, and checkpoints (never one after a step that was not finite)."""
 
 import jax
 
-from lm import optim
 from lm.config import RunConfig
 from lm.data import batches as batches_lib
 from lm.evaluate import tasks as tasks_lib
@@ -26,7 +25,7 @@ class Evaluations:
         self.batch_size, self.start, self.layout, self.log = run.train.batch_size, start, layout, log
         separator_bytes = len(run.data.separator.encode())
         self.step_fn = make_eval_step(start.model, start.tokenizer.token_bytes(separator_bytes), layout)
-        self.evaluated = optim.evaluation(run.optim)
+        self.evaluated = start.optimizer.evaluated
         self.tasks = tasks_lib.read_tasks(run.eval.tasks, run.eval.examples) if run.eval.tasks else []
         self.tasks_every = run.eval.every or self.every
         self.token_scores = make_token_scores(start.model, layout) if self.tasks else None
@@ -59,7 +58,7 @@ class Checkpoints:
 
     def __init__(self, run: RunConfig, start: Start):
         self.ckpt, self.last_step, self.start = start.checkpointer, run.train.steps, start
-        self.evaluated = optim.evaluation(run.optim) if optim.evaluated_apart(run.optim) else None
+        self.evaluated = start.optimizer.evaluated if start.optimizer.apart else None
         self.saved = start.step
 
     def due(self, step: int) -> bool:

@@ -34,10 +34,10 @@ def train(cfg: ml_collections.ConfigDict | RunConfig, workdir: str, devices: Seq
 
 def _train(run: RunConfig, workdir: str, devices: Sequence[jax.Device] | None) -> dict[str, float]:
     layout = make_layout(run.mesh, devices)
-    tx, lr = optim.optimizer(run.optim, run.train.steps)
+    opt = optim.optimizer(run.optim, run.train.steps)
     startup.check_batch(run, layout)
     with workdir_lib.hold(workdir):
-        start = startup.start(run, workdir, layout, tx, lr)
+        start = startup.start(run, workdir, layout, opt)
         if jax.process_index() == 0:  # (once the workdir is known to serve this config)
             folders.write_json(os.path.join(workdir, CONFIG), run.to_dict(), indent=2)
         log = _metrics_log(run, workdir, start)
@@ -93,7 +93,8 @@ def _loop(run: RunConfig, workdir: str, layout: Layout, start: startup.Start, lo
 
 def _compiled_step(run: RunConfig, layout: Layout, start: startup.Start) -> Callable:
     """The train step jitted once with the state's shardings, the state donated."""
-    step = make_train_step(start.model, start.tx, start.lr, run.train.microbatches, run.train.z_loss, start.sums)
+    opt = start.optimizer
+    step = make_train_step(start.model, opt.tx, opt.lr, run.train.microbatches, run.train.z_loss, start.sums)
     shardings = jax.tree.map(lambda x: x.sharding, start.state)
     return jax.jit(step, in_shardings=(shardings, layout.batch_sharding()), out_shardings=(shardings, None),
                    donate_argnums=0)

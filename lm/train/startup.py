@@ -14,7 +14,7 @@ import jax
 import optax
 
 from lm import config as config_lib
-from lm import folders, optim, schedules
+from lm import folders, schedules
 from lm.backends import select
 from lm.checkpoint import compatibility
 from lm.checkpoint.manager import Checkpointer, make_meta
@@ -24,6 +24,7 @@ from lm.data.batches import STATE_FORMAT, TrainBatches
 from lm.data.shards import Split
 from lm.errors import UserError
 from lm.model.transformer import TransformerLM
+from lm.optim import Optimizer
 from lm.parallel import placement, processes
 from lm.parallel.mesh import Layout
 from lm.run_files import TOKENIZER
@@ -39,8 +40,7 @@ class Start(NamedTuple):
     step: int  # the last step done (0: none)
     tokenizer: AnyTokenizer
     model: TransformerLM
-    tx: optax.GradientTransformation
-    lr: optax.Schedule
+    optimizer: Optimizer  # built once (lm/optim.py)
     state: TrainState
     validation: list[Split]  # the validation rows of each corpus
     batches: TrainBatches  # at the data position of `step`
@@ -111,15 +111,15 @@ class _Begun(NamedTuple):
     damaged: list[str]  # checkpoints that did not restore and were set aside
 
 
-def _resumed(run: RunConfig, workdir: str, layout: Layout, tx: optax.GradientTransformation, ckpt: Checkpointer,
+def _resumed(run: RunConfig, workdir: str, layout: Layout, opt: Optimizer, ckpt: Checkpointer,
              newest: int, saved: dict[str, Any]) -> _Begun:
     """The newest checkpoint that restores whole, once it is known to serve `run`."""
     tokenizer = kinds.from_json(saved["tokenizer"])
     model = select.model(config_lib.model_config(run, saved["model"]["vocab_size"]))
     compatibility.check_compatible(saved, model.config, dataclasses.asdict(run.tokenizer), run.train.batch_size,
-                                   optim.state_format(run.optim), workdir)
-    step, state, data_state, damaged = ckpt.restore_newest_good(newest, state_lib.abstract(model, tx, layout),
-                                                                optim.evaluated_apart(run.optim))
+                                   opt.state_format, workdir)
+    step, state, data_state, damaged = ckpt.restore_newest_good(newest, state_lib.abstract(model, opt.tx, layout),
+                                                                opt.apart)
     if data_state and data_state.get("format") != STATE_FORMAT:  # a run saved before prepared shards
         if jax.process_index() == 0:
             print(f"warning: checkpoint {step} holds a data position of the earlier input pipeline; the data order "
@@ -173,17 +173,16 @@ def _fresh(run: RunConfig, workdir: str, layout: Layout, tx: optax.GradientTrans
     return _Begun(0, tokenizer, model, state_lib.create(model, tx, layout, run.seed), None, "starting at step 0", [])
 
 
-def start(run: RunConfig, workdir: str, layout: Layout, tx: optax.GradientTransformation,
-          lr: optax.Schedule) -> Start:
-    """Where the run of `run` in `workdir` begins, with the optimizer `tx` of learning rates `lr`; damaged newer
+def start(run: RunConfig, workdir: str, layout: Layout, opt: Optimizer) -> Start:
+    """Where the run of `run` in `workdir` begins, with the optimizer `opt`; damaged newer
     checkpoints are set aside with one warning."""
     ckpt = Checkpointer(workdir, run.checkpoint.every, run.checkpoint.keep)
     newest, saved, damaged = ckpt.newest_meta()  # damaged: newer checkpoints whose meta does not read
     if newest == 0:
         raise UserError(f"{workdir} holds imported weights (step 0); train from them with "
                         f"--config.init_from={workdir} and a new --workdir")
-    begun = (_resumed(run, workdir, layout, tx, ckpt, newest, saved) if newest else
-             _from_other_run(run, layout, tx) if run.init_from else _fresh(run, workdir, layout, tx))
+    begun = (_resumed(run, workdir, layout, opt, ckpt, newest, saved) if newest else
+             _from_other_run(run, layout, opt.tx) if run.init_from else _fresh(run, workdir, layout, opt.tx))
     step, tokenizer, model, state, data_state = begun[:5]
     damaged += begun.damaged
     if damaged and jax.process_index() == 0:
@@ -201,8 +200,8 @@ def start(run: RunConfig, workdir: str, layout: Layout, tx: optax.GradientTransf
     elif step:
         batch = run.train.batch_size
         batches.set_state({"batches": step, "rows": {c.name: step * batch for c in components}})
-    meta = make_meta(model.config, tokenizer, run.to_dict(), optim.state_format(run.optim))
+    meta = make_meta(model.config, tokenizer, run.to_dict(), opt.state_format)
     guard = NonFiniteSteps(run.train.nonfinite, run.train.max_skips, (data_state or {}).get("nonfinite"))
     sums = select.gradient_sums(layout, state.params)
-    return Start(step, tokenizer, model, tx, lr, state, validation, batches, identities, guard, sums, ckpt, meta,
+    return Start(step, tokenizer, model, opt, state, validation, batches, identities, guard, sums, ckpt, meta,
                  begun.origin)
